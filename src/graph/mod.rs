@@ -1,0 +1,379 @@
+//! `Graph`: the patch graph that attention runs on, stored as incoming edges per destination.
+//!
+//! For every destination node `i`, its incoming edges `j -> i` are the sources
+//! `sources[offsets[i] .. offsets[i + 1]]` (CSR by destination). Edge ids are positions in that
+//! array, so per-edge data (a bias `[E x H]`, attention weights `[E x H]`) is laid out
+//! destination-major. A kernel reduces each destination by one thread in a fixed order:
+//! deterministic whatever the thread count.
+//!
+//! A complete graph (and a batch of complete graphs) is *not* materialised: it is kept as its
+//! block sizes, so that dense kernels take it and `N^2` edges are never stored unless
+//! [`Graph::materialize`] is asked for. Its implicit edge order is the same as a CSR would have:
+//! destination-major, sources ascending.
+//!
+//! A batch of graphs is their disjoint union ([`Graph::disjoint_union`]), block-diagonal as PyG
+//! batches, with the node ranges of the blocks kept ([`Graph::blocks`]).
+//!
+//! ```
+//! use patchgraph::Graph;
+//! let g = Graph::complete(3, true);
+//! assert_eq!(g.num_edges(), 9);
+//! assert!(g.is_complete());
+//! let edges: Vec<usize> = g.incoming(1).collect();
+//! assert_eq!(edges, vec![0, 1, 2]);
+//!
+//! let batch = Graph::disjoint_union(&[Graph::complete(2, false), Graph::complete(3, false)]).unwrap();
+//! assert!(batch.is_complete()); // still dense: two complete blocks
+//! assert_eq!(batch.blocks(), &[0, 2, 5]);
+//! assert_eq!(batch.incoming(3).collect::<Vec<_>>(), vec![2, 4]);
+//! ```
+
+mod builders;
+mod dot;
+mod interop;
+mod knn;
+mod topology;
+
+pub use builders::{Neighbourhood, WindowKind};
+pub use knn::{KnnOptions, Metric};
+pub use topology::Topology;
+
+use crate::error::{Error, Result};
+use std::ops::Range;
+
+/// How a graph's edges are stored.
+#[derive(Clone, Debug, PartialEq)]
+enum Edges {
+    /// Every block is a complete graph (with or without self-loops); nothing is stored.
+    Complete { self_loops: bool },
+    /// Incoming edges per destination.
+    Csr { offsets: Vec<usize>, sources: Vec<u32> },
+}
+
+/// A directed graph over `N` nodes, stored as incoming edges per destination.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Graph {
+    num_nodes: usize,
+    edges: Edges,
+    /// Node offsets of the disjoint-union blocks: `[0, n_0, n_0 + n_1, ..., N]`.
+    blocks: Vec<usize>,
+    topology: Topology,
+}
+
+impl Graph {
+    /// The complete graph on `n` nodes: every `j -> i`, including `i -> i` when `self_loops`.
+    ///
+    /// `in_degree(i) = n` with self-loops, `n - 1` without. Not materialised.
+    pub fn complete(n: usize, self_loops: bool) -> Graph {
+        Graph {
+            num_nodes: n,
+            edges: Edges::Complete { self_loops },
+            blocks: vec![0, n],
+            topology: Topology::Complete { self_loops },
+        }
+    }
+
+    /// A graph from CSR-by-destination arrays: the sources of the edges into `i` are
+    /// `sources[offsets[i]..offsets[i+1]]`. Validates lengths, monotone offsets and indices.
+    pub fn from_csr(num_nodes: usize, offsets: Vec<usize>, sources: Vec<u32>) -> Result<Graph> {
+        Self::from_csr_with(num_nodes, offsets, sources, Topology::Custom)
+    }
+
+    pub(crate) fn from_csr_with(
+        num_nodes: usize,
+        offsets: Vec<usize>,
+        sources: Vec<u32>,
+        topology: Topology,
+    ) -> Result<Graph> {
+        if offsets.len() != num_nodes + 1 {
+            return Err(Error::shape("CSR offsets", format!("{} entries (N + 1)", num_nodes + 1), format!("{} entries", offsets.len())));
+        }
+        if offsets[0] != 0 || offsets[num_nodes] != sources.len() {
+            return Err(Error::invalid(
+                "CSR offsets",
+                format!("must start at 0 and end at the number of edges {}, got {} .. {}", sources.len(), offsets[0], offsets[num_nodes]),
+            ));
+        }
+        if let Some(i) = offsets.windows(2).position(|w| w[0] > w[1]) {
+            return Err(Error::invalid("CSR offsets", format!("decrease at destination {i}: {} > {}", offsets[i], offsets[i + 1])));
+        }
+        if let Some(e) = sources.iter().position(|&s| s as usize >= num_nodes) {
+            return Err(Error::NodeOutOfRange { what: format!("CSR sources[{e}]"), index: sources[e] as usize, num_nodes });
+        }
+        Ok(Graph { num_nodes, edges: Edges::Csr { offsets, sources }, blocks: vec![0, num_nodes], topology })
+    }
+
+    /// A graph from PyG's `edge_index` rows: edge `e` goes `sources[e] -> targets[e]`.
+    ///
+    /// Edges are grouped by destination (a stable counting sort, so the input order is kept
+    /// within each destination); duplicates and self-loops are kept as given. An index `>= N`
+    /// is an [`Error::NodeOutOfRange`] that names the position.
+    pub fn from_edge_index(num_nodes: usize, sources: &[usize], targets: &[usize]) -> Result<Graph> {
+        if sources.len() != targets.len() {
+            return Err(Error::shape("edge_index", format!("2 rows of equal length ({})", sources.len()), format!("rows of {} and {}", sources.len(), targets.len())));
+        }
+        for (row, name) in [(sources, 0), (targets, 1)] {
+            if let Some(e) = row.iter().position(|&s| s >= num_nodes) {
+                return Err(Error::NodeOutOfRange { what: format!("edge_index[{name}][{e}]"), index: row[e], num_nodes });
+            }
+        }
+        if num_nodes > u32::MAX as usize {
+            return Err(Error::invalid("graph size", format!("{num_nodes} nodes exceed the u32 index range")));
+        }
+        let pairs = sources.iter().zip(targets).map(|(&s, &t)| (s as u32, t));
+        Ok(Self::from_pairs_unchecked(num_nodes, pairs, sources.len(), Topology::Custom))
+    }
+
+    /// Groups `(source, destination)` pairs by destination (stable). Indices must be `< n`.
+    pub(crate) fn from_pairs_unchecked(
+        num_nodes: usize,
+        pairs: impl Iterator<Item = (u32, usize)> + Clone,
+        num_edges: usize,
+        topology: Topology,
+    ) -> Graph {
+        let mut offsets = vec![0usize; num_nodes + 1];
+        for (_, t) in pairs.clone() {
+            offsets[t + 1] += 1;
+        }
+        for i in 0..num_nodes {
+            offsets[i + 1] += offsets[i];
+        }
+        let mut cursor = offsets.clone();
+        let mut sources = vec![0u32; num_edges];
+        for (s, t) in pairs {
+            sources[cursor[t]] = s;
+            cursor[t] += 1;
+        }
+        Graph { num_nodes, edges: Edges::Csr { offsets, sources }, blocks: vec![0, num_nodes], topology }
+    }
+
+    /// A graph from per-destination source lists (`lists[i]` = sources of edges into `i`).
+    pub(crate) fn from_lists_unchecked(lists: &[Vec<u32>], topology: Topology) -> Graph {
+        let mut offsets = Vec::with_capacity(lists.len() + 1);
+        offsets.push(0);
+        let mut sources = Vec::with_capacity(lists.iter().map(Vec::len).sum());
+        for l in lists {
+            sources.extend_from_slice(l);
+            offsets.push(sources.len());
+        }
+        Graph { num_nodes: lists.len(), edges: Edges::Csr { offsets, sources }, blocks: vec![0, lists.len()], topology }
+    }
+
+    /// Number of nodes `N`.
+    pub fn num_nodes(&self) -> usize {
+        self.num_nodes
+    }
+
+    /// Number of edges `E` (for an implicit complete graph, the number it would have).
+    pub fn num_edges(&self) -> usize {
+        match &self.edges {
+            Edges::Complete { self_loops } => self.block_sizes().map(|m| if *self_loops { m * m } else { m * m.saturating_sub(1) }).sum(),
+            Edges::Csr { sources, .. } => sources.len(),
+        }
+    }
+
+    /// What built this graph.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Node offsets of the disjoint-union blocks, `[0, ..., N]` (`[0, N]` for one graph).
+    pub fn blocks(&self) -> &[usize] {
+        &self.blocks
+    }
+
+    /// Sizes of the blocks.
+    pub fn block_sizes(&self) -> impl Iterator<Item = usize> + '_ {
+        self.blocks.windows(2).map(|w| w[1] - w[0])
+    }
+
+    /// `Some(self_loops)` when every block is an implicit complete graph (the dense path).
+    pub fn complete_self_loops(&self) -> Option<bool> {
+        match self.edges {
+            Edges::Complete { self_loops } => Some(self_loops),
+            Edges::Csr { .. } => None,
+        }
+    }
+
+    /// Whether the graph is a complete graph or a batch of complete graphs (kept implicit).
+    pub fn is_complete(&self) -> bool {
+        self.complete_self_loops().is_some()
+    }
+
+    /// Index of the block that holds node `i`.
+    pub fn block_of(&self, i: usize) -> usize {
+        self.blocks.partition_point(|&b| b <= i) - 1
+    }
+
+    /// Number of incoming edges of node `i`.
+    pub fn in_degree(&self, i: usize) -> usize {
+        self.edge_range(i).len()
+    }
+
+    /// Edge ids of the incoming edges of `i` (positions in destination-major edge order).
+    pub fn edge_range(&self, i: usize) -> Range<usize> {
+        match &self.edges {
+            Edges::Csr { offsets, .. } => offsets[i]..offsets[i + 1],
+            Edges::Complete { self_loops } => {
+                let b = self.block_of(i);
+                let (start, end) = (self.blocks[b], self.blocks[b + 1]);
+                let m = end - start;
+                let deg = if *self_loops { m } else { m - 1 };
+                let before: usize = self.blocks[..=b].windows(2).map(|w| {
+                    let s = w[1] - w[0];
+                    if *self_loops { s * s } else { s * (s - 1) }
+                }).sum();
+                let first = before + (i - start) * deg;
+                first..first + deg
+            }
+        }
+    }
+
+    /// Source nodes of the incoming edges of `i`, in edge-id order.
+    pub fn incoming(&self, i: usize) -> Incoming<'_> {
+        match &self.edges {
+            Edges::Csr { offsets, sources } => Incoming::Listed(sources[offsets[i]..offsets[i + 1]].iter()),
+            Edges::Complete { self_loops } => {
+                let b = self.block_of(i);
+                Incoming::Block { next: self.blocks[b], end: self.blocks[b + 1], skip: if *self_loops { usize::MAX } else { i } }
+            }
+        }
+    }
+
+    /// The CSR arrays `(offsets, sources)`, or `None` for an implicit complete graph.
+    pub fn csr(&self) -> Option<(&[usize], &[u32])> {
+        match &self.edges {
+            Edges::Csr { offsets, sources } => Some((offsets, sources)),
+            Edges::Complete { .. } => None,
+        }
+    }
+
+    /// The same graph with its edges stored explicitly (CSR), same edge order, blocks and tag.
+    pub fn materialize(&self) -> Graph {
+        match &self.edges {
+            Edges::Csr { .. } => self.clone(),
+            Edges::Complete { .. } => {
+                let mut offsets = Vec::with_capacity(self.num_nodes + 1);
+                let mut sources = Vec::with_capacity(self.num_edges());
+                offsets.push(0);
+                for i in 0..self.num_nodes {
+                    sources.extend(self.incoming(i).map(|j| j as u32));
+                    offsets.push(sources.len());
+                }
+                Graph { num_nodes: self.num_nodes, edges: Edges::Csr { offsets, sources }, blocks: self.blocks.clone(), topology: self.topology.clone() }
+            }
+        }
+    }
+
+    /// PyG's `edge_index`: `(sources, targets)` in edge-id order.
+    pub fn edge_index(&self) -> (Vec<usize>, Vec<usize>) {
+        let e = self.num_edges();
+        let (mut src, mut dst) = (Vec::with_capacity(e), Vec::with_capacity(e));
+        for i in 0..self.num_nodes {
+            for j in self.incoming(i) {
+                src.push(j);
+                dst.push(i);
+            }
+        }
+        (src, dst)
+    }
+
+    /// Whether the edge `j -> i` exists (linear in the in-degree of `i`).
+    pub fn has_edge(&self, j: usize, i: usize) -> bool {
+        i < self.num_nodes && self.incoming(i).any(|s| s == j)
+    }
+
+    /// The disjoint union (block-diagonal batch) of `graphs`, node ids offset block by block.
+    ///
+    /// If every part is an implicit complete graph with the same self-loop policy, the union
+    /// stays implicit (the dense path takes it); otherwise it is stored as CSR. The block
+    /// structure is kept either way.
+    pub fn disjoint_union(graphs: &[Graph]) -> Result<Graph> {
+        let total: usize = graphs.iter().map(|g| g.num_nodes).sum();
+        if total > u32::MAX as usize {
+            return Err(Error::invalid("batch", format!("{total} nodes exceed the u32 index range")));
+        }
+        let mut blocks = vec![0];
+        for g in graphs {
+            let base = *blocks.last().unwrap_or(&0);
+            blocks.extend(g.blocks[1..].iter().map(|b| base + b));
+        }
+        let topology = Topology::Batch(graphs.iter().map(|g| g.topology.clone()).collect());
+        let policy = graphs.first().and_then(Graph::complete_self_loops);
+        if let Some(self_loops) = policy {
+            if graphs.iter().all(|g| g.complete_self_loops() == Some(self_loops)) {
+                return Ok(Graph { num_nodes: total, edges: Edges::Complete { self_loops }, blocks, topology });
+            }
+        }
+        let mut offsets = Vec::with_capacity(total + 1);
+        offsets.push(0);
+        let mut sources = Vec::with_capacity(graphs.iter().map(Graph::num_edges).sum());
+        let mut base = 0u32;
+        for g in graphs {
+            for i in 0..g.num_nodes {
+                sources.extend(g.incoming(i).map(|j| base + j as u32));
+                offsets.push(sources.len());
+            }
+            base += g.num_nodes as u32;
+        }
+        Ok(Graph { num_nodes: total, edges: Edges::Csr { offsets, sources }, blocks, topology })
+    }
+
+    /// Relabels nodes: node `i` of `self` becomes node `perm[i]` of the result. Edge order within
+    /// a destination is kept. The result is a custom single-block CSR graph.
+    pub fn permute(&self, perm: &[usize]) -> Result<Graph> {
+        let n = self.num_nodes;
+        if perm.len() != n {
+            return Err(Error::shape("permutation", format!("{n} entries"), format!("{} entries", perm.len())));
+        }
+        let mut inverse = vec![usize::MAX; n];
+        for (i, &p) in perm.iter().enumerate() {
+            if p >= n {
+                return Err(Error::NodeOutOfRange { what: format!("permutation[{i}]"), index: p, num_nodes: n });
+            }
+            if inverse[p] != usize::MAX {
+                return Err(Error::invalid("permutation", format!("node {p} appears twice")));
+            }
+            inverse[p] = i;
+        }
+        let lists: Vec<Vec<u32>> = (0..n).map(|new_i| self.incoming(inverse[new_i]).map(|j| perm[j] as u32).collect()).collect();
+        Ok(Graph::from_lists_unchecked(&lists, Topology::Custom))
+    }
+}
+
+/// Iterator over the sources of a node's incoming edges.
+#[derive(Clone, Debug)]
+pub enum Incoming<'a> {
+    /// Stored edges.
+    Listed(std::slice::Iter<'a, u32>),
+    /// A complete block `next..end`, skipping `skip` (no self-loop) if it is in range.
+    Block {
+        /// Next source.
+        next: usize,
+        /// One past the last source.
+        end: usize,
+        /// The destination itself when self-loops are excluded, else `usize::MAX`.
+        skip: usize,
+    },
+}
+
+impl Iterator for Incoming<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        match self {
+            Incoming::Listed(it) => it.next().map(|&s| s as usize),
+            Incoming::Block { next, end, skip } => {
+                if *next == *skip {
+                    *next += 1;
+                }
+                if *next < *end {
+                    *next += 1;
+                    Some(*next - 1)
+                } else {
+                    None
+                }
+            }
+        }
+    }
+}

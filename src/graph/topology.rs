@@ -1,0 +1,63 @@
+//! `Topology`: the tag that says what built a [`Graph`](super::Graph).
+//!
+//! The tag is descriptive (for printing, DOT export and the dispatcher's sanity); what decides
+//! dense versus sparse is whether the edges are stored (see [`Graph::is_complete`](super::Graph::is_complete)).
+//!
+//! ```
+//! use patchgraph::{Graph, Topology};
+//! assert_eq!(Graph::complete(4, true).topology(), &Topology::Complete { self_loops: true });
+//! ```
+
+use super::{KnnOptions, Neighbourhood, WindowKind};
+
+/// What built a graph.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Topology {
+    /// Every pair of nodes, optionally with self-loops.
+    Complete {
+        /// Whether `i -> i` is an edge.
+        self_loops: bool,
+    },
+    /// Patches within a radius on an `rows x cols` grid.
+    Grid {
+        /// Patch rows.
+        rows: usize,
+        /// Patch columns.
+        cols: usize,
+        /// 4- (Manhattan) or 8- (Chebyshev) neighbourhood.
+        neighbourhood: Neighbourhood,
+        /// Radius in patches.
+        radius: usize,
+    },
+    /// Local windows (Swin-style partitions or NAT-style sliding neighbourhoods).
+    Window {
+        /// Patch rows.
+        rows: usize,
+        /// Patch columns.
+        cols: usize,
+        /// Which window rule.
+        kind: WindowKind,
+        /// Window side in patches.
+        size: usize,
+    },
+    /// k nearest patches by grid position.
+    SpatialKnn {
+        /// Neighbours per node.
+        k: usize,
+    },
+    /// k nearest nodes by feature distance (ViG).
+    FeatureKnn(KnnOptions),
+    /// A graph with a global (class-token) node linked both ways to every other node.
+    WithGlobal(Box<Topology>),
+    /// Random edges.
+    Random {
+        /// Edges per destination.
+        degree: usize,
+        /// The seed.
+        seed: u64,
+    },
+    /// A disjoint union of these.
+    Batch(Vec<Topology>),
+    /// Built from user edges (edge list, petgraph, CSR) or edited.
+    Custom,
+}

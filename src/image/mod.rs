@@ -1,0 +1,1 @@
+//! Images to patch nodes. (Filled in by the image work.)
