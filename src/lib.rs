@@ -15,9 +15,13 @@
 
 #![warn(missing_docs)]
 
+pub mod attention;
+pub mod checkpoint;
 pub mod error;
 pub mod graph;
 pub mod image;
+pub mod kernels;
+pub mod nn;
 pub mod tensor;
 
 pub use error::{Error, Result};

@@ -32,6 +32,7 @@ mod builders;
 mod dot;
 mod interop;
 mod knn;
+mod self_loops;
 mod topology;
 
 pub use builders::{Neighbourhood, WindowKind};

@@ -1,0 +1,111 @@
+//! `AttentionInputs` and `AttentionOutput`: what every implementation of the algebra reads and
+//! writes, and the one place their shapes are checked.
+//!
+//! ```
+//! use patchgraph::{Graph, Matrix};
+//! use patchgraph::attention::{AttentionInputs, Score};
+//! let x = Matrix::zeros(3, 4);
+//! let inputs = AttentionInputs::new(&x, &x, &x, 2);
+//! let dims = inputs.validate(&Graph::complete(3, true), &Score::Dot { scale: 0.5 }).unwrap();
+//! assert_eq!((dims.nodes, dims.heads, dims.key_dim, dims.value_dim, dims.edges), (3, 2, 2, 2, 9));
+//! ```
+
+use super::Score;
+use crate::error::{Error, Result};
+use crate::graph::Graph;
+use crate::tensor::Matrix;
+
+/// Per-node inputs of one attention call, all with one row per node:
+/// `query` `[N x H*dk]`, `key` `[N x H*dk]`, `value` `[N x H*dv]` (head h owns columns
+/// `h*d .. (h+1)*d`), and an optional per-edge bias `[E x H]` in the graph's edge order.
+///
+/// For [`Score::Gat`], `dk = 1`: `query` holds `a_dst . W h_i` and `key` `a_src . W h_j`.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionInputs<'a> {
+    /// Destination-side rows `[N x H*dk]`.
+    pub query: &'a Matrix,
+    /// Source-side rows `[N x H*dk]`.
+    pub key: &'a Matrix,
+    /// Messages `[N x H*dv]`.
+    pub value: &'a Matrix,
+    /// Number of heads `H`.
+    pub heads: usize,
+    /// Optional additive bias `[E x H]` (edge-major). `-inf` masks an edge; NaN and `+inf` are errors.
+    pub bias: Option<&'a [f32]>,
+}
+
+/// The sizes of one attention call, checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    /// `N`.
+    pub nodes: usize,
+    /// `H`.
+    pub heads: usize,
+    /// Query/key width per head.
+    pub key_dim: usize,
+    /// Value width per head.
+    pub value_dim: usize,
+    /// `E`.
+    pub edges: usize,
+}
+
+/// Result of one attention call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttentionOutput {
+    /// `out_i = sum_j a_ij v_j` per head, `[N x H*dv]` (heads concatenated).
+    pub out: Matrix,
+    /// Attention weights `[E x H]` in the graph's edge order, when asked for.
+    pub weights: Option<Vec<f32>>,
+}
+
+impl<'a> AttentionInputs<'a> {
+    /// Inputs without an edge bias.
+    pub fn new(query: &'a Matrix, key: &'a Matrix, value: &'a Matrix, heads: usize) -> Self {
+        AttentionInputs { query, key, value, heads, bias: None }
+    }
+
+    /// The same inputs with an edge bias `[E x H]`.
+    pub fn with_bias(self, bias: &'a [f32]) -> Self {
+        AttentionInputs { bias: Some(bias), ..self }
+    }
+
+    /// Checks every shape against `graph` and `score`; returns the sizes.
+    pub fn validate(&self, graph: &Graph, score: &Score) -> Result<Dims> {
+        let n = graph.num_nodes();
+        let h = self.heads;
+        if h == 0 {
+            return Err(Error::invalid("heads", "must be at least 1"));
+        }
+        for (name, m) in [("query", self.query), ("key", self.key), ("value", self.value)] {
+            if m.rows() != n {
+                return Err(Error::shape(format!("attention {name}"), format!("{n} rows (one per node)"), format!("{} rows", m.rows())));
+            }
+            if m.cols() % h != 0 {
+                return Err(Error::shape(format!("attention {name}"), format!("a multiple of {h} heads columns"), format!("{} columns", m.cols())));
+            }
+        }
+        if self.key.cols() != self.query.cols() {
+            return Err(Error::shape("attention key", format!("{} columns like the query", self.query.cols()), format!("{} columns", self.key.cols())));
+        }
+        let dk = self.query.cols() / h;
+        match score {
+            Score::Gat { .. } if dk != 1 => {
+                return Err(Error::shape("GAT query/key (a . W h per node and head)", format!("[N x {h}]"), format!("[N x {}]", self.query.cols())));
+            }
+            Score::GatV2 { attention, .. } if attention.len() != self.query.cols() => {
+                return Err(Error::shape("GATv2 attention vector", format!("{} values (H * d)", self.query.cols()), format!("{} values", attention.len())));
+            }
+            _ => {}
+        }
+        let e = graph.num_edges();
+        if let Some(bias) = self.bias {
+            if bias.len() != e * h {
+                return Err(Error::shape("edge bias", format!("[{e} edges x {h} heads]"), format!("{} values", bias.len())));
+            }
+            if let Some(p) = bias.iter().position(|b| b.is_nan() || *b == f32::INFINITY) {
+                return Err(Error::NonFinite { what: "edge bias (only -inf may mask)".into(), position: p, value: bias[p] });
+            }
+        }
+        Ok(Dims { nodes: n, heads: h, key_dim: dk, value_dim: self.value.cols() / h, edges: e })
+    }
+}

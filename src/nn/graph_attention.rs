@@ -1,0 +1,466 @@
+//! `GraphAttention`: one multi-head attention layer over any [`Graph`], configured as timm's
+//! ViT `Attention` or as PyG's `GATConv`, `GATv2Conv` or `TransformerConv`, with parameter
+//! names and shapes that map one-to-one to the peers'.
+//!
+//! | config | peer | parameters (peer names, shapes) | score | value |
+//! |---|---|---|---|---|
+//! | [`AttentionConfig::Timm`] | timm `Attention(D, H, qkv_bias)` | `qkv.weight [3D, D]`, `qkv.bias [3D]`, `proj.weight [D, D]`, `proj.bias [D]` | `q.k/sqrt(d)` | `v`, then `proj` |
+//! | [`AttentionConfig::Gat`] | PyG `GATConv` | `lin.weight [H*C, F]`, `att_src [1, H, C]`, `att_dst [1, H, C]`, `bias [H*C]` or `[C]` | `LeakyReLU(a_dst.Wh_i + a_src.Wh_j)` | `W h_j` |
+//! | [`AttentionConfig::GatV2`] | PyG `GATv2Conv` | `lin_l.* [H*C, F]`, `lin_r.*`, `att [1, H, C]`, `bias` | `a.LeakyReLU(W_r h_i + W_l h_j)` | `W_l h_j` |
+//! | [`AttentionConfig::Transformer`] | PyG `TransformerConv` | `lin_query.*`, `lin_key.*`, `lin_value.*` `[H*C, F]`, `lin_skip.*`, `lin_beta.weight [1, 3H*C]` | `q.k/sqrt(C)` | `v`, plus skip |
+//!
+//! No tensor is transposed on import: all weights keep PyTorch's `[out, in]` layout. With
+//! timm's `qkv`, columns `0..D` of its output are `q`, `D..2D` are `k`, `2D..3D` are `v`, and
+//! head `h` owns columns `h*d .. (h+1)*d` of each (timm's `reshape(B, N, 3, H, d)`).
+//!
+//! ```
+//! use patchgraph::{Graph, Matrix};
+//! use patchgraph::nn::{AttentionConfig, GraphAttention, Init};
+//! let layer = GraphAttention::new(AttentionConfig::gat(8, 4, 2), &mut Init::new(0)).unwrap();
+//! let x = Matrix::from_fn(5, 8, |i, j| (i * j) as f32 / 10.0);
+//! let g = Graph::from_edge_index(5, &[0, 1, 2], &[1, 2, 3]).unwrap();
+//! let y = layer.forward(&g, &x).unwrap();
+//! assert_eq!(y.shape(), (5, 8)); // 2 heads x 4 channels, concatenated
+//! ```
+
+use super::{Init, Linear};
+use crate::attention::{attend, AttentionInputs, Path, Score};
+use crate::checkpoint::TensorMap;
+use crate::error::{ensure_finite, Error, Result};
+use crate::graph::Graph;
+use crate::tensor::Matrix;
+use std::borrow::Cow;
+
+/// Which peer layer, with its constructor arguments (serde: `{"kind": "gat", ...}`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AttentionConfig {
+    /// timm `Attention(dim, num_heads, qkv_bias)`: dot-product score with `scale = d^-1/2`.
+    Timm {
+        /// Model width `D` (input and output).
+        dim: usize,
+        /// Heads `H`; `D` must be a multiple.
+        heads: usize,
+        /// Whether `qkv` has a bias.
+        qkv_bias: bool,
+    },
+    /// PyG `GATConv(in_channels, out_channels, heads, concat, negative_slope, add_self_loops, bias)`.
+    Gat {
+        /// Input width `F`.
+        in_channels: usize,
+        /// Channels per head `C`.
+        out_channels: usize,
+        /// Heads `H`.
+        heads: usize,
+        /// Concatenate heads (`[N x H*C]`) or average them (`[N x C]`).
+        concat: bool,
+        /// LeakyReLU slope.
+        negative_slope: f32,
+        /// Replace the graph's self-loops by one per node (PyG default: true).
+        add_self_loops: bool,
+        /// Whether the output has a bias.
+        bias: bool,
+    },
+    /// PyG `GATv2Conv(in_channels, out_channels, heads, concat, negative_slope, add_self_loops, bias, share_weights)`.
+    GatV2 {
+        /// Input width `F`.
+        in_channels: usize,
+        /// Channels per head `C`.
+        out_channels: usize,
+        /// Heads `H`.
+        heads: usize,
+        /// Concatenate or average heads.
+        concat: bool,
+        /// LeakyReLU slope.
+        negative_slope: f32,
+        /// Replace the graph's self-loops by one per node.
+        add_self_loops: bool,
+        /// Whether `lin_l`, `lin_r` and the output have biases.
+        bias: bool,
+        /// `lin_r` is `lin_l` (no `lin_r` tensors).
+        share_weights: bool,
+    },
+    /// PyG `TransformerConv(in_channels, out_channels, heads, concat, beta, root_weight, bias)`.
+    Transformer {
+        /// Input width `F`.
+        in_channels: usize,
+        /// Channels per head `C`.
+        out_channels: usize,
+        /// Heads `H`.
+        heads: usize,
+        /// Concatenate or average heads.
+        concat: bool,
+        /// Gated skip `beta = sigmoid(lin_beta([out, x_r, out - x_r]))` (needs `root_weight`).
+        beta: bool,
+        /// Add the skip connection `lin_skip(x)`.
+        root_weight: bool,
+        /// Whether the linear layers have biases.
+        bias: bool,
+    },
+}
+
+impl AttentionConfig {
+    /// timm's `Attention(dim, heads, qkv_bias=True)`, as in every ViT.
+    pub fn timm(dim: usize, heads: usize) -> Self {
+        AttentionConfig::Timm { dim, heads, qkv_bias: true }
+    }
+
+    /// `GATConv(in, out, heads)` with PyG's defaults (concat, slope 0.2, self-loops, bias).
+    pub fn gat(in_channels: usize, out_channels: usize, heads: usize) -> Self {
+        AttentionConfig::Gat { in_channels, out_channels, heads, concat: true, negative_slope: 0.2, add_self_loops: true, bias: true }
+    }
+
+    /// `GATv2Conv(in, out, heads)` with PyG's defaults.
+    pub fn gatv2(in_channels: usize, out_channels: usize, heads: usize) -> Self {
+        AttentionConfig::GatV2 { in_channels, out_channels, heads, concat: true, negative_slope: 0.2, add_self_loops: true, bias: true, share_weights: false }
+    }
+
+    /// `TransformerConv(in, out, heads)` with PyG's defaults (concat, no beta, root weight, bias).
+    pub fn transformer(in_channels: usize, out_channels: usize, heads: usize) -> Self {
+        AttentionConfig::Transformer { in_channels, out_channels, heads, concat: true, beta: false, root_weight: true, bias: true }
+    }
+
+    /// Number of heads.
+    pub fn heads(&self) -> usize {
+        match *self {
+            AttentionConfig::Timm { heads, .. }
+            | AttentionConfig::Gat { heads, .. }
+            | AttentionConfig::GatV2 { heads, .. }
+            | AttentionConfig::Transformer { heads, .. } => heads,
+        }
+    }
+
+    /// Input width.
+    pub fn in_dim(&self) -> usize {
+        match *self {
+            AttentionConfig::Timm { dim, .. } => dim,
+            AttentionConfig::Gat { in_channels, .. } | AttentionConfig::GatV2 { in_channels, .. } | AttentionConfig::Transformer { in_channels, .. } => in_channels,
+        }
+    }
+
+    /// Width per head of the attended values.
+    pub fn head_dim(&self) -> usize {
+        match *self {
+            AttentionConfig::Timm { dim, heads, .. } => dim / heads.max(1),
+            AttentionConfig::Gat { out_channels, .. } | AttentionConfig::GatV2 { out_channels, .. } | AttentionConfig::Transformer { out_channels, .. } => out_channels,
+        }
+    }
+
+    /// Output width.
+    pub fn out_dim(&self) -> usize {
+        match *self {
+            AttentionConfig::Timm { dim, .. } => dim,
+            AttentionConfig::Gat { out_channels, heads, concat, .. }
+            | AttentionConfig::GatV2 { out_channels, heads, concat, .. }
+            | AttentionConfig::Transformer { out_channels, heads, concat, .. } => if concat { heads * out_channels } else { out_channels },
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let heads = self.heads();
+        if heads == 0 {
+            return Err(Error::invalid("attention heads", "must be at least 1"));
+        }
+        if self.in_dim() == 0 || self.head_dim() == 0 {
+            return Err(Error::invalid("attention widths", format!("input {} and per-head {} must be positive", self.in_dim(), self.head_dim())));
+        }
+        if let AttentionConfig::Timm { dim, heads, .. } = *self {
+            if dim % heads != 0 {
+                return Err(Error::invalid("timm attention", format!("dim {dim} is not a multiple of {heads} heads")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The parameters, by peer.
+#[derive(Clone, Debug, PartialEq)]
+enum Params {
+    Timm { qkv: Linear, proj: Linear },
+    Gat { lin: Linear, att_src: Vec<f32>, att_dst: Vec<f32>, bias: Option<Vec<f32>> },
+    GatV2 { lin_l: Linear, lin_r: Option<Linear>, att: Vec<f32>, bias: Option<Vec<f32>> },
+    Transformer { lin_query: Linear, lin_key: Linear, lin_value: Linear, lin_skip: Linear, lin_beta: Option<Linear> },
+}
+
+/// Options of [`GraphAttention::forward_with`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ForwardOptions<'a> {
+    /// Additive edge bias `[E x H]` in the edge order of the graph attention runs on (after
+    /// self-loops are added, for GAT/GATv2 with `add_self_loops`).
+    pub edge_bias: Option<&'a [f32]>,
+    /// Return the attention weights.
+    pub weights: bool,
+    /// Force an implementation (default: dense for complete graphs, sparse otherwise).
+    pub path: Path,
+}
+
+/// Attention weights with the graph they refer to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttentionWeights {
+    /// The graph attention ran on (the input graph, or it with PyG's self-loops).
+    pub graph: Graph,
+    /// `[E x H]`, in `graph`'s edge order.
+    pub values: Vec<f32>,
+}
+
+/// Output of [`GraphAttention::forward_with`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerOutput {
+    /// `[N x out_dim]`.
+    pub out: Matrix,
+    /// The attention weights, if asked for.
+    pub weights: Option<AttentionWeights>,
+}
+
+/// A multi-head graph attention layer (see the module table).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GraphAttention {
+    config: AttentionConfig,
+    params: Params,
+}
+
+/// Reads an attention vector `[1, H, C]` as `[H*C]`.
+fn take_att(map: &mut TensorMap, name: &str, heads: usize, c: usize) -> Result<Vec<f32>> {
+    map.take(name, &[1, heads, c])
+}
+
+fn take_out_bias(map: &mut TensorMap, name: &str, bias: bool, width: usize) -> Result<Option<Vec<f32>>> {
+    if bias { map.take(name, &[width]).map(Some) } else { Ok(None) }
+}
+
+impl GraphAttention {
+    /// A layer with the peer's initialisation from a seeded generator: timm's `trunc_normal(0.02)`
+    /// weights and zero biases for [`AttentionConfig::Timm`]; PyG's Glorot weights and zero biases
+    /// for the graph layers (PyTorch's default `Linear` init for `TransformerConv`).
+    pub fn new(config: AttentionConfig, init: &mut Init) -> Result<GraphAttention> {
+        config.validate()?;
+        let (f, c, h) = (config.in_dim(), config.head_dim(), config.heads());
+        let params = match config {
+            AttentionConfig::Timm { dim, qkv_bias, .. } => {
+                let timm_linear = |init: &mut Init, i: usize, o: usize, b: bool| Linear {
+                    weight: Matrix::from_vec(o, i, init.trunc_normal(o * i, 0.02)).unwrap_or_default(),
+                    bias: b.then(|| vec![0.0; o]),
+                };
+                Params::Timm { qkv: timm_linear(init, dim, 3 * dim, qkv_bias), proj: timm_linear(init, dim, dim, true) }
+            }
+            AttentionConfig::Gat { bias, .. } => Params::Gat {
+                lin: Linear::glorot_init(init, f, h * c, false),
+                att_src: init.glorot(h, c),
+                att_dst: init.glorot(h, c),
+                bias: bias.then(|| vec![0.0; config.out_dim()]),
+            },
+            AttentionConfig::GatV2 { bias, share_weights, .. } => Params::GatV2 {
+                lin_l: Linear::glorot_init(init, f, h * c, bias),
+                lin_r: (!share_weights).then(|| Linear::glorot_init(init, f, h * c, bias)),
+                att: init.glorot(h, c),
+                bias: bias.then(|| vec![0.0; config.out_dim()]),
+            },
+            AttentionConfig::Transformer { bias, beta, root_weight, concat, .. } => Params::Transformer {
+                lin_query: Linear::torch_init(init, f, h * c, bias),
+                lin_key: Linear::torch_init(init, f, h * c, bias),
+                lin_value: Linear::torch_init(init, f, h * c, bias),
+                lin_skip: Linear::torch_init(init, f, if concat { h * c } else { c }, bias),
+                lin_beta: (beta && root_weight).then(|| Linear::torch_init(init, 3 * config.out_dim(), 1, false)),
+            },
+        };
+        Ok(GraphAttention { config, params })
+    }
+
+    /// Loads the layer's tensors from `map` under the peer's names, prefixed by `prefix`
+    /// (`""` or e.g. `"blocks.0.attn."`), checking every shape. Taken tensors are removed from
+    /// `map`; call [`TensorMap::finish`] afterwards to reject unknown keys.
+    pub fn load(config: AttentionConfig, map: &mut TensorMap, prefix: &str) -> Result<GraphAttention> {
+        config.validate()?;
+        let (f, c, h) = (config.in_dim(), config.head_dim(), config.heads());
+        let p = |name: &str| format!("{prefix}{name}");
+        let params = match config {
+            AttentionConfig::Timm { dim, qkv_bias, .. } => {
+                Params::Timm { qkv: Linear::load(map, &p("qkv"), dim, 3 * dim, qkv_bias)?, proj: Linear::load(map, &p("proj"), dim, dim, true)? }
+            }
+            AttentionConfig::Gat { bias, .. } => Params::Gat {
+                lin: Linear::load(map, &p("lin"), f, h * c, false)?,
+                att_src: take_att(map, &p("att_src"), h, c)?,
+                att_dst: take_att(map, &p("att_dst"), h, c)?,
+                bias: take_out_bias(map, &p("bias"), bias, config.out_dim())?,
+            },
+            AttentionConfig::GatV2 { bias, share_weights, .. } => Params::GatV2 {
+                lin_l: Linear::load(map, &p("lin_l"), f, h * c, bias)?,
+                lin_r: if share_weights { None } else { Some(Linear::load(map, &p("lin_r"), f, h * c, bias)?) },
+                att: take_att(map, &p("att"), h, c)?,
+                bias: take_out_bias(map, &p("bias"), bias, config.out_dim())?,
+            },
+            AttentionConfig::Transformer { bias, beta, root_weight, concat, .. } => Params::Transformer {
+                lin_key: Linear::load(map, &p("lin_key"), f, h * c, bias)?,
+                lin_query: Linear::load(map, &p("lin_query"), f, h * c, bias)?,
+                lin_value: Linear::load(map, &p("lin_value"), f, h * c, bias)?,
+                // PyG always creates lin_skip, and uses it only when root_weight.
+                lin_skip: Linear::load(map, &p("lin_skip"), f, if concat { h * c } else { c }, bias)?,
+                lin_beta: if beta && root_weight { Some(Linear::load(map, &p("lin_beta"), 3 * config.out_dim(), 1, false)?) } else { None },
+            },
+        };
+        Ok(GraphAttention { config, params })
+    }
+
+    /// Writes the layer's tensors under the peer's names (the inverse of [`GraphAttention::load`]).
+    pub fn save(&self, map: &mut TensorMap, prefix: &str) -> Result<()> {
+        let (c, h) = (self.config.head_dim(), self.config.heads());
+        let p = |name: &str| format!("{prefix}{name}");
+        match &self.params {
+            Params::Timm { qkv, proj } => {
+                qkv.save(map, &p("qkv"))?;
+                proj.save(map, &p("proj"))
+            }
+            Params::Gat { lin, att_src, att_dst, bias } => {
+                lin.save(map, &p("lin"))?;
+                map.insert(p("att_src"), vec![1, h, c], att_src.clone())?;
+                map.insert(p("att_dst"), vec![1, h, c], att_dst.clone())?;
+                bias.iter().try_for_each(|b| map.insert(p("bias"), vec![b.len()], b.clone()))
+            }
+            Params::GatV2 { lin_l, lin_r, att, bias } => {
+                lin_l.save(map, &p("lin_l"))?;
+                lin_r.iter().try_for_each(|l| l.save(map, &p("lin_r")))?;
+                map.insert(p("att"), vec![1, h, c], att.clone())?;
+                bias.iter().try_for_each(|b| map.insert(p("bias"), vec![b.len()], b.clone()))
+            }
+            Params::Transformer { lin_query, lin_key, lin_value, lin_skip, lin_beta } => {
+                lin_query.save(map, &p("lin_query"))?;
+                lin_key.save(map, &p("lin_key"))?;
+                lin_value.save(map, &p("lin_value"))?;
+                lin_skip.save(map, &p("lin_skip"))?;
+                lin_beta.iter().try_for_each(|l| l.save(map, &p("lin_beta")))
+            }
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AttentionConfig {
+        &self.config
+    }
+
+    /// The score this layer uses.
+    pub fn score(&self) -> Score {
+        match (&self.config, &self.params) {
+            (AttentionConfig::Gat { negative_slope, .. }, _) => Score::Gat { negative_slope: *negative_slope },
+            (AttentionConfig::GatV2 { negative_slope, .. }, Params::GatV2 { att, .. }) => Score::GatV2 { attention: att.clone(), negative_slope: *negative_slope },
+            _ => Score::Dot { scale: 1.0 / (self.config.head_dim() as f32).sqrt() },
+        }
+    }
+
+    /// The graph attention runs on: `graph` itself, or (GAT/GATv2 with `add_self_loops`) with
+    /// its self-loops replaced by one per node, as PyG does.
+    pub fn attention_graph<'g>(&self, graph: &'g Graph) -> Cow<'g, Graph> {
+        match self.config {
+            AttentionConfig::Gat { add_self_loops: true, .. } | AttentionConfig::GatV2 { add_self_loops: true, .. } => Cow::Owned(graph.add_self_loops()),
+            _ => Cow::Borrowed(graph),
+        }
+    }
+
+    /// `x [N x in_dim] -> [N x out_dim]` over `graph`.
+    pub fn forward(&self, graph: &Graph, x: &Matrix) -> Result<Matrix> {
+        Ok(self.forward_with(graph, x, &ForwardOptions::default())?.out)
+    }
+
+    /// Forward with an edge bias, a forced path, or the attention weights returned.
+    pub fn forward_with(&self, graph: &Graph, x: &Matrix, options: &ForwardOptions<'_>) -> Result<LayerOutput> {
+        x.expect_shape("attention input x", graph.num_nodes(), self.config.in_dim())?;
+        ensure_finite("attention input x", x.as_slice())?;
+        let heads = self.config.heads();
+        let score = self.score();
+        let g = self.attention_graph(graph);
+        let run = |q: &Matrix, k: &Matrix, v: &Matrix| {
+            let mut inputs = AttentionInputs::new(q, k, v, heads);
+            inputs.bias = options.edge_bias;
+            attend(&g, &score, &inputs, options.path, options.weights)
+        };
+        let (attended, out) = match &self.params {
+            Params::Timm { qkv, proj } => {
+                // qkv [N x 3D]: q = columns 0..D, k = D..2D, v = 2D..3D.
+                let d = self.config.in_dim();
+                let qkv = qkv.forward(x)?;
+                let (q, k, v) = (qkv.columns(0, d), qkv.columns(d, d), qkv.columns(2 * d, d));
+                let a = run(&q, &k, &v)?;
+                let out = proj.forward(&a.out)?;
+                (a, out)
+            }
+            Params::Gat { lin, att_src, att_dst, bias } => {
+                let wh = lin.forward(x)?; // [N x H*C]
+                let (alpha_src, alpha_dst) = (per_head_dot(&wh, att_src, heads), per_head_dot(&wh, att_dst, heads));
+                let a = run(&alpha_dst, &alpha_src, &wh)?;
+                let out = self.combine_heads(&a.out, bias.as_deref());
+                (a, out)
+            }
+            Params::GatV2 { lin_l, lin_r, bias, .. } => {
+                let xl = lin_l.forward(x)?; // sources: messages and key side
+                let xr = match lin_r {
+                    Some(l) => l.forward(x)?,
+                    None => xl.clone(),
+                };
+                let a = run(&xr, &xl, &xl)?;
+                let out = self.combine_heads(&a.out, bias.as_deref());
+                (a, out)
+            }
+            Params::Transformer { lin_query, lin_key, lin_value, lin_skip, lin_beta } => {
+                let (q, k, v) = (lin_query.forward(x)?, lin_key.forward(x)?, lin_value.forward(x)?);
+                let a = run(&q, &k, &v)?;
+                let mut out = self.combine_heads(&a.out, None);
+                if let AttentionConfig::Transformer { root_weight: true, .. } = self.config {
+                    let xr = lin_skip.forward(x)?;
+                    match lin_beta {
+                        // beta = sigmoid(lin_beta([out, x_r, out - x_r])); out = beta x_r + (1 - beta) out
+                        Some(lb) => {
+                            let w = out.cols();
+                            let cat = Matrix::from_fn(out.rows(), 3 * w, |n, j| match j / w {
+                                0 => out.get(n, j),
+                                1 => xr.get(n, j - w),
+                                _ => out.get(n, j - 2 * w) - xr.get(n, j - 2 * w),
+                            });
+                            let beta = lb.forward(&cat)?;
+                            for n in 0..out.rows() {
+                                let b = 1.0 / (1.0 + (-beta.get(n, 0)).exp());
+                                for (o, r) in out.row_mut(n).iter_mut().zip(xr.row(n)) {
+                                    *o = b * r + (1.0 - b) * *o;
+                                }
+                            }
+                        }
+                        None => {
+                            for (o, r) in out.as_mut_slice().iter_mut().zip(xr.as_slice()) {
+                                *o += r;
+                            }
+                        }
+                    }
+                }
+                (a, out)
+            }
+        };
+        let weights = attended.weights.map(|values| AttentionWeights { graph: g.into_owned(), values });
+        Ok(LayerOutput { out, weights })
+    }
+
+    /// Concatenated heads `[N x H*C]` -> `[N x H*C]` (concat) or their mean `[N x C]`, plus bias.
+    fn combine_heads(&self, x: &Matrix, bias: Option<&[f32]>) -> Matrix {
+        let (h, c) = (self.config.heads(), self.config.head_dim());
+        let concat = matches!(
+            self.config,
+            AttentionConfig::Gat { concat: true, .. } | AttentionConfig::GatV2 { concat: true, .. } | AttentionConfig::Transformer { concat: true, .. }
+        );
+        let mut out = if concat {
+            x.clone()
+        } else {
+            Matrix::from_fn(x.rows(), c, |n, j| (0..h).map(|hh| x.get(n, hh * c + j)).sum::<f32>() / h as f32)
+        };
+        if let Some(b) = bias {
+            for n in 0..out.rows() {
+                for (o, bb) in out.row_mut(n).iter_mut().zip(b) {
+                    *o += bb;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `[N x H*C]` rows dotted with a per-head vector `a [H*C]`: `out[n, h] = x[n, h*C..] . a[h*C..]`.
+fn per_head_dot(x: &Matrix, a: &[f32], heads: usize) -> Matrix {
+    let c = x.cols() / heads;
+    Matrix::from_fn(x.rows(), heads, |n, h| crate::attention::score::dot(&x.row(n)[h * c..(h + 1) * c], &a[h * c..(h + 1) * c]))
+}

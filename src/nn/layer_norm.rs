@@ -1,0 +1,63 @@
+//! `LayerNorm` over each row: `y = (x - mean) / sqrt(var + eps) * weight + bias`.
+//!
+//! ```text
+//! x [N x D] -> y [N x D];  mean, var (biased) over the D values of a row
+//! ```
+//! timm and the JAX ViTs use `eps = 1e-6`, PyTorch's default is `1e-5`, Hugging Face `1e-12`.
+//!
+//! ```
+//! use patchgraph::{Matrix, nn::LayerNorm};
+//! let ln = LayerNorm::new(2, 0.0);
+//! let y = ln.forward(&Matrix::from_vec(1, 2, vec![1.0, 3.0]).unwrap()).unwrap();
+//! assert_eq!(y.as_slice(), &[-1.0, 1.0]);
+//! ```
+
+use crate::checkpoint::TensorMap;
+use crate::error::Result;
+use crate::tensor::Matrix;
+
+/// Layer normalisation with an affine transform.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerNorm {
+    /// Scale `[D]`.
+    pub weight: Vec<f32>,
+    /// Shift `[D]`.
+    pub bias: Vec<f32>,
+    /// Added to the variance.
+    pub eps: f32,
+}
+
+impl LayerNorm {
+    /// Identity affine (weight 1, bias 0).
+    pub fn new(dim: usize, eps: f32) -> LayerNorm {
+        LayerNorm { weight: vec![1.0; dim], bias: vec![0.0; dim], eps }
+    }
+
+    /// Loads `{prefix}.weight` and `{prefix}.bias`, both `[dim]`.
+    pub fn load(map: &mut TensorMap, prefix: &str, dim: usize, eps: f32) -> Result<LayerNorm> {
+        Ok(LayerNorm { weight: map.take(&format!("{prefix}.weight"), &[dim])?, bias: map.take(&format!("{prefix}.bias"), &[dim])?, eps })
+    }
+
+    /// Writes `{prefix}.weight` and `{prefix}.bias`.
+    pub fn save(&self, map: &mut TensorMap, prefix: &str) -> Result<()> {
+        map.insert(format!("{prefix}.weight"), vec![self.weight.len()], self.weight.clone())?;
+        map.insert(format!("{prefix}.bias"), vec![self.bias.len()], self.bias.clone())
+    }
+
+    /// Normalises every row of `x` `[N x D]`.
+    pub fn forward(&self, x: &Matrix) -> Result<Matrix> {
+        let d = self.weight.len();
+        x.expect_cols("layer norm input", d)?;
+        let mut y = x.clone();
+        for n in 0..y.rows() {
+            let row = y.row_mut(n);
+            let mean = row.iter().sum::<f32>() / d as f32;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+            let inv = 1.0 / (var + self.eps).sqrt();
+            for ((v, w), b) in row.iter_mut().zip(&self.weight).zip(&self.bias) {
+                *v = (*v - mean) * inv * w + b;
+            }
+        }
+        Ok(y)
+    }
+}

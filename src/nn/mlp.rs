@@ -1,0 +1,51 @@
+//! `Mlp`: timm's transformer MLP, `fc2(gelu(fc1(x)))`.
+//!
+//! ```text
+//! x [N x D] -> fc1 -> [N x hidden] -> gelu -> fc2 -> [N x D]
+//! ```
+//!
+//! ```
+//! use patchgraph::{Matrix, nn::{Init, Mlp}};
+//! let mlp = Mlp::new(&mut Init::new(0), 4, 16);
+//! let y = mlp.forward(&Matrix::zeros(3, 4)).unwrap();
+//! assert_eq!(y.shape(), (3, 4));
+//! ```
+
+use super::{gelu_inplace, Init, Linear};
+use crate::checkpoint::TensorMap;
+use crate::error::Result;
+use crate::tensor::Matrix;
+
+/// Two linear layers with an exact GELU between them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mlp {
+    /// `[hidden x D]`.
+    pub fc1: Linear,
+    /// `[D x hidden]`.
+    pub fc2: Linear,
+}
+
+impl Mlp {
+    /// PyTorch-default initialised MLP `dim -> hidden -> dim`.
+    pub fn new(init: &mut Init, dim: usize, hidden: usize) -> Mlp {
+        Mlp { fc1: Linear::torch_init(init, dim, hidden, true), fc2: Linear::torch_init(init, hidden, dim, true) }
+    }
+
+    /// Loads `{prefix}.fc1.*` and `{prefix}.fc2.*` (timm names).
+    pub fn load(map: &mut TensorMap, prefix: &str, dim: usize, hidden: usize) -> Result<Mlp> {
+        Ok(Mlp { fc1: Linear::load(map, &format!("{prefix}.fc1"), dim, hidden, true)?, fc2: Linear::load(map, &format!("{prefix}.fc2"), hidden, dim, true)? })
+    }
+
+    /// Writes `{prefix}.fc1.*` and `{prefix}.fc2.*`.
+    pub fn save(&self, map: &mut TensorMap, prefix: &str) -> Result<()> {
+        self.fc1.save(map, &format!("{prefix}.fc1"))?;
+        self.fc2.save(map, &format!("{prefix}.fc2"))
+    }
+
+    /// `x [N x D] -> [N x D]`.
+    pub fn forward(&self, x: &Matrix) -> Result<Matrix> {
+        let mut h = self.fc1.forward(x)?;
+        gelu_inplace(h.as_mut_slice());
+        self.fc2.forward(&h)
+    }
+}

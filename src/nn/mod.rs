@@ -1,0 +1,29 @@
+//! Layers that match the peers: [`Linear`], [`LayerNorm`], exact-erf [`gelu`], [`Mlp`],
+//! [`GraphAttention`] (timm `Attention`, PyG `GATConv` / `GATv2Conv` / `TransformerConv`) and
+//! the pre-LN transformer [`Block`] whose attention runs on any graph.
+//!
+//! ```
+//! use patchgraph::{Graph, Matrix};
+//! use patchgraph::nn::{AttentionConfig, GraphAttention, Init};
+//! // timm's ViT attention is GraphAttention on the complete graph with self-loops.
+//! let attn = GraphAttention::new(AttentionConfig::timm(16, 4), &mut Init::new(0)).unwrap();
+//! let tokens = Matrix::from_fn(10, 16, |i, j| ((i * 16 + j) as f32 * 0.1).sin());
+//! let y = attn.forward(&Graph::complete(10, true), &tokens).unwrap();
+//! assert_eq!(y.shape(), (10, 16));
+//! ```
+
+mod block;
+mod gelu;
+mod graph_attention;
+mod init;
+mod layer_norm;
+mod linear;
+mod mlp;
+
+pub use block::{Block, BlockConfig};
+pub use gelu::{gelu, gelu_inplace};
+pub use graph_attention::{AttentionConfig, AttentionWeights, ForwardOptions, GraphAttention, LayerOutput};
+pub use init::Init;
+pub use layer_norm::LayerNorm;
+pub use linear::Linear;
+pub use mlp::Mlp;
