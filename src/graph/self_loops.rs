@@ -27,7 +27,11 @@ impl Graph {
 
     fn edit_self_loops(&self, add: bool) -> Graph {
         if let Edges::Complete { .. } = self.edges {
-            return Graph { edges: Edges::Complete { self_loops: add }, topology: super::Topology::Complete { self_loops: add }, ..self.clone() };
+            let topology = match self.topology {
+                super::Topology::Complete { .. } => super::Topology::Complete { self_loops: add },
+                ref other => other.clone(),
+            };
+            return Graph { edges: Edges::Complete { self_loops: add }, topology, ..self.clone() };
         }
         let mut offsets = Vec::with_capacity(self.num_nodes + 1);
         offsets.push(0);

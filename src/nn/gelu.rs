@@ -22,3 +22,18 @@ pub fn gelu_inplace(x: &mut [f32]) {
         *v = gelu(*v);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::gelu;
+
+    /// Values of x * Phi(x) from the standard normal CDF table: Phi(1) = 0.841344746,
+    /// Phi(-1) = 0.158655254, Phi(2) = 0.977249868, Phi(-3) = 0.001349898.
+    #[test]
+    fn matches_the_normal_cdf() {
+        for (x, phi) in [(1.0f32, 0.841_344_746f64), (-1.0, 0.158_655_254), (2.0, 0.977_249_868), (-3.0, 0.001_349_898)] {
+            let expected = x as f64 * phi;
+            assert!((gelu(x) as f64 - expected).abs() < 1e-6, "gelu({x}) = {} vs {expected}", gelu(x));
+        }
+    }
+}

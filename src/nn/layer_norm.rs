@@ -61,3 +61,20 @@ impl LayerNorm {
         Ok(y)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Row [1, 2, 3, 6]: mean 3, biased variance (4 + 1 + 0 + 9) / 4 = 3.5.
+    #[test]
+    fn normalises_with_biased_variance_and_eps() {
+        let ln = LayerNorm { weight: vec![1.0, 2.0, 1.0, 1.0], bias: vec![0.0, 0.0, 0.5, 0.0], eps: 0.5 };
+        let y = ln.forward(&Matrix::from_vec(1, 4, vec![1.0, 2.0, 3.0, 6.0]).unwrap()).unwrap();
+        let s = 1.0 / (3.5f32 + 0.5).sqrt(); // = 0.5
+        let expected = [-2.0 * s, -1.0 * s * 2.0, 0.5, 3.0 * s];
+        for (a, b) in y.as_slice().iter().zip(expected) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+    }
+}
