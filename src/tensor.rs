@@ -131,7 +131,11 @@ impl Matrix {
         let mut rows = 0;
         for (k, m) in parts.iter().enumerate() {
             if m.cols != cols {
-                return Err(Error::shape(format!("vstack part {k}"), format!("{cols} columns"), format!("{} columns", m.cols)));
+                return Err(Error::shape(
+                    format!("vstack part {k}"),
+                    format!("{cols} columns"),
+                    format!("{} columns", m.cols),
+                ));
             }
             data.extend_from_slice(&m.data);
             rows += m.rows;

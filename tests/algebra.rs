@@ -4,7 +4,7 @@
 //! Tolerance everywhere: `max |a - b| <= 1e-5 * max(1, max |b|)`, with `b` the f64 oracle or the
 //! matrix formulation (1e-5 of the output's scale; values here are O(1)).
 
-use patchgraph::attention::{attend, AttentionInputs, Path, Score};
+use patchgraph::attention::{AttentionInputs, Path, Score, attend};
 use patchgraph::kernels::dense::attend_dense;
 use patchgraph::nn::{AttentionConfig, ForwardOptions, GraphAttention, Init};
 use patchgraph::{Graph, Matrix};
@@ -47,7 +47,12 @@ fn messy_graph(init: &mut Init, n: usize, max_degree: usize) -> Graph {
 fn score_inputs(init: &mut Init, which: usize, n: usize, heads: usize, d: usize) -> (Score, Matrix, Matrix, Matrix) {
     let v = random(init, n, heads * d, 1.0);
     match which {
-        0 => (Score::Dot { scale: 1.0 / (d as f32).sqrt() }, random(init, n, heads * d, 1.0), random(init, n, heads * d, 1.0), v),
+        0 => (
+            Score::Dot { scale: 1.0 / (d as f32).sqrt() },
+            random(init, n, heads * d, 1.0),
+            random(init, n, heads * d, 1.0),
+            v,
+        ),
         1 => (Score::Gat { negative_slope: 0.2 }, random(init, n, heads, 1.0), random(init, n, heads, 1.0), v),
         _ => (
             Score::GatV2 { attention: init.normal(heads * d, 0.5), negative_slope: 0.2 },
@@ -85,7 +90,9 @@ fn mhsa_as_matrices(x: &Matrix, wqkv: &[f32], bqkv: &[f32], wproj: &[f32], bproj
             }
         }
     }
-    Matrix::from_fn(n, dim, |i, o| (bproj[o] as f64 + (0..dim).map(|c| attn_out[i][c] * wproj[o * dim + c] as f64).sum::<f64>()) as f32)
+    Matrix::from_fn(n, dim, |i, o| {
+        (bproj[o] as f64 + (0..dim).map(|c| attn_out[i][c] * wproj[o * dim + c] as f64).sum::<f64>()) as f32
+    })
 }
 
 proptest! {
@@ -181,11 +188,11 @@ proptest! {
         }
         let permuted_graph = graph.permute(&perm).unwrap();
         let mut px = Matrix::zeros(n, 8);
-        for i in 0..n { px.row_mut(perm[i]).copy_from_slice(x.row(i)); }
+        for (i, &p) in perm.iter().enumerate() { px.row_mut(p).copy_from_slice(x.row(i)); }
         let y = layer.forward(&graph, &x).unwrap();
         let py = layer.forward(&permuted_graph, &px).unwrap();
         let mut expected = Matrix::zeros(n, y.cols());
-        for i in 0..n { expected.row_mut(perm[i]).copy_from_slice(y.row(i)); }
+        for (i, &p) in perm.iter().enumerate() { expected.row_mut(p).copy_from_slice(y.row(i)); }
         close("permuted output", &py, &expected)?;
     }
 
@@ -245,7 +252,8 @@ proptest! {
 /// path agrees with the oracle, and the bits do not depend on the thread count.
 #[test]
 fn simd_width_sweep_on_one_and_several_threads() {
-    let pools: Vec<rayon::ThreadPool> = [1, 2, 3].iter().map(|&t| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap()).collect();
+    let pools: Vec<rayon::ThreadPool> =
+        [1, 2, 3].iter().map(|&t| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap()).collect();
     for n in [15, 16, 17, 63, 64, 65] {
         for d in [15, 16, 17] {
             for which in 0..3 {
@@ -265,13 +273,20 @@ fn simd_width_sweep_on_one_and_several_threads() {
                             attend(&messy, &score, &inputs, Path::Sparse, false).unwrap().out,
                         )
                     });
-                    for (what, ours, oracle) in [("dense", &dense, &oracle_c), ("sparse complete", &sparse_c, &oracle_c), ("sparse messy", &sparse_m, &oracle_m)] {
+                    for (what, ours, oracle) in [
+                        ("dense", &dense, &oracle_c),
+                        ("sparse complete", &sparse_c, &oracle_c),
+                        ("sparse messy", &sparse_m, &oracle_m),
+                    ] {
                         let diff = ours.max_abs_diff(oracle);
                         assert!(diff <= TOL * oracle.max_abs().max(1.0), "n={n} d={d} score={which} {what}: {diff:e}");
                     }
                     match &first {
                         None => first = Some((dense, sparse_c, sparse_m)),
-                        Some(f) => assert!(f.0 == dense && f.1 == sparse_c && f.2 == sparse_m, "n={n} d={d}: results depend on the thread count"),
+                        Some(f) => assert!(
+                            f.0 == dense && f.1 == sparse_c && f.2 == sparse_m,
+                            "n={n} d={d}: results depend on the thread count"
+                        ),
                     }
                 }
             }
@@ -286,7 +301,9 @@ fn layers_are_deterministic_across_thread_counts() {
     let layer = GraphAttention::new(AttentionConfig::timm(192, 3), &mut Init::new(3)).unwrap();
     let x = random(&mut Init::new(4), 197, 192, 1.0);
     let g = Graph::complete(197, true);
-    let run = |t: usize| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap().install(|| layer.forward(&g, &x).unwrap());
+    let run = |t: usize| {
+        rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap().install(|| layer.forward(&g, &x).unwrap())
+    };
     assert_eq!(run(1), run(2));
 }
 
@@ -297,23 +314,56 @@ fn bad_inputs_are_typed_errors() {
     let g = Graph::complete(4, true);
     // Wrong widths.
     let q3 = Matrix::zeros(4, 6);
-    assert!(matches!(attend(&g, &Score::Dot { scale: 1.0 }, &AttentionInputs::new(&q3, &x, &x, 2), Path::Auto, false), Err(Error::Shape { .. })));
+    assert!(matches!(
+        attend(&g, &Score::Dot { scale: 1.0 }, &AttentionInputs::new(&q3, &x, &x, 2), Path::Auto, false),
+        Err(Error::Shape { .. })
+    ));
     // Wrong row count.
     let short = Matrix::zeros(3, 8);
-    assert!(matches!(attend(&g, &Score::Dot { scale: 1.0 }, &AttentionInputs::new(&short, &short, &short, 2), Path::Sparse, false), Err(Error::Shape { .. })));
+    assert!(matches!(
+        attend(&g, &Score::Dot { scale: 1.0 }, &AttentionInputs::new(&short, &short, &short, 2), Path::Sparse, false),
+        Err(Error::Shape { .. })
+    ));
     // GAT needs one scalar per head.
-    assert!(matches!(attend(&g, &Score::Gat { negative_slope: 0.2 }, &AttentionInputs::new(&x, &x, &x, 2), Path::Auto, false), Err(Error::Shape { .. })));
+    assert!(matches!(
+        attend(&g, &Score::Gat { negative_slope: 0.2 }, &AttentionInputs::new(&x, &x, &x, 2), Path::Auto, false),
+        Err(Error::Shape { .. })
+    ));
     // Zero heads.
-    assert!(matches!(attend(&g, &Score::Dot { scale: 1.0 }, &AttentionInputs::new(&x, &x, &x, 0), Path::Auto, false), Err(Error::Invalid { .. })));
+    assert!(matches!(
+        attend(&g, &Score::Dot { scale: 1.0 }, &AttentionInputs::new(&x, &x, &x, 0), Path::Auto, false),
+        Err(Error::Invalid { .. })
+    ));
     // Bias of the wrong length, and a NaN bias.
     let short_bias = vec![0.0; 5];
-    assert!(matches!(attend(&g, &Score::Dot { scale: 1.0 }, &AttentionInputs::new(&x, &x, &x, 2).with_bias(&short_bias), Path::Auto, false), Err(Error::Shape { .. })));
+    assert!(matches!(
+        attend(
+            &g,
+            &Score::Dot { scale: 1.0 },
+            &AttentionInputs::new(&x, &x, &x, 2).with_bias(&short_bias),
+            Path::Auto,
+            false
+        ),
+        Err(Error::Shape { .. })
+    ));
     let mut nan_bias = vec![0.0; 32];
     nan_bias[7] = f32::NAN;
-    assert!(matches!(attend(&g, &Score::Dot { scale: 1.0 }, &AttentionInputs::new(&x, &x, &x, 2).with_bias(&nan_bias), Path::Auto, false), Err(Error::NonFinite { position: 7, .. })));
+    assert!(matches!(
+        attend(
+            &g,
+            &Score::Dot { scale: 1.0 },
+            &AttentionInputs::new(&x, &x, &x, 2).with_bias(&nan_bias),
+            Path::Auto,
+            false
+        ),
+        Err(Error::NonFinite { position: 7, .. })
+    ));
     // Dense path on a sparse graph.
     let sparse = Graph::from_edge_index(4, &[0], &[1]).unwrap();
-    assert!(matches!(attend(&sparse, &Score::Dot { scale: 1.0 }, &AttentionInputs::new(&x, &x, &x, 2), Path::Dense, false), Err(Error::Invalid { .. })));
+    assert!(matches!(
+        attend(&sparse, &Score::Dot { scale: 1.0 }, &AttentionInputs::new(&x, &x, &x, 2), Path::Dense, false),
+        Err(Error::Invalid { .. })
+    ));
     // NaN input to a layer, wrong input width to a layer.
     let layer = GraphAttention::new(AttentionConfig::gat(8, 4, 2), &mut Init::new(0)).unwrap();
     let mut bad = Matrix::zeros(4, 8);
@@ -323,7 +373,10 @@ fn bad_inputs_are_typed_errors() {
     // A timm config whose width is not a multiple of the heads.
     assert!(matches!(GraphAttention::new(AttentionConfig::timm(10, 3), &mut Init::new(0)), Err(Error::Invalid { .. })));
     // Edge index out of range.
-    assert!(matches!(Graph::from_edge_index(3, &[0, 3], &[1, 1]), Err(Error::NodeOutOfRange { index: 3, num_nodes: 3, .. })));
+    assert!(matches!(
+        Graph::from_edge_index(3, &[0, 3], &[1, 1]),
+        Err(Error::NodeOutOfRange { index: 3, num_nodes: 3, .. })
+    ));
 }
 
 #[test]
@@ -335,12 +388,14 @@ fn empty_graph_and_graph_without_edges_give_zeros() {
     let v = Matrix::from_fn(3, 4, |i, j| 1.0 + (i * j) as f32);
     let no_edges = Graph::from_edge_index(3, &[], &[]).unwrap();
     for path in [Path::Sparse, Path::Reference] {
-        let r = attend(&no_edges, &Score::Dot { scale: 1.0 }, &AttentionInputs::new(&x, &x, &v, 2), path, true).unwrap();
+        let r =
+            attend(&no_edges, &Score::Dot { scale: 1.0 }, &AttentionInputs::new(&x, &x, &v, 2), path, true).unwrap();
         assert!(r.out.as_slice().iter().all(|&o| o == 0.0));
     }
     // A complete graph without self-loops on one node has no edge either.
     let lone = Graph::complete(1, false);
     let one = Matrix::from_vec(1, 2, vec![1.0, 2.0]).unwrap();
-    let r = attend(&lone, &Score::Dot { scale: 1.0 }, &AttentionInputs::new(&one, &one, &one, 1), Path::Dense, false).unwrap();
+    let r = attend(&lone, &Score::Dot { scale: 1.0 }, &AttentionInputs::new(&one, &one, &one, 1), Path::Dense, false)
+        .unwrap();
     assert_eq!(r.out.as_slice(), &[0.0, 0.0]);
 }

@@ -73,7 +73,15 @@ fn pyg_config(module: &str, c: &Value) -> AttentionConfig {
             bias: flag(c, "bias"),
             share_weights: flag(c, "share_weights"),
         },
-        "transformer" => AttentionConfig::Transformer { in_channels, out_channels, heads, concat, beta: flag(c, "beta"), root_weight: flag(c, "root_weight"), bias: flag(c, "bias") },
+        "transformer" => AttentionConfig::Transformer {
+            in_channels,
+            out_channels,
+            heads,
+            concat,
+            beta: flag(c, "beta"),
+            root_weight: flag(c, "root_weight"),
+            bias: flag(c, "bias"),
+        },
         _ => unreachable!(),
     }
 }
@@ -172,7 +180,8 @@ fn check_timm_attention(name: &str) {
     assert!(graph.is_complete(), "a batch of complete graphs stays dense");
     let x = matrix(&mut map, "x");
     let expected = matrix(&mut map, "out");
-    let config = AttentionConfig::Timm { dim: num(&c, "dim"), heads: num(&c, "num_heads"), qkv_bias: flag(&c, "qkv_bias") };
+    let config =
+        AttentionConfig::Timm { dim: num(&c, "dim"), heads: num(&c, "num_heads"), qkv_bias: flag(&c, "qkv_bias") };
     let layer = GraphAttention::load(config, &mut map, "").unwrap();
     map.finish().unwrap();
     assert_close(name, &layer.forward(&graph, &x).unwrap(), &expected);

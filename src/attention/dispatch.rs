@@ -14,7 +14,7 @@
 //! assert!(dense.out.max_abs_diff(&sparse.out) < 1e-5);
 //! ```
 
-use super::{attend_reference, AttentionInputs, AttentionOutput, Score};
+use super::{AttentionInputs, AttentionOutput, Score, attend_reference};
 use crate::error::Result;
 use crate::graph::Graph;
 use crate::kernels::{dense::attend_dense, sparse::attend_sparse};
@@ -34,7 +34,13 @@ pub enum Path {
 }
 
 /// Runs `score` attention over `graph`; `weights` asks for the `[E x H]` attention weights.
-pub fn attend(graph: &Graph, score: &Score, inputs: &AttentionInputs<'_>, path: Path, weights: bool) -> Result<AttentionOutput> {
+pub fn attend(
+    graph: &Graph,
+    score: &Score,
+    inputs: &AttentionInputs<'_>,
+    path: Path,
+    weights: bool,
+) -> Result<AttentionOutput> {
     match path {
         Path::Auto if graph.is_complete() => attend_dense(graph, score, inputs, None, weights),
         Path::Auto | Path::Sparse => attend_sparse(graph, score, inputs, weights),

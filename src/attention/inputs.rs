@@ -78,32 +78,60 @@ impl<'a> AttentionInputs<'a> {
         }
         for (name, m) in [("query", self.query), ("key", self.key), ("value", self.value)] {
             if m.rows() != n {
-                return Err(Error::shape(format!("attention {name}"), format!("{n} rows (one per node)"), format!("{} rows", m.rows())));
+                return Err(Error::shape(
+                    format!("attention {name}"),
+                    format!("{n} rows (one per node)"),
+                    format!("{} rows", m.rows()),
+                ));
             }
             if m.cols() % h != 0 {
-                return Err(Error::shape(format!("attention {name}"), format!("a multiple of {h} heads columns"), format!("{} columns", m.cols())));
+                return Err(Error::shape(
+                    format!("attention {name}"),
+                    format!("a multiple of {h} heads columns"),
+                    format!("{} columns", m.cols()),
+                ));
             }
         }
         if self.key.cols() != self.query.cols() {
-            return Err(Error::shape("attention key", format!("{} columns like the query", self.query.cols()), format!("{} columns", self.key.cols())));
+            return Err(Error::shape(
+                "attention key",
+                format!("{} columns like the query", self.query.cols()),
+                format!("{} columns", self.key.cols()),
+            ));
         }
         let dk = self.query.cols() / h;
         match score {
             Score::Gat { .. } if dk != 1 => {
-                return Err(Error::shape("GAT query/key (a . W h per node and head)", format!("[N x {h}]"), format!("[N x {}]", self.query.cols())));
+                return Err(Error::shape(
+                    "GAT query/key (a . W h per node and head)",
+                    format!("[N x {h}]"),
+                    format!("[N x {}]", self.query.cols()),
+                ));
             }
             Score::GatV2 { attention, .. } if attention.len() != self.query.cols() => {
-                return Err(Error::shape("GATv2 attention vector", format!("{} values (H * d)", self.query.cols()), format!("{} values", attention.len())));
+                return Err(Error::shape(
+                    "GATv2 attention vector",
+                    format!("{} values (H * d)", self.query.cols()),
+                    format!("{} values", attention.len()),
+                ));
             }
             _ => {}
         }
         let e = graph.num_edges();
         if let Some(bias) = self.bias {
             if bias.len() != e * h {
-                return Err(Error::shape("edge bias", format!("[{e} edges x {h} heads]"), format!("{} values", bias.len())));
+                return Err(Error::shape(
+                    "edge bias",
+                    format!("[{e} edges x {h} heads]"),
+                    format!("{} values", bias.len()),
+                ));
             }
             if let Some(p) = bias.iter().position(|b| b.is_nan() || *b == f32::INFINITY) {
-                return Err(Error::NonFinite { what: "edge bias (only -inf may mask)".into(), position: p, value: bias[p] });
+                return Err(Error::NonFinite {
+                    what: "edge bias (only -inf may mask)".into(),
+                    position: p,
+                    value: bias[p],
+                });
             }
         }
         Ok(Dims { nodes: n, heads: h, key_dim: dk, value_dim: self.value.cols() / h, edges: e })

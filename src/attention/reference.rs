@@ -21,6 +21,9 @@
 //! assert_eq!(out.weights.unwrap(), vec![1.0]);
 //! ```
 
+// Index loops mirror the formulas: this file is read as the definition.
+#![allow(clippy::needless_range_loop)]
+
 use super::{AttentionInputs, AttentionOutput, Score};
 use crate::error::Result;
 use crate::graph::Graph;
@@ -48,7 +51,12 @@ fn score_f64(score: &Score, h: usize, q: &[f32], k: &[f32]) -> f64 {
 }
 
 /// Runs the algebra with plain loops in f64; `weights` asks for the `[E x H]` attention weights.
-pub fn attend_reference(graph: &Graph, score: &Score, inputs: &AttentionInputs<'_>, weights: bool) -> Result<AttentionOutput> {
+pub fn attend_reference(
+    graph: &Graph,
+    score: &Score,
+    inputs: &AttentionInputs<'_>,
+    weights: bool,
+) -> Result<AttentionOutput> {
     let dims = inputs.validate(graph, score)?;
     let (h_count, dk, dv) = (dims.heads, dims.key_dim, dims.value_dim);
     let mut out = Matrix::zeros(dims.nodes, h_count * dv);

@@ -54,17 +54,32 @@ impl TensorMap {
         let format = |reason: String| Error::Format { path: what.to_string(), reason };
         let st = SafeTensors::deserialize(bytes).map_err(|e| format(format!("not a valid safetensors file: {e}")))?;
         let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| format(format!("bad header: {e}")))?;
-        let mut map = TensorMap { metadata: meta.metadata().clone().unwrap_or_default().into_iter().collect(), ..Default::default() };
+        let mut map = TensorMap {
+            metadata: meta.metadata().clone().unwrap_or_default().into_iter().collect(),
+            ..Default::default()
+        };
         for (name, view) in st.tensors() {
             let shape = view.shape().to_vec();
             let raw = view.data();
             let floats: Option<Vec<f32>> = match view.dtype() {
                 Dtype::F32 => Some(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
-                Dtype::F64 => Some(raw.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32).collect()),
+                Dtype::F64 => Some(
+                    raw.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32).collect(),
+                ),
                 Dtype::F16 => Some(raw.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect()),
-                Dtype::BF16 => Some(raw.chunks_exact(2).map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)).collect()),
+                Dtype::BF16 => Some(
+                    raw.chunks_exact(2)
+                        .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
+                        .collect(),
+                ),
                 Dtype::I64 | Dtype::I32 => None,
-                other => return Err(Error::DType { name, dtype: format!("{other:?}"), expected: "F32, F64, F16, BF16, I64 or I32".into() }),
+                other => {
+                    return Err(Error::DType {
+                        name,
+                        dtype: format!("{other:?}"),
+                        expected: "F32, F64, F16, BF16, I64 or I32".into(),
+                    });
+                }
             };
             match floats {
                 Some(data) => {
@@ -87,7 +102,11 @@ impl TensorMap {
     pub fn insert(&mut self, name: impl Into<String>, shape: Vec<usize>, data: Vec<f32>) -> Result<()> {
         let name = name.into();
         if shape.iter().product::<usize>() != data.len() {
-            return Err(Error::shape(name, format!("{} values for shape {}", shape.iter().product::<usize>(), shape_str(&shape)), format!("{} values", data.len())));
+            return Err(Error::shape(
+                name,
+                format!("{} values for shape {}", shape.iter().product::<usize>(), shape_str(&shape)),
+                format!("{} values", data.len()),
+            ));
         }
         self.floats.insert(name, Tensor { shape, data });
         Ok(())

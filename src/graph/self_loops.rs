@@ -43,6 +43,11 @@ impl Graph {
             }
             offsets.push(sources.len());
         }
-        Graph { num_nodes: self.num_nodes, edges: Edges::Csr { offsets, sources }, blocks: self.blocks.clone(), topology: self.topology.clone() }
+        Graph {
+            num_nodes: self.num_nodes,
+            edges: Edges::Csr { offsets, sources },
+            blocks: self.blocks.clone(),
+            topology: self.topology.clone(),
+        }
     }
 }

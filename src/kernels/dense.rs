@@ -49,12 +49,19 @@ pub fn attend_dense(
     weights: bool,
 ) -> Result<AttentionOutput> {
     let Some(self_loops) = graph.complete_self_loops() else {
-        return Err(Error::invalid("dense attention graph", format!("needs a complete graph or a batch of them, got {:?}", graph.topology())));
+        return Err(Error::invalid(
+            "dense attention graph",
+            format!("needs a complete graph or a batch of them, got {:?}", graph.topology()),
+        ));
     };
     let dims = inputs.validate(graph, score)?;
     if let Some(mask) = mask {
         if mask.len() != dims.edges {
-            return Err(Error::shape("dense attention mask", format!("{} entries (one per edge)", dims.edges), format!("{} entries", mask.len())));
+            return Err(Error::shape(
+                "dense attention mask",
+                format!("{} entries (one per edge)", dims.edges),
+                format!("{} entries", mask.len()),
+            ));
         }
     }
     let (heads, dk, dv) = (dims.heads, dims.key_dim, dims.value_dim);

@@ -31,7 +31,12 @@ use rayon::prelude::*;
 const CHUNK: usize = 64;
 
 /// Runs the algebra over `graph`'s edges; `weights` asks for the `[E x H]` attention weights.
-pub fn attend_sparse(graph: &Graph, score: &Score, inputs: &AttentionInputs<'_>, weights: bool) -> Result<AttentionOutput> {
+pub fn attend_sparse(
+    graph: &Graph,
+    score: &Score,
+    inputs: &AttentionInputs<'_>,
+    weights: bool,
+) -> Result<AttentionOutput> {
     let dims = inputs.validate(graph, score)?;
     let cols = dims.heads * dims.value_dim;
     let mut out = Matrix::zeros(dims.nodes, cols);
@@ -45,7 +50,8 @@ pub fn attend_sparse(graph: &Graph, score: &Score, inputs: &AttentionInputs<'_>,
         let end = (start + CHUNK).min(dims.nodes);
         let (o, orest) = out_rest.split_at_mut((end - start) * cols);
         out_rest = orest;
-        let w_len = if weights { (graph.edge_range(end - 1).end - graph.edge_range(start).start) * dims.heads } else { 0 };
+        let w_len =
+            if weights { (graph.edge_range(end - 1).end - graph.edge_range(start).start) * dims.heads } else { 0 };
         let (wt, wrest) = w_rest.split_at_mut(w_len);
         w_rest = wrest;
         tasks.push((start..end, o, wt));
@@ -58,7 +64,11 @@ pub fn attend_sparse(graph: &Graph, score: &Score, inputs: &AttentionInputs<'_>,
         for i in range.clone() {
             let row = &mut o[(i - range.start) * cols..(i - range.start + 1) * cols];
             let edges = graph.edge_range(i);
-            let w_row = if weights { Some(&mut wt[(edges.start - first_edge) * dims.heads..(edges.end - first_edge) * dims.heads]) } else { None };
+            let w_row = if weights {
+                Some(&mut wt[(edges.start - first_edge) * dims.heads..(edges.end - first_edge) * dims.heads])
+            } else {
+                None
+            };
             destination(graph, score, inputs, &dims, i, row, w_row, &mut scratch[..edges.len()]);
         }
     });

@@ -24,9 +24,9 @@
 //! ```
 
 use super::{Init, Linear};
-use crate::attention::{attend, AttentionInputs, Path, Score};
+use crate::attention::{AttentionInputs, Path, Score, attend};
 use crate::checkpoint::TensorMap;
-use crate::error::{ensure_finite, Error, Result};
+use crate::error::{Error, Result, ensure_finite};
 use crate::graph::Graph;
 use crate::tensor::Matrix;
 use std::borrow::Cow;
@@ -107,17 +107,42 @@ impl AttentionConfig {
 
     /// `GATConv(in, out, heads)` with PyG's defaults (concat, slope 0.2, self-loops, bias).
     pub fn gat(in_channels: usize, out_channels: usize, heads: usize) -> Self {
-        AttentionConfig::Gat { in_channels, out_channels, heads, concat: true, negative_slope: 0.2, add_self_loops: true, bias: true }
+        AttentionConfig::Gat {
+            in_channels,
+            out_channels,
+            heads,
+            concat: true,
+            negative_slope: 0.2,
+            add_self_loops: true,
+            bias: true,
+        }
     }
 
     /// `GATv2Conv(in, out, heads)` with PyG's defaults.
     pub fn gatv2(in_channels: usize, out_channels: usize, heads: usize) -> Self {
-        AttentionConfig::GatV2 { in_channels, out_channels, heads, concat: true, negative_slope: 0.2, add_self_loops: true, bias: true, share_weights: false }
+        AttentionConfig::GatV2 {
+            in_channels,
+            out_channels,
+            heads,
+            concat: true,
+            negative_slope: 0.2,
+            add_self_loops: true,
+            bias: true,
+            share_weights: false,
+        }
     }
 
     /// `TransformerConv(in, out, heads)` with PyG's defaults (concat, no beta, root weight, bias).
     pub fn transformer(in_channels: usize, out_channels: usize, heads: usize) -> Self {
-        AttentionConfig::Transformer { in_channels, out_channels, heads, concat: true, beta: false, root_weight: true, bias: true }
+        AttentionConfig::Transformer {
+            in_channels,
+            out_channels,
+            heads,
+            concat: true,
+            beta: false,
+            root_weight: true,
+            bias: true,
+        }
     }
 
     /// Number of heads.
@@ -134,7 +159,9 @@ impl AttentionConfig {
     pub fn in_dim(&self) -> usize {
         match *self {
             AttentionConfig::Timm { dim, .. } => dim,
-            AttentionConfig::Gat { in_channels, .. } | AttentionConfig::GatV2 { in_channels, .. } | AttentionConfig::Transformer { in_channels, .. } => in_channels,
+            AttentionConfig::Gat { in_channels, .. }
+            | AttentionConfig::GatV2 { in_channels, .. }
+            | AttentionConfig::Transformer { in_channels, .. } => in_channels,
         }
     }
 
@@ -142,7 +169,9 @@ impl AttentionConfig {
     pub fn head_dim(&self) -> usize {
         match *self {
             AttentionConfig::Timm { dim, heads, .. } => dim / heads.max(1),
-            AttentionConfig::Gat { out_channels, .. } | AttentionConfig::GatV2 { out_channels, .. } | AttentionConfig::Transformer { out_channels, .. } => out_channels,
+            AttentionConfig::Gat { out_channels, .. }
+            | AttentionConfig::GatV2 { out_channels, .. }
+            | AttentionConfig::Transformer { out_channels, .. } => out_channels,
         }
     }
 
@@ -152,7 +181,13 @@ impl AttentionConfig {
             AttentionConfig::Timm { dim, .. } => dim,
             AttentionConfig::Gat { out_channels, heads, concat, .. }
             | AttentionConfig::GatV2 { out_channels, heads, concat, .. }
-            | AttentionConfig::Transformer { out_channels, heads, concat, .. } => if concat { heads * out_channels } else { out_channels },
+            | AttentionConfig::Transformer { out_channels, heads, concat, .. } => {
+                if concat {
+                    heads * out_channels
+                } else {
+                    out_channels
+                }
+            }
         }
     }
 
@@ -162,7 +197,10 @@ impl AttentionConfig {
             return Err(Error::invalid("attention heads", "must be at least 1"));
         }
         if self.in_dim() == 0 || self.head_dim() == 0 {
-            return Err(Error::invalid("attention widths", format!("input {} and per-head {} must be positive", self.in_dim(), self.head_dim())));
+            return Err(Error::invalid(
+                "attention widths",
+                format!("input {} and per-head {} must be positive", self.in_dim(), self.head_dim()),
+            ));
         }
         if let AttentionConfig::Timm { dim, heads, .. } = *self {
             if dim % heads != 0 {
@@ -274,9 +312,10 @@ impl GraphAttention {
         let (f, c, h) = (config.in_dim(), config.head_dim(), config.heads());
         let p = |name: &str| format!("{prefix}{name}");
         let params = match config {
-            AttentionConfig::Timm { dim, qkv_bias, .. } => {
-                Params::Timm { qkv: Linear::load(map, &p("qkv"), dim, 3 * dim, qkv_bias)?, proj: Linear::load(map, &p("proj"), dim, dim, true)? }
-            }
+            AttentionConfig::Timm { dim, qkv_bias, .. } => Params::Timm {
+                qkv: Linear::load(map, &p("qkv"), dim, 3 * dim, qkv_bias)?,
+                proj: Linear::load(map, &p("proj"), dim, dim, true)?,
+            },
             AttentionConfig::Gat { bias, .. } => Params::Gat {
                 lin: Linear::load(map, &p("lin"), f, h * c, false)?,
                 att_src: take_att(map, &p("att_src"), h, c)?,
@@ -295,7 +334,11 @@ impl GraphAttention {
                 lin_value: Linear::load(map, &p("lin_value"), f, h * c, bias)?,
                 // PyG always creates lin_skip, and uses it only when root_weight.
                 lin_skip: Linear::load(map, &p("lin_skip"), f, if concat { h * c } else { c }, bias)?,
-                lin_beta: if beta && root_weight { Some(Linear::load(map, &p("lin_beta"), 3 * config.out_dim(), 1, false)?) } else { None },
+                lin_beta: if beta && root_weight {
+                    Some(Linear::load(map, &p("lin_beta"), 3 * config.out_dim(), 1, false)?)
+                } else {
+                    None
+                },
             },
         };
         Ok(GraphAttention { config, params })
@@ -341,7 +384,9 @@ impl GraphAttention {
     pub fn score(&self) -> Score {
         match (&self.config, &self.params) {
             (AttentionConfig::Gat { negative_slope, .. }, _) => Score::Gat { negative_slope: *negative_slope },
-            (AttentionConfig::GatV2 { negative_slope, .. }, Params::GatV2 { att, .. }) => Score::GatV2 { attention: att.clone(), negative_slope: *negative_slope },
+            (AttentionConfig::GatV2 { negative_slope, .. }, Params::GatV2 { att, .. }) => {
+                Score::GatV2 { attention: att.clone(), negative_slope: *negative_slope }
+            }
             _ => Score::Dot { scale: 1.0 / (self.config.head_dim() as f32).sqrt() },
         }
     }
@@ -350,7 +395,9 @@ impl GraphAttention {
     /// its self-loops replaced by one per node, as PyG does.
     pub fn attention_graph<'g>(&self, graph: &'g Graph) -> Cow<'g, Graph> {
         match self.config {
-            AttentionConfig::Gat { add_self_loops: true, .. } | AttentionConfig::GatV2 { add_self_loops: true, .. } => Cow::Owned(graph.add_self_loops()),
+            AttentionConfig::Gat { add_self_loops: true, .. } | AttentionConfig::GatV2 { add_self_loops: true, .. } => {
+                Cow::Owned(graph.add_self_loops())
+            }
             _ => Cow::Borrowed(graph),
         }
     }
@@ -441,7 +488,9 @@ impl GraphAttention {
         let (h, c) = (self.config.heads(), self.config.head_dim());
         let concat = matches!(
             self.config,
-            AttentionConfig::Gat { concat: true, .. } | AttentionConfig::GatV2 { concat: true, .. } | AttentionConfig::Transformer { concat: true, .. }
+            AttentionConfig::Gat { concat: true, .. }
+                | AttentionConfig::GatV2 { concat: true, .. }
+                | AttentionConfig::Transformer { concat: true, .. }
         );
         let mut out = if concat {
             x.clone()
@@ -462,5 +511,7 @@ impl GraphAttention {
 /// `[N x H*C]` rows dotted with a per-head vector `a [H*C]`: `out[n, h] = x[n, h*C..] . a[h*C..]`.
 fn per_head_dot(x: &Matrix, a: &[f32], heads: usize) -> Matrix {
     let c = x.cols() / heads;
-    Matrix::from_fn(x.rows(), heads, |n, h| crate::attention::score::dot(&x.row(n)[h * c..(h + 1) * c], &a[h * c..(h + 1) * c]))
+    Matrix::from_fn(x.rows(), heads, |n, h| {
+        crate::attention::score::dot(&x.row(n)[h * c..(h + 1) * c], &a[h * c..(h + 1) * c])
+    })
 }

@@ -48,10 +48,12 @@ impl Init {
     /// `n` values `N(0, std^2)` redrawn until inside `[-2 std, 2 std]` (timm's trunc_normal_).
     pub fn trunc_normal(&mut self, n: usize, std: f32) -> Vec<f32> {
         (0..n)
-            .map(|_| loop {
-                let x = self.normal_one();
-                if x.abs() <= 2.0 {
-                    break std * x;
+            .map(|_| {
+                loop {
+                    let x = self.normal_one();
+                    if x.abs() <= 2.0 {
+                        break std * x;
+                    }
                 }
             })
             .collect()

@@ -35,7 +35,11 @@ impl LayerNorm {
 
     /// Loads `{prefix}.weight` and `{prefix}.bias`, both `[dim]`.
     pub fn load(map: &mut TensorMap, prefix: &str, dim: usize, eps: f32) -> Result<LayerNorm> {
-        Ok(LayerNorm { weight: map.take(&format!("{prefix}.weight"), &[dim])?, bias: map.take(&format!("{prefix}.bias"), &[dim])?, eps })
+        Ok(LayerNorm {
+            weight: map.take(&format!("{prefix}.weight"), &[dim])?,
+            bias: map.take(&format!("{prefix}.bias"), &[dim])?,
+            eps,
+        })
     }
 
     /// Writes `{prefix}.weight` and `{prefix}.bias`.
@@ -72,7 +76,7 @@ mod tests {
         let ln = LayerNorm { weight: vec![1.0, 2.0, 1.0, 1.0], bias: vec![0.0, 0.0, 0.5, 0.0], eps: 0.5 };
         let y = ln.forward(&Matrix::from_vec(1, 4, vec![1.0, 2.0, 3.0, 6.0]).unwrap()).unwrap();
         let s = 1.0 / (3.5f32 + 0.5).sqrt(); // = 0.5
-        let expected = [-2.0 * s, -1.0 * s * 2.0, 0.5, 3.0 * s];
+        let expected = [-2.0 * s, -2.0 * s, 0.5, 3.0 * s]; // (x - 3) * s * weight + bias
         for (a, b) in y.as_slice().iter().zip(expected) {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
         }

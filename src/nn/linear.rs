@@ -119,7 +119,8 @@ mod tests {
     /// several threads (large enough that the GEMM runs in parallel), with the same bits.
     #[test]
     fn forward_matches_reference_around_simd_widths() {
-        let pools: Vec<_> = [1, 2].iter().map(|&t| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap()).collect();
+        let pools: Vec<_> =
+            [1, 2].iter().map(|&t| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap()).collect();
         for (n, i, o) in [(15, 16, 17), (16, 17, 15), (17, 15, 16), (63, 64, 65), (65, 63, 64), (300, 65, 63)] {
             let mut init = Init::new((n * i * o) as u64);
             let lin = Linear::torch_init(&mut init, i, o, true);

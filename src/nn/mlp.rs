@@ -11,7 +11,7 @@
 //! assert_eq!(y.shape(), (3, 4));
 //! ```
 
-use super::{gelu_inplace, Init, Linear};
+use super::{Init, Linear, gelu_inplace};
 use crate::checkpoint::TensorMap;
 use crate::error::Result;
 use crate::tensor::Matrix;
@@ -33,7 +33,10 @@ impl Mlp {
 
     /// Loads `{prefix}.fc1.*` and `{prefix}.fc2.*` (timm names).
     pub fn load(map: &mut TensorMap, prefix: &str, dim: usize, hidden: usize) -> Result<Mlp> {
-        Ok(Mlp { fc1: Linear::load(map, &format!("{prefix}.fc1"), dim, hidden, true)?, fc2: Linear::load(map, &format!("{prefix}.fc2"), hidden, dim, true)? })
+        Ok(Mlp {
+            fc1: Linear::load(map, &format!("{prefix}.fc1"), dim, hidden, true)?,
+            fc2: Linear::load(map, &format!("{prefix}.fc2"), hidden, dim, true)?,
+        })
     }
 
     /// Writes `{prefix}.fc1.*` and `{prefix}.fc2.*`.
