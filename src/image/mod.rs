@@ -1,1 +1,16 @@
-//! Images to patch nodes. (Filled in by the image work.)
+//! Images to patch nodes: decode, resize, crop, normalise, patchify.
+//!
+//! An image is a [`ChwImage`], f32 planes `[C x H x W]` row-major (PyTorch's layout).
+//!
+//! ```
+//! use patchgraph::image::load_image;
+//! let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/images/chelsea.png");
+//! let img = load_image(path).unwrap();
+//! assert_eq!(img.shape(), (3, 300, 451));
+//! ```
+
+mod chw;
+mod load;
+
+pub use chw::ChwImage;
+pub use load::{Channels, from_dynamic_image, load_image, load_image_with, to_dynamic_image};
