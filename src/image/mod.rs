@@ -13,6 +13,7 @@ mod chw;
 mod crop;
 mod load;
 mod normalize;
+mod patchify;
 mod resize;
 
 pub use chw::ChwImage;
@@ -22,4 +23,5 @@ pub use normalize::{
     IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, Normalization, denormalize,
     normalize, normalize_in_place,
 };
+pub use patchify::{PatchPolicy, patch_grid, patchify, patchify_with, unpatchify};
 pub use resize::{Interpolation, resize_exact, resize_shorter_side, shorter_side_size};
