@@ -22,7 +22,8 @@ pub fn crop(
         return Err(Error::Image {
             what: "crop".into(),
             reason: format!(
-                "window of {height} x {width} at (top {top}, left {left}) does not fit in a {h} x {w} image"
+                "window of {height} x {width} at (top {top}, left {left}) \
+                 does not fit in a {h} x {w} image"
             ),
         });
     }
@@ -115,7 +116,8 @@ mod tests {
 
     #[test]
     fn round_half_even_matches_python() {
-        // Python: round(0/2)=0, round(1/2)=0, round(2/2)=1, round(3/2)=2, round(5/2)=2, round(7/2)=4.
+        // Python: round(0/2) = 0, round(1/2) = 0, round(2/2) = 1, round(3/2) = 2,
+        // round(5/2) = 2, round(7/2) = 4.
         let want = [
             (0, 0),
             (1, 0),

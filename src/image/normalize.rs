@@ -15,7 +15,7 @@ pub const INCEPTION_MEAN: [f32; 3] = [0.5, 0.5, 0.5];
 /// Inception-style standard deviation, timm's `IMAGENET_INCEPTION_STD`.
 pub const INCEPTION_STD: [f32; 3] = [0.5, 0.5, 0.5];
 
-/// A per-channel mean and standard deviation (serialisable, for `ImageTransform`).
+/// A per-channel mean and standard deviation (serialisable, for [`super::ImageTransform`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Normalization {
     /// Per-channel mean, one value per channel.

@@ -15,7 +15,7 @@
 //!
 //! The one difference with Pillow on 8-bit images: Pillow rounds and clips to `u8` after each
 //! pass, we keep f32 (differences are below `1/255`). Bicubic can overshoot `[0, 1]` near edges;
-//! the pipeline (`ImageTransform`) clamps back to `[0, 1]` after resizing, as Pillow's `u8`
+//! [`super::ImageTransform`] clamps back to `[0, 1]` after resizing, as Pillow's `u8`
 //! clip does.
 
 use rayon::prelude::*;
