@@ -10,17 +10,12 @@ use patchgraph::image::*;
 use proptest::prelude::*;
 
 fn data(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("data/images")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/images").join(name)
 }
 
 /// A file in the system temp dir, unique to this process and test.
 fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
-    let path = std::env::temp_dir().join(format!(
-        "patchgraph-image-test-{}-{name}",
-        std::process::id()
-    ));
+    let path = std::env::temp_dir().join(format!("patchgraph-image-test-{}-{name}", std::process::id()));
     std::fs::write(&path, bytes).expect("temp dir is writable");
     path
 }
@@ -58,19 +53,13 @@ fn patchify_hand_worked_channels_then_rows() {
     // Two channels of a single 2 x 2 patch: channel 0 = [1 2; 3 4], channel 1 = [5 6; 7 8].
     // The row is the conv-weight flattening [c][dy][dx]: all of channel 0, then channel 1.
     let img = ChwImage::new(2, 2, 2, vec![1., 2., 3., 4., 5., 6., 7., 8.]).unwrap();
-    assert_eq!(
-        patchify(&img, 2).unwrap().as_slice(),
-        &[1., 2., 3., 4., 5., 6., 7., 8.]
-    );
+    assert_eq!(patchify(&img, 2).unwrap().as_slice(), &[1., 2., 3., 4., 5., 6., 7., 8.]);
 
     // Non-square 1 x 2 x 6 (rows 0..6 and 6..12) with P = 2: a 1 x 3 grid.
     let img = ChwImage::new(1, 2, 6, (0..12).map(|v| v as f32).collect()).unwrap();
     let p = patchify(&img, 2).unwrap();
     assert_eq!(p.shape(), (3, 4));
-    assert_eq!(
-        p.as_slice(),
-        &[0., 1., 6., 7., 2., 3., 8., 9., 4., 5., 10., 11.]
-    );
+    assert_eq!(p.as_slice(), &[0., 1., 6., 7., 2., 3., 8., 9., 4., 5., 10., 11.]);
 }
 
 #[test]
@@ -94,16 +83,12 @@ fn patch_policies_hand_worked() {
 // ---------------------------------------------------------------- patchify, properties
 
 fn image_strategy() -> impl Strategy<Value = (ChwImage, usize, usize, usize)> {
-    (
-        prop_oneof![Just(1usize), Just(3usize), 1usize..5],
-        1usize..6,
-        1usize..5,
-        1usize..5,
-    )
-        .prop_flat_map(|(c, p, gh, gw)| {
+    (prop_oneof![Just(1usize), Just(3usize), 1usize..5], 1usize..6, 1usize..5, 1usize..5).prop_flat_map(
+        |(c, p, gh, gw)| {
             prop::collection::vec(-1.0f32..1.0, c * gh * p * gw * p)
                 .prop_map(move |data| (ChwImage::new(c, gh * p, gw * p, data).unwrap(), p, gh, gw))
-        })
+        },
+    )
 }
 
 proptest! {
@@ -266,18 +251,11 @@ fn bicubic_upsample_hand_worked() {
     // 29 / 140. Outputs 2 and 3 mirror them: 1 - 29/140 = 111/140 and 1 + 3/34 = 37/34.
     let img = ChwImage::new(1, 1, 2, vec![0., 1.]).unwrap();
     let r = resize_exact(&img, 4, 1, Interpolation::Bicubic).unwrap();
-    assert_close(
-        r.as_slice(),
-        &[-3. / 34., 29. / 140., 111. / 140., 37. / 34.],
-        1e-6,
-    );
+    assert_close(r.as_slice(), &[-3. / 34., 29. / 140., 111. / 140., 37. / 34.], 1e-6);
 
     // The pipeline clamps the overshoot back into [0, 1] (Pillow's u8 clip).
     let t = ImageTransform {
-        resize: Some(ResizeTo::Exact {
-            height: 1,
-            width: 4,
-        }),
+        resize: Some(ResizeTo::Exact { height: 1, width: 4 }),
         crop: None,
         normalize: None,
         ..ImageTransform::default()
@@ -302,28 +280,12 @@ fn bilinear_downsample_hand_worked() {
 fn resize_shorter_side_shapes() {
     let img = ChwImage::filled(1, 300, 451, 0.0).unwrap();
     // 256 * 451 / 300 = 384.85 -> 384; the shorter side becomes 256.
-    assert_eq!(
-        resize_shorter_side(&img, 256, Interpolation::Bicubic)
-            .unwrap()
-            .shape(),
-        (1, 256, 384)
-    );
+    assert_eq!(resize_shorter_side(&img, 256, Interpolation::Bicubic).unwrap().shape(), (1, 256, 384));
     let tall = ChwImage::filled(2, 10, 4, 0.0).unwrap();
     // 6 * 10 / 4 = 15.
-    assert_eq!(
-        resize_shorter_side(&tall, 6, Interpolation::Bilinear)
-            .unwrap()
-            .shape(),
-        (2, 15, 6)
-    );
-    assert!(matches!(
-        resize_shorter_side(&tall, 0, Interpolation::Bilinear),
-        Err(Error::Image { .. })
-    ));
-    assert!(matches!(
-        resize_exact(&tall, 0, 3, Interpolation::Bilinear),
-        Err(Error::Image { .. })
-    ));
+    assert_eq!(resize_shorter_side(&tall, 6, Interpolation::Bilinear).unwrap().shape(), (2, 15, 6));
+    assert!(matches!(resize_shorter_side(&tall, 0, Interpolation::Bilinear), Err(Error::Image { .. })));
+    assert!(matches!(resize_exact(&tall, 0, 3, Interpolation::Bilinear), Err(Error::Image { .. })));
 }
 
 // ---------------------------------------------------------------- crop, normalise
@@ -334,10 +296,7 @@ fn center_crop_coordinates() {
     let img = ChwImage::from_fn(1, 5, 6, |_, y, x| (10 * y + x) as f32).unwrap();
     // 3 x 4: margins 2 and 2 -> top 1, left 1.
     let c = center_crop(&img, 3, 4).unwrap();
-    assert_eq!(
-        c.as_slice(),
-        &[11., 12., 13., 14., 21., 22., 23., 24., 31., 32., 33., 34.]
-    );
+    assert_eq!(c.as_slice(), &[11., 12., 13., 14., 21., 22., 23., 24., 31., 32., 33., 34.]);
     // 2 x 3: margins 3 and 3; torchvision's round(1.5) = 2 (half to even) -> top 2, left 2.
     let c = center_crop(&img, 2, 3).unwrap();
     assert_eq!(c.as_slice(), &[22., 23., 24., 32., 33., 34.]);
@@ -355,14 +314,8 @@ fn crop_larger_than_image_is_an_error() {
     assert!(matches!(center_crop(&img, 2, 7), Err(Error::Image { .. })));
     assert!(matches!(center_crop(&img, 0, 2), Err(Error::Image { .. })));
     // Through the pipeline too: crop 224 of a 10 x 10 image with no resize.
-    let t = ImageTransform {
-        resize: None,
-        ..ImageTransform::default()
-    };
-    assert!(matches!(
-        t.apply(&DynamicImage::new_rgb8(10, 10)),
-        Err(Error::Image { .. })
-    ));
+    let t = ImageTransform { resize: None, ..ImageTransform::default() };
+    assert!(matches!(t.apply(&DynamicImage::new_rgb8(10, 10)), Err(Error::Image { .. })));
 }
 
 #[test]
@@ -372,31 +325,14 @@ fn normalize_known_values() {
     //                               = (-2.117903, -2.035714, -1.804444).
     let img = ChwImage::new(3, 1, 2, vec![0.714, 0.0, 0.456, 0.0, -0.044, 0.0]).unwrap();
     let n = normalize(&img, &IMAGENET_MEAN, &IMAGENET_STD).unwrap();
-    assert_close(
-        n.as_slice(),
-        &[1.0, -2.117903, 0.0, -2.035714, -2.0, -1.804444],
-        1e-5,
-    );
-    assert_close(
-        denormalize(&n, &IMAGENET_MEAN, &IMAGENET_STD)
-            .unwrap()
-            .as_slice(),
-        img.as_slice(),
-        1e-6,
-    );
+    assert_close(n.as_slice(), &[1.0, -2.117903, 0.0, -2.035714, -2.0, -1.804444], 1e-5);
+    assert_close(denormalize(&n, &IMAGENET_MEAN, &IMAGENET_STD).unwrap().as_slice(), img.as_slice(), 1e-6);
     // Inception constants map [0, 1] to [-1, 1]: 0.25 -> -0.5.
     let g = ChwImage::new(3, 1, 1, vec![0.25, 1.0, 0.0]).unwrap();
-    assert_eq!(
-        Normalization::inception().apply(&g).unwrap().as_slice(),
-        &[-0.5, 1.0, -1.0]
-    );
+    assert_eq!(Normalization::inception().apply(&g).unwrap().as_slice(), &[-0.5, 1.0, -1.0]);
     // One channel, MNIST's constants: (0.5 - 0.1) / 0.25 = 1.6.
     let one = ChwImage::new(1, 1, 1, vec![0.5]).unwrap();
-    assert_close(
-        normalize(&one, &[0.1], &[0.25]).unwrap().as_slice(),
-        &[1.6],
-        1e-6,
-    );
+    assert_close(normalize(&one, &[0.1], &[0.25]).unwrap().as_slice(), &[1.6], 1e-6);
 }
 
 #[test]
@@ -404,23 +340,11 @@ fn normalize_errors() {
     let img = ChwImage::filled(3, 2, 2, 0.5).unwrap();
     let err = normalize(&img, &[0.0, 0.0, 0.0], &[1.0, 0.0, 1.0]).unwrap_err();
     assert!(matches!(err, Error::Invalid { .. }), "{err}");
-    assert!(matches!(
-        normalize(&img, &[0.5], &[0.5]),
-        Err(Error::Shape { .. })
-    ));
-    assert!(matches!(
-        normalize(&img, &IMAGENET_MEAN, &[0.5, 0.5]),
-        Err(Error::Shape { .. })
-    ));
-    assert!(matches!(
-        normalize(&img, &[f32::NAN, 0., 0.], &IMAGENET_STD),
-        Err(Error::NonFinite { .. })
-    ));
+    assert!(matches!(normalize(&img, &[0.5], &[0.5]), Err(Error::Shape { .. })));
+    assert!(matches!(normalize(&img, &IMAGENET_MEAN, &[0.5, 0.5]), Err(Error::Shape { .. })));
+    assert!(matches!(normalize(&img, &[f32::NAN, 0., 0.], &IMAGENET_STD), Err(Error::NonFinite { .. })));
     let gray = ChwImage::filled(1, 2, 2, 0.5).unwrap();
-    assert!(matches!(
-        normalize(&gray, &IMAGENET_MEAN, &IMAGENET_STD),
-        Err(Error::Shape { .. })
-    ));
+    assert!(matches!(normalize(&gray, &IMAGENET_MEAN, &IMAGENET_STD), Err(Error::Shape { .. })));
     // In place leaves the image untouched on error.
     let mut m = img.clone();
     assert!(normalize_in_place(&mut m, &[0.0; 3], &[0.0; 3]).is_err());
@@ -434,10 +358,7 @@ fn load_chelsea() {
     let img = load_image(data("chelsea.png")).unwrap();
     assert_eq!(img.shape(), (3, 300, 451));
     assert!(img.as_slice().iter().all(|v| (0.0..=1.0).contains(v)));
-    let (lo, hi) = img
-        .as_slice()
-        .iter()
-        .fold((1.0f32, 0.0f32), |(l, h), &v| (l.min(v), h.max(v)));
+    let (lo, hi) = img.as_slice().iter().fold((1.0f32, 0.0f32), |(l, h), &v| (l.min(v), h.max(v)));
     assert!(hi - lo > 0.5, "a photo, not a flat image: range {lo}..{hi}");
     // Pixel (x, y) channel c is the 8-bit sample / 255, decoded independently here.
     let reference = image::open(data("chelsea.png")).unwrap();
@@ -449,27 +370,16 @@ fn load_chelsea() {
     }
     let gray = load_image_with(data("chelsea.png"), Channels::Gray).unwrap();
     assert_eq!(gray.shape(), (1, 300, 451));
-    let (r, g, b) = (
-        img.get(0, 123, 200),
-        img.get(1, 123, 200),
-        img.get(2, 123, 200),
-    );
+    let (r, g, b) = (img.get(0, 123, 200), img.get(1, 123, 200), img.get(2, 123, 200));
     assert!((gray.get(0, 123, 200) - (0.299 * r + 0.587 * g + 0.114 * b)).abs() < 1e-6);
 }
 
 #[test]
 fn load_every_bundled_photo() {
-    for (name, h, w) in [
-        ("coffee.png", 400, 600),
-        ("astronaut.png", 512, 512),
-        ("rocket.jpg", 427, 640),
-    ] {
+    for (name, h, w) in [("coffee.png", 400, 600), ("astronaut.png", 512, 512), ("rocket.jpg", 427, 640)] {
         let img = load_image(data(name)).unwrap();
         assert_eq!(img.shape(), (3, h, w), "{name}");
-        assert!(
-            img.as_slice().iter().all(|v| (0.0..=1.0).contains(v)),
-            "{name}"
-        );
+        assert!(img.as_slice().iter().all(|v| (0.0..=1.0).contains(v)), "{name}");
     }
 }
 
@@ -486,18 +396,11 @@ fn transform_pipeline_on_chelsea() {
     r.clamp_in_place(0.0, 1.0);
     // Margins 32 and 160: top 16, left 80.
     assert_eq!(center_crop_offsets(256, 384, 224, 224).unwrap(), (16, 80));
-    let want = normalize(
-        &crop(&r, 16, 80, 224, 224).unwrap(),
-        &IMAGENET_MEAN,
-        &IMAGENET_STD,
-    )
-    .unwrap();
+    let want = normalize(&crop(&r, 16, 80, 224, 224).unwrap(), &IMAGENET_MEAN, &IMAGENET_STD).unwrap();
     assert_eq!(out, want);
     // Inception normalisation keeps [0, 1] inputs in [-1, 1]; from a decoded image too.
     let dynimg = image::open(data("chelsea.png")).unwrap();
-    let v = ImageTransform::timm_eval(224, 0.9, Normalization::inception())
-        .apply(&dynimg)
-        .unwrap();
+    let v = ImageTransform::timm_eval(224, 0.9, Normalization::inception()).apply(&dynimg).unwrap();
     assert_eq!(v.shape(), (3, 224, 224));
     assert!(v.as_slice().iter().all(|x| (-1.0..=1.0).contains(x)));
     // And the nodes of a ViT-B/16: 196 patches of 768.
@@ -510,17 +413,12 @@ fn transform_pipeline_on_chelsea() {
 fn missing_file_is_an_io_error() {
     let err = load_image(data("no-such-photo.png")).unwrap_err();
     assert!(matches!(err, Error::Io { .. }), "{err}");
-    assert!(matches!(
-        ImageTransform::default().apply_path("/nonexistent/dir/x.jpg"),
-        Err(Error::Io { .. })
-    ));
+    assert!(matches!(ImageTransform::default().apply_path("/nonexistent/dir/x.jpg"), Err(Error::Io { .. })));
 }
 
 #[test]
 fn garbage_bytes_are_a_codec_error() {
-    let garbage: Vec<u8> = (0..4096u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     for name in ["garbage.png", "garbage.jpg", "garbage"] {
         let path = temp_file(name, &garbage);
         let err = load_image(&path).unwrap_err();
@@ -541,36 +439,19 @@ fn garbage_bytes_are_a_codec_error() {
 
 #[test]
 fn zero_sized_image_is_an_image_error() {
-    for img in [
-        DynamicImage::new_rgb8(0, 0),
-        DynamicImage::new_rgb8(5, 0),
-        DynamicImage::new_luma8(0, 3),
-    ] {
+    for img in [DynamicImage::new_rgb8(0, 0), DynamicImage::new_rgb8(5, 0), DynamicImage::new_luma8(0, 3)] {
         let err = from_dynamic_image(&img, Channels::Rgb).unwrap_err();
         assert!(matches!(err, Error::Image { .. }), "{err}");
-        assert!(matches!(
-            ImageTransform::default().apply(&img),
-            Err(Error::Image { .. })
-        ));
+        assert!(matches!(ImageTransform::default().apply(&img), Err(Error::Image { .. })));
     }
-    assert!(matches!(
-        ChwImage::new(3, 0, 4, vec![]),
-        Err(Error::Image { .. })
-    ));
-    assert!(matches!(
-        ChwImage::new(1, 2, 2, vec![0.0; 3]),
-        Err(Error::Shape { .. })
-    ));
+    assert!(matches!(ChwImage::new(3, 0, 4, vec![]), Err(Error::Image { .. })));
+    assert!(matches!(ChwImage::new(1, 2, 2, vec![0.0; 3]), Err(Error::Shape { .. })));
 }
 
 #[test]
 fn image_smaller_than_the_patch_is_an_image_error() {
     let img = ChwImage::filled(3, 8, 20, 0.0).unwrap();
-    for policy in [
-        PatchPolicy::Exact,
-        PatchPolicy::CropCentre,
-        PatchPolicy::PadZero,
-    ] {
+    for policy in [PatchPolicy::Exact, PatchPolicy::CropCentre, PatchPolicy::PadZero] {
         let err = patchify_with(&img, 16, policy).unwrap_err();
         assert!(matches!(err, Error::Image { .. }), "{policy:?}: {err}");
     }
@@ -590,20 +471,8 @@ fn non_divisible_size_with_exact_policy_is_an_image_error() {
 fn unpatchify_errors() {
     let m = Matrix::zeros(6, 12);
     assert_eq!(unpatchify(&m, 3, 2, 2, 3).unwrap().shape(), (3, 4, 6));
-    assert!(matches!(
-        unpatchify(&m, 3, 2, 3, 3),
-        Err(Error::Shape { .. })
-    ));
-    assert!(matches!(
-        unpatchify(&m, 2, 2, 2, 3),
-        Err(Error::Shape { .. })
-    ));
-    assert!(matches!(
-        unpatchify(&m, 3, 0, 2, 3),
-        Err(Error::Invalid { .. })
-    ));
-    assert!(matches!(
-        unpatchify(&m, 3, 2, usize::MAX, 3),
-        Err(Error::Invalid { .. })
-    ));
+    assert!(matches!(unpatchify(&m, 3, 2, 3, 3), Err(Error::Shape { .. })));
+    assert!(matches!(unpatchify(&m, 2, 2, 2, 3), Err(Error::Shape { .. })));
+    assert!(matches!(unpatchify(&m, 3, 0, 2, 3), Err(Error::Invalid { .. })));
+    assert!(matches!(unpatchify(&m, 3, 2, usize::MAX, 3), Err(Error::Invalid { .. })));
 }

@@ -25,27 +25,17 @@ pub struct ChwImage {
 }
 
 /// `c * h * w`, or an error if a dimension is zero or the product overflows.
-pub(crate) fn checked_len(
-    what: &str,
-    channels: usize,
-    height: usize,
-    width: usize,
-) -> Result<usize> {
+pub(crate) fn checked_len(what: &str, channels: usize, height: usize, width: usize) -> Result<usize> {
     if channels == 0 || height == 0 || width == 0 {
         return Err(Error::Image {
             what: what.to_string(),
-            reason: format!(
-                "is empty ({channels} x {height} x {width}); every dimension must be at least 1"
-            ),
+            reason: format!("is empty ({channels} x {height} x {width}); every dimension must be at least 1"),
         });
     }
-    channels
-        .checked_mul(height)
-        .and_then(|n| n.checked_mul(width))
-        .ok_or_else(|| Error::Image {
-            what: what.to_string(),
-            reason: format!("{channels} x {height} x {width} values overflow usize"),
-        })
+    channels.checked_mul(height).and_then(|n| n.checked_mul(width)).ok_or_else(|| Error::Image {
+        what: what.to_string(),
+        reason: format!("{channels} x {height} x {width} values overflow usize"),
+    })
 }
 
 impl ChwImage {
@@ -62,23 +52,13 @@ impl ChwImage {
                 format!("{} values", data.len()),
             ));
         }
-        Ok(ChwImage {
-            channels,
-            height,
-            width,
-            data,
-        })
+        Ok(ChwImage { channels, height, width, data })
     }
 
     /// A `[C x H x W]` image with every value `value`. Errors if a dimension is zero.
     pub fn filled(channels: usize, height: usize, width: usize, value: f32) -> Result<Self> {
         let len = checked_len("ChwImage::filled", channels, height, width)?;
-        Ok(ChwImage {
-            channels,
-            height,
-            width,
-            data: vec![value; len],
-        })
+        Ok(ChwImage { channels, height, width, data: vec![value; len] })
     }
 
     /// Builds a `[C x H x W]` image from a function of `(c, y, x)`. Errors if a dimension is zero.
@@ -97,12 +77,7 @@ impl ChwImage {
                 }
             }
         }
-        Ok(ChwImage {
-            channels,
-            height,
-            width,
-            data,
-        })
+        Ok(ChwImage { channels, height, width, data })
     }
 
     /// Number of channels `C` (3 for RGB, 1 for grayscale).
@@ -160,19 +135,13 @@ impl ChwImage {
 
     /// Value at channel `c`, row `y`, column `x` (panics if out of range).
     pub fn get(&self, c: usize, y: usize, x: usize) -> f32 {
-        assert!(
-            c < self.channels && y < self.height && x < self.width,
-            "ChwImage::get out of range"
-        );
+        assert!(c < self.channels && y < self.height && x < self.width, "ChwImage::get out of range");
         self.data[(c * self.height + y) * self.width + x]
     }
 
     /// Sets the value at channel `c`, row `y`, column `x` (panics if out of range).
     pub fn set(&mut self, c: usize, y: usize, x: usize, value: f32) {
-        assert!(
-            c < self.channels && y < self.height && x < self.width,
-            "ChwImage::set out of range"
-        );
+        assert!(c < self.channels && y < self.height && x < self.width, "ChwImage::set out of range");
         self.data[(c * self.height + y) * self.width + x] = value;
     }
 

@@ -7,17 +7,10 @@ use crate::error::{Error, Result};
 /// channel: `[C x H x W] -> [C x height x width]`.
 ///
 /// Errors ([`Error::Image`]) if the window is empty or does not fit inside the image.
-pub fn crop(
-    image: &ChwImage,
-    top: usize,
-    left: usize,
-    height: usize,
-    width: usize,
-) -> Result<ChwImage> {
+pub fn crop(image: &ChwImage, top: usize, left: usize, height: usize, width: usize) -> Result<ChwImage> {
     let (c, h, w) = image.shape();
     checked_len("crop window", c, height, width)?;
-    let fits = top.checked_add(height).is_some_and(|b| b <= h)
-        && left.checked_add(width).is_some_and(|r| r <= w);
+    let fits = top.checked_add(height).is_some_and(|b| b <= h) && left.checked_add(width).is_some_and(|r| r <= w);
     if !fits {
         return Err(Error::Image {
             what: "crop".into(),
@@ -42,12 +35,7 @@ pub fn crop(
 /// margin 3 -> 2, margin 5 -> 2).
 ///
 /// Errors ([`Error::Image`]) if the crop is larger than the image in either dimension or empty.
-pub fn center_crop_offsets(
-    h: usize,
-    w: usize,
-    crop_h: usize,
-    crop_w: usize,
-) -> Result<(usize, usize)> {
+pub fn center_crop_offsets(h: usize, w: usize, crop_h: usize, crop_w: usize) -> Result<(usize, usize)> {
     if crop_h == 0 || crop_w == 0 || crop_h > h || crop_w > w {
         return Err(Error::Image {
             what: "center_crop".into(),
@@ -60,11 +48,7 @@ pub fn center_crop_offsets(
 /// `round(margin / 2)` with ties to even, as Python's `round`.
 fn half_round_even(margin: usize) -> usize {
     let k = margin / 2;
-    if margin % 2 == 1 && k % 2 == 1 {
-        k + 1
-    } else {
-        k
-    }
+    if margin % 2 == 1 && k % 2 == 1 { k + 1 } else { k }
 }
 
 /// Cuts the centred `height x width` window (note the order: height first, as torchvision's
@@ -118,17 +102,7 @@ mod tests {
     fn round_half_even_matches_python() {
         // Python: round(0/2) = 0, round(1/2) = 0, round(2/2) = 1, round(3/2) = 2,
         // round(5/2) = 2, round(7/2) = 4.
-        let want = [
-            (0, 0),
-            (1, 0),
-            (2, 1),
-            (3, 2),
-            (4, 2),
-            (5, 2),
-            (6, 3),
-            (7, 4),
-            (9, 4),
-        ];
+        let want = [(0, 0), (1, 0), (2, 1), (3, 2), (4, 2), (5, 2), (6, 3), (7, 4), (9, 4)];
         for (m, r) in want {
             assert_eq!(half_round_even(m), r, "margin {m}");
         }

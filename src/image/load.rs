@@ -54,18 +54,9 @@ pub fn load_image(path: impl AsRef<Path>) -> Result<ChwImage> {
 /// [`Error::Image`] if it decodes to zero pixels, [`Error::NonFinite`] for a NaN float sample.
 pub fn load_image_with(path: impl AsRef<Path>, channels: Channels) -> Result<ChwImage> {
     let path = path.as_ref();
-    let io_err = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let reader = ImageReader::open(path)
-        .map_err(io_err)?
-        .with_guessed_format()
-        .map_err(io_err)?;
-    let decoded = reader.decode().map_err(|source| Error::Codec {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let io_err = |source| Error::Io { path: path.to_path_buf(), source };
+    let reader = ImageReader::open(path).map_err(io_err)?.with_guessed_format().map_err(io_err)?;
+    let decoded = reader.decode().map_err(|source| Error::Codec { path: path.display().to_string(), source })?;
     from_dynamic_image_named(&decoded, channels, &path.display().to_string())
 }
 
@@ -87,11 +78,7 @@ pub fn from_dynamic_image(image: &DynamicImage, channels: Channels) -> Result<Ch
     from_dynamic_image_named(image, channels, "decoded image")
 }
 
-fn from_dynamic_image_named(
-    image: &DynamicImage,
-    channels: Channels,
-    what: &str,
-) -> Result<ChwImage> {
+fn from_dynamic_image_named(image: &DynamicImage, channels: Channels, what: &str) -> Result<ChwImage> {
     let (width, height) = (image.width() as usize, image.height() as usize);
     let plane = checked_len(what, 1, height, width)?;
     // Samples are converted here rather than with `to_rgb32f`, which is not exact for every
@@ -111,13 +98,7 @@ fn from_dynamic_image_named(
         DynamicImage::ImageRgb32F(b) => to_planes(b.as_raw(), 3, true, f32s, channels),
         DynamicImage::ImageRgba32F(b) => to_planes(b.as_raw(), 4, true, f32s, channels),
         // A layout added to the non-exhaustive enum later: through the crate's own conversion.
-        other => to_planes(
-            other.to_rgba32f().as_raw(),
-            4,
-            other.color().has_color(),
-            f32s,
-            channels,
-        ),
+        other => to_planes(other.to_rgba32f().as_raw(), 4, other.color().has_color(), f32s, channels),
     };
     debug_assert_eq!(data.len(), plane * channels.count());
     crate::error::ensure_finite(what, &data)?;
@@ -172,18 +153,13 @@ pub fn to_dynamic_image(image: &ChwImage) -> Result<DynamicImage> {
         what: "to_dynamic_image".into(),
         reason: format!("{h} x {w} does not fit the image crate's u32 sides"),
     };
-    let (wu, hu) = (
-        u32::try_from(w).map_err(|_| too_big())?,
-        u32::try_from(h).map_err(|_| too_big())?,
-    );
+    let (wu, hu) = (u32::try_from(w).map_err(|_| too_big())?, u32::try_from(h).map_err(|_| too_big())?);
     let to_u8 = |v: f32| (clamp_unit(v) * 255.0).round() as u8; // NaN as u8 is 0
     let n = h * w;
     match c {
         1 => {
             let raw: Vec<u8> = image.plane(0).iter().map(|&v| to_u8(v)).collect();
-            GrayImage::from_raw(wu, hu, raw)
-                .map(DynamicImage::ImageLuma8)
-                .ok_or_else(too_big)
+            GrayImage::from_raw(wu, hu, raw).map(DynamicImage::ImageLuma8).ok_or_else(too_big)
         }
         3 => {
             let mut raw = Vec::with_capacity(3 * n);
@@ -192,9 +168,7 @@ pub fn to_dynamic_image(image: &ChwImage) -> Result<DynamicImage> {
                     raw.push(to_u8(image.as_slice()[ch * n + i]));
                 }
             }
-            RgbImage::from_raw(wu, hu, raw)
-                .map(DynamicImage::ImageRgb8)
-                .ok_or_else(too_big)
+            RgbImage::from_raw(wu, hu, raw).map(DynamicImage::ImageRgb8).ok_or_else(too_big)
         }
         _ => Err(Error::Image {
             what: "to_dynamic_image".into(),
@@ -243,8 +217,7 @@ mod tests {
 
     #[test]
     fn hdr_values_are_clamped_and_nan_is_an_error() {
-        let buf =
-            ::image::Rgb32FImage::from_raw(2, 1, vec![2.0, -1.0, 0.5, 0.0, 0.25, 1.0]).unwrap();
+        let buf = ::image::Rgb32FImage::from_raw(2, 1, vec![2.0, -1.0, 0.5, 0.0, 0.25, 1.0]).unwrap();
         let img = from_dynamic_image(&DynamicImage::ImageRgb32F(buf), Channels::Rgb).unwrap();
         assert_eq!(img.as_slice(), &[1.0, 0.0, 0.0, 0.25, 0.5, 1.0]);
         let nan = ::image::Rgb32FImage::from_raw(1, 1, vec![f32::NAN, 0.0, 0.0]).unwrap();
@@ -254,9 +227,7 @@ mod tests {
 
     #[test]
     fn u8_round_trip_is_exact() {
-        let rgb = RgbImage::from_fn(5, 3, |x, y| {
-            Rgb([(x * 50) as u8, (y * 100) as u8, (x * y * 17) as u8])
-        });
+        let rgb = RgbImage::from_fn(5, 3, |x, y| Rgb([(x * 50) as u8, (y * 100) as u8, (x * y * 17) as u8]));
         let dynimg = DynamicImage::ImageRgb8(rgb);
         let chw = from_dynamic_image(&dynimg, Channels::Rgb).unwrap();
         assert_eq!(to_dynamic_image(&chw).unwrap(), dynimg);

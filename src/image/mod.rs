@@ -47,8 +47,8 @@ pub use chw::ChwImage;
 pub use crop::{center_crop, center_crop_offsets, crop, pad_zero};
 pub use load::{Channels, from_dynamic_image, load_image, load_image_with, to_dynamic_image};
 pub use normalize::{
-    IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, Normalization, denormalize,
-    normalize, normalize_in_place,
+    IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, Normalization, denormalize, normalize,
+    normalize_in_place,
 };
 pub use patchify::{PatchPolicy, patch_grid, patchify, patchify_with, unpatchify};
 pub use resize::{Interpolation, resize_exact, resize_shorter_side, shorter_side_size};

@@ -27,18 +27,12 @@ pub struct Normalization {
 impl Normalization {
     /// [`IMAGENET_MEAN`] / [`IMAGENET_STD`].
     pub fn imagenet() -> Self {
-        Normalization {
-            mean: IMAGENET_MEAN.to_vec(),
-            std: IMAGENET_STD.to_vec(),
-        }
+        Normalization { mean: IMAGENET_MEAN.to_vec(), std: IMAGENET_STD.to_vec() }
     }
 
     /// [`INCEPTION_MEAN`] / [`INCEPTION_STD`].
     pub fn inception() -> Self {
-        Normalization {
-            mean: INCEPTION_MEAN.to_vec(),
-            std: INCEPTION_STD.to_vec(),
-        }
+        Normalization { mean: INCEPTION_MEAN.to_vec(), std: INCEPTION_STD.to_vec() }
     }
 
     /// Applies it to a copy of `image` (see [`normalize`]).
@@ -60,10 +54,7 @@ fn check(channels: usize, mean: &[f32], std: &[f32]) -> Result<()> {
         crate::error::ensure_finite(what, v)?;
     }
     if let Some(c) = std.iter().position(|&s| s == 0.0) {
-        return Err(Error::invalid(
-            "normalisation std",
-            format!("std of channel {c} is zero"),
-        ));
+        return Err(Error::invalid("normalisation std", format!("std of channel {c} is zero")));
     }
     Ok(())
 }

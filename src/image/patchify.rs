@@ -141,27 +141,16 @@ fn patchify_exact(image: &ChwImage, p: usize, gh: usize, gw: usize) -> Matrix {
 /// let patches = patchify(&img, 4).unwrap(); // [2 * 3 x 3 * 16]
 /// assert_eq!(unpatchify(&patches, 3, 4, 2, 3).unwrap(), img);
 /// ```
-pub fn unpatchify(
-    patches: &Matrix,
-    channels: usize,
-    p: usize,
-    gh: usize,
-    gw: usize,
-) -> Result<ChwImage> {
+pub fn unpatchify(patches: &Matrix, channels: usize, p: usize, gh: usize, gw: usize) -> Result<ChwImage> {
     if channels == 0 || p == 0 || gh == 0 || gw == 0 {
         return Err(Error::invalid(
             "unpatchify arguments",
-            format!(
-                "channels {channels}, patch size {p} and grid {gh} x {gw} must all be at least 1"
-            ),
+            format!("channels {channels}, patch size {p} and grid {gh} x {gw} must all be at least 1"),
         ));
     }
     let (h, w) = (gh.checked_mul(p), gw.checked_mul(p));
     let (Some(h), Some(w)) = (h, w) else {
-        return Err(Error::invalid(
-            "unpatchify grid",
-            format!("{gh} x {gw} patches of {p} overflow"),
-        ));
+        return Err(Error::invalid("unpatchify grid", format!("{gh} x {gw} patches of {p} overflow")));
     };
     let len = checked_len("unpatchify", channels, h, w)?;
     patches.expect_shape("patches", gh * gw, channels * p * p)?;
@@ -172,8 +161,7 @@ pub fn unpatchify(
             for k in 0..channels {
                 for dy in 0..p {
                     let dst = (k * h + r * p + dy) * w + c * p;
-                    data[dst..dst + p]
-                        .copy_from_slice(&row[k * p * p + dy * p..k * p * p + (dy + 1) * p]);
+                    data[dst..dst + p].copy_from_slice(&row[k * p * p + dy * p..k * p * p + (dy + 1) * p]);
                 }
             }
         }

@@ -91,17 +91,11 @@ fn taps(in_size: usize, out_size: usize, filter: Interpolation) -> Taps {
         let lo = (centre - support + 0.5).max(0.0) as usize;
         let hi = ((centre + support + 0.5).max(0.0) as usize).min(in_size);
         let len = hi.saturating_sub(lo).min(stride);
-        let w: Vec<f64> = (0..len)
-            .map(|k| filter.kernel(((lo + k) as f64 - centre + 0.5) / filter_scale))
-            .collect();
+        let w: Vec<f64> = (0..len).map(|k| filter.kernel(((lo + k) as f64 - centre + 0.5) / filter_scale)).collect();
         let sum: f64 = w.iter().sum();
         let row = &mut t.weights[i * stride..i * stride + len];
         for (dst, wk) in row.iter_mut().zip(&w) {
-            *dst = if sum != 0.0 {
-                (wk / sum) as f32
-            } else {
-                *wk as f32
-            };
+            *dst = if sum != 0.0 { (wk / sum) as f32 } else { *wk as f32 };
         }
         t.start.push(lo);
         t.len.push(len);
@@ -130,12 +124,7 @@ fn taps(in_size: usize, out_size: usize, filter: Interpolation) -> Taps {
 /// let want = [10.0 / 7.0, 32.0 / 7.0];
 /// assert!(half.as_slice().iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-6));
 /// ```
-pub fn resize_exact(
-    image: &ChwImage,
-    width: usize,
-    height: usize,
-    filter: Interpolation,
-) -> Result<ChwImage> {
+pub fn resize_exact(image: &ChwImage, width: usize, height: usize, filter: Interpolation) -> Result<ChwImage> {
     let (c, h, w) = image.shape();
     checked_len("resize target", c, height, width)?;
     // Horizontal pass: [C*H x w] -> [C*H x width].
@@ -144,15 +133,13 @@ pub fn resize_exact(
     } else {
         let t = taps(w, width, filter);
         let mut out = vec![0.0f32; c * h * width];
-        out.par_chunks_mut(width)
-            .zip(image.as_slice().par_chunks(w))
-            .for_each(|(dst, src)| {
-                for (i, d) in dst.iter_mut().enumerate() {
-                    let ws = &t.weights[i * t.stride..i * t.stride + t.len[i]];
-                    let xs = &src[t.start[i]..t.start[i] + t.len[i]];
-                    *d = ws.iter().zip(xs).map(|(a, b)| a * b).sum();
-                }
-            });
+        out.par_chunks_mut(width).zip(image.as_slice().par_chunks(w)).for_each(|(dst, src)| {
+            for (i, d) in dst.iter_mut().enumerate() {
+                let ws = &t.weights[i * t.stride..i * t.stride + t.len[i]];
+                let xs = &src[t.start[i]..t.start[i] + t.len[i]];
+                *d = ws.iter().zip(xs).map(|(a, b)| a * b).sum();
+            }
+        });
         out
     };
     // Vertical pass, plane by plane: [h x width] -> [height x width].
@@ -190,11 +177,7 @@ pub fn shorter_side_size(h: usize, w: usize, size: usize) -> Result<(usize, usiz
     }
     // torchvision: `int(size * long / short)`, an exact integer product then a float division.
     let scaled = |long: usize, short: usize| ((size as f64 * long as f64) / short as f64) as usize;
-    Ok(if h <= w {
-        (size, scaled(w, h).max(1))
-    } else {
-        (scaled(h, w).max(1), size)
-    })
+    Ok(if h <= w { (size, scaled(w, h).max(1)) } else { (scaled(h, w).max(1), size) })
 }
 
 /// Resizes so that the shorter side is `size`, keeping the aspect ratio (timm's ImageNet eval
@@ -209,11 +192,7 @@ pub fn shorter_side_size(h: usize, w: usize, size: usize) -> Result<(usize, usiz
 /// let r = resize_shorter_side(&img, 256, Interpolation::Bicubic).unwrap();
 /// assert_eq!(r.shape(), (3, 256, 384)); // floor(256 * 451 / 300) = floor(384.85)
 /// ```
-pub fn resize_shorter_side(
-    image: &ChwImage,
-    size: usize,
-    filter: Interpolation,
-) -> Result<ChwImage> {
+pub fn resize_shorter_side(image: &ChwImage, size: usize, filter: Interpolation) -> Result<ChwImage> {
     let (height, width) = shorter_side_size(image.height(), image.width(), size)?;
     resize_exact(image, width, height, filter)
 }
@@ -241,9 +220,7 @@ mod tests {
                 let t = taps(i, o, f);
                 for k in 0..o {
                     assert!(t.len[k] >= 1 && t.start[k] + t.len[k] <= i);
-                    let s: f32 = t.weights[k * t.stride..k * t.stride + t.len[k]]
-                        .iter()
-                        .sum();
+                    let s: f32 = t.weights[k * t.stride..k * t.stride + t.len[k]].iter().sum();
                     assert!((s - 1.0).abs() < 1e-5, "{i}->{o} {f:?} out {k}: {s}");
                 }
             }

@@ -91,19 +91,12 @@ impl ImageTransform {
     /// surface in [`ImageTransform::apply`]).
     pub fn timm_eval(img_size: usize, crop_pct: f64, normalization: Normalization) -> Self {
         let scale = (img_size as f64 / crop_pct).floor();
-        let scale = if scale.is_finite() && scale >= 0.0 {
-            scale as usize
-        } else {
-            0
-        };
+        let scale = if scale.is_finite() && scale >= 0.0 { scale as usize } else { 0 };
         ImageTransform {
             channels: Channels::Rgb,
             resize: Some(ResizeTo::ShorterSide(scale)),
             interpolation: Interpolation::Bicubic,
-            crop: Some(CropSize {
-                height: img_size,
-                width: img_size,
-            }),
+            crop: Some(CropSize { height: img_size, width: img_size }),
             normalize: Some(normalization),
         }
     }
@@ -128,12 +121,8 @@ impl ImageTransform {
     pub fn apply_chw(&self, image: ChwImage) -> Result<ChwImage> {
         let mut img = match self.resize {
             None => image,
-            Some(ResizeTo::ShorterSide(size)) => {
-                resize_shorter_side(&image, size, self.interpolation)?
-            }
-            Some(ResizeTo::Exact { height, width }) => {
-                resize_exact(&image, width, height, self.interpolation)?
-            }
+            Some(ResizeTo::ShorterSide(size)) => resize_shorter_side(&image, size, self.interpolation)?,
+            Some(ResizeTo::Exact { height, width }) => resize_exact(&image, width, height, self.interpolation)?,
         };
         if self.resize.is_some() {
             img.clamp_in_place(0.0, 1.0);
@@ -157,13 +146,7 @@ mod tests {
         let t = ImageTransform::default();
         assert_eq!(t.resize, Some(ResizeTo::ShorterSide(256)));
         assert_eq!(t.interpolation, Interpolation::Bicubic);
-        assert_eq!(
-            t.crop,
-            Some(CropSize {
-                height: 224,
-                width: 224
-            })
-        );
+        assert_eq!(t.crop, Some(CropSize { height: 224, width: 224 }));
         assert_eq!(t.normalize, Some(Normalization::imagenet()));
         assert_eq!(t.channels, Channels::Rgb);
         // 224 / 0.9 = 248.9 -> 248.
@@ -177,34 +160,21 @@ mod tests {
     fn json_round_trip() {
         let t = ImageTransform {
             channels: Channels::Gray,
-            resize: Some(ResizeTo::Exact {
-                height: 32,
-                width: 48,
-            }),
+            resize: Some(ResizeTo::Exact { height: 32, width: 48 }),
             interpolation: Interpolation::Bilinear,
             crop: None,
-            normalize: Some(Normalization {
-                mean: vec![0.1307],
-                std: vec![0.3081],
-            }),
+            normalize: Some(Normalization { mean: vec![0.1307], std: vec![0.3081] }),
         };
         let s = serde_json::to_string(&t).unwrap();
         assert_eq!(serde_json::from_str::<ImageTransform>(&s).unwrap(), t);
-        assert_eq!(
-            serde_json::from_str::<ImageTransform>("{}").unwrap(),
-            ImageTransform::default()
-        );
+        assert_eq!(serde_json::from_str::<ImageTransform>("{}").unwrap(), ImageTransform::default());
     }
 
     #[test]
     fn bad_crop_pct_gives_an_error_not_a_panic() {
         let img = DynamicImage::new_rgb8(10, 10);
         for pct in [0.0, -1.0, f64::NAN] {
-            assert!(
-                ImageTransform::timm_eval(8, pct, Normalization::imagenet())
-                    .apply(&img)
-                    .is_err()
-            );
+            assert!(ImageTransform::timm_eval(8, pct, Normalization::imagenet()).apply(&img).is_err());
         }
     }
 }
