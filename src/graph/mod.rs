@@ -32,6 +32,7 @@ mod builders;
 mod dot;
 mod interop;
 mod knn;
+mod self_loops;
 mod topology;
 
 pub use builders::{Neighbourhood, WindowKind};
@@ -86,19 +87,35 @@ impl Graph {
         topology: Topology,
     ) -> Result<Graph> {
         if offsets.len() != num_nodes + 1 {
-            return Err(Error::shape("CSR offsets", format!("{} entries (N + 1)", num_nodes + 1), format!("{} entries", offsets.len())));
+            return Err(Error::shape(
+                "CSR offsets",
+                format!("{} entries (N + 1)", num_nodes + 1),
+                format!("{} entries", offsets.len()),
+            ));
         }
         if offsets[0] != 0 || offsets[num_nodes] != sources.len() {
             return Err(Error::invalid(
                 "CSR offsets",
-                format!("must start at 0 and end at the number of edges {}, got {} .. {}", sources.len(), offsets[0], offsets[num_nodes]),
+                format!(
+                    "must start at 0 and end at the number of edges {}, got {} .. {}",
+                    sources.len(),
+                    offsets[0],
+                    offsets[num_nodes]
+                ),
             ));
         }
         if let Some(i) = offsets.windows(2).position(|w| w[0] > w[1]) {
-            return Err(Error::invalid("CSR offsets", format!("decrease at destination {i}: {} > {}", offsets[i], offsets[i + 1])));
+            return Err(Error::invalid(
+                "CSR offsets",
+                format!("decrease at destination {i}: {} > {}", offsets[i], offsets[i + 1]),
+            ));
         }
         if let Some(e) = sources.iter().position(|&s| s as usize >= num_nodes) {
-            return Err(Error::NodeOutOfRange { what: format!("CSR sources[{e}]"), index: sources[e] as usize, num_nodes });
+            return Err(Error::NodeOutOfRange {
+                what: format!("CSR sources[{e}]"),
+                index: sources[e] as usize,
+                num_nodes,
+            });
         }
         Ok(Graph { num_nodes, edges: Edges::Csr { offsets, sources }, blocks: vec![0, num_nodes], topology })
     }
@@ -110,11 +127,19 @@ impl Graph {
     /// is an [`Error::NodeOutOfRange`] that names the position.
     pub fn from_edge_index(num_nodes: usize, sources: &[usize], targets: &[usize]) -> Result<Graph> {
         if sources.len() != targets.len() {
-            return Err(Error::shape("edge_index", format!("2 rows of equal length ({})", sources.len()), format!("rows of {} and {}", sources.len(), targets.len())));
+            return Err(Error::shape(
+                "edge_index",
+                format!("2 rows of equal length ({})", sources.len()),
+                format!("rows of {} and {}", sources.len(), targets.len()),
+            ));
         }
         for (row, name) in [(sources, 0), (targets, 1)] {
             if let Some(e) = row.iter().position(|&s| s >= num_nodes) {
-                return Err(Error::NodeOutOfRange { what: format!("edge_index[{name}][{e}]"), index: row[e], num_nodes });
+                return Err(Error::NodeOutOfRange {
+                    what: format!("edge_index[{name}][{e}]"),
+                    index: row[e],
+                    num_nodes,
+                });
             }
         }
         if num_nodes > u32::MAX as usize {
@@ -167,7 +192,9 @@ impl Graph {
     /// Number of edges `E` (for an implicit complete graph, the number it would have).
     pub fn num_edges(&self) -> usize {
         match &self.edges {
-            Edges::Complete { self_loops } => self.block_sizes().map(|m| if *self_loops { m * m } else { m * m.saturating_sub(1) }).sum(),
+            Edges::Complete { self_loops } => {
+                self.block_sizes().map(|m| if *self_loops { m * m } else { m * m.saturating_sub(1) }).sum()
+            }
             Edges::Csr { sources, .. } => sources.len(),
         }
     }
@@ -219,10 +246,13 @@ impl Graph {
                 let (start, end) = (self.blocks[b], self.blocks[b + 1]);
                 let m = end - start;
                 let deg = if *self_loops { m } else { m - 1 };
-                let before: usize = self.blocks[..=b].windows(2).map(|w| {
-                    let s = w[1] - w[0];
-                    if *self_loops { s * s } else { s * (s - 1) }
-                }).sum();
+                let before: usize = self.blocks[..=b]
+                    .windows(2)
+                    .map(|w| {
+                        let s = w[1] - w[0];
+                        if *self_loops { s * s } else { s * (s - 1) }
+                    })
+                    .sum();
                 let first = before + (i - start) * deg;
                 first..first + deg
             }
@@ -235,7 +265,11 @@ impl Graph {
             Edges::Csr { offsets, sources } => Incoming::Listed(sources[offsets[i]..offsets[i + 1]].iter()),
             Edges::Complete { self_loops } => {
                 let b = self.block_of(i);
-                Incoming::Block { next: self.blocks[b], end: self.blocks[b + 1], skip: if *self_loops { usize::MAX } else { i } }
+                Incoming::Block {
+                    next: self.blocks[b],
+                    end: self.blocks[b + 1],
+                    skip: if *self_loops { usize::MAX } else { i },
+                }
             }
         }
     }
@@ -260,7 +294,12 @@ impl Graph {
                     sources.extend(self.incoming(i).map(|j| j as u32));
                     offsets.push(sources.len());
                 }
-                Graph { num_nodes: self.num_nodes, edges: Edges::Csr { offsets, sources }, blocks: self.blocks.clone(), topology: self.topology.clone() }
+                Graph {
+                    num_nodes: self.num_nodes,
+                    edges: Edges::Csr { offsets, sources },
+                    blocks: self.blocks.clone(),
+                    topology: self.topology.clone(),
+                }
             }
         }
     }
@@ -336,7 +375,8 @@ impl Graph {
             }
             inverse[p] = i;
         }
-        let lists: Vec<Vec<u32>> = (0..n).map(|new_i| self.incoming(inverse[new_i]).map(|j| perm[j] as u32).collect()).collect();
+        let lists: Vec<Vec<u32>> =
+            (0..n).map(|new_i| self.incoming(inverse[new_i]).map(|j| perm[j] as u32).collect()).collect();
         Ok(Graph::from_lists_unchecked(&lists, Topology::Custom))
     }
 }
