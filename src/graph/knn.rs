@@ -48,8 +48,8 @@ fn tile_rows(n: usize) -> usize {
 }
 
 impl KnnOptions {
-    /// Checks the options and the features for `n` nodes; returns `k * dilation`.
-    fn validate(&self, x: &Matrix) -> Result<usize> {
+    /// Checks the options against the features `x` (one node per row).
+    fn validate(&self, x: &Matrix) -> Result<()> {
         let n = x.rows();
         ensure_u32_nodes("feature k-NN", n)?;
         if self.k == 0 {
@@ -59,14 +59,13 @@ impl KnnOptions {
             return Err(Error::invalid("feature k-NN dilation", "must be at least 1"));
         }
         let available = if self.include_self { n } else { n.saturating_sub(1) };
-        let span = self.k.checked_mul(self.dilation).filter(|&s| s <= available).ok_or_else(|| {
-            Error::invalid(
+        if self.k.checked_mul(self.dilation).is_none_or(|span| span > available) {
+            return Err(Error::invalid(
                 "feature k-NN k * dilation",
                 format!("{} * {} nearest requested, {available} candidates among {n} nodes", self.k, self.dilation),
-            )
-        })?;
-        ensure_finite("feature k-NN features", x.as_slice())?;
-        Ok(span)
+            ));
+        }
+        ensure_finite("feature k-NN features", x.as_slice())
     }
 }
 
