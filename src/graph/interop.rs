@@ -79,17 +79,8 @@ impl Graph {
     ///
     /// Errors: as [`Graph::to_petgraph`].
     pub fn to_stable_graph(&self) -> Result<StableGraph<(), ()>> {
-        self.ensure_petgraph_size()?;
-        let mut g = StableGraph::with_capacity(self.num_nodes, self.num_edges());
-        for _ in 0..self.num_nodes {
-            g.add_node(());
-        }
-        for i in 0..self.num_nodes {
-            for j in self.incoming(i) {
-                g.add_edge(NodeIndex::new(j), NodeIndex::new(i), ());
-            }
-        }
-        Ok(g)
+        // Same node and edge indices as the plain graph.
+        Ok(StableGraph::from(self.to_petgraph()?))
     }
 
     /// This graph as petgraph's directed [`Csr`] (outgoing edges per source, sorted).
