@@ -14,6 +14,41 @@
 //! A batch of graphs is their disjoint union ([`Graph::disjoint_union`]), block-diagonal as PyG
 //! batches, with the node ranges of the blocks kept ([`Graph::blocks`]).
 //!
+//! ## Builders
+//!
+//! Graphs over a `rows x cols` patch grid number the patch in row `r`, column `c` as node
+//! `r * cols + c` (row-major, timm's patch order). Each builder documents its exact definition
+//! and sets the graph's [`Topology`] tag:
+//!
+//! - [`Graph::grid`]: patches within a Manhattan ([`Neighbourhood::Four`]) or Chebyshev
+//!   ([`Neighbourhood::Eight`]) radius.
+//! - [`Graph::window`]: Swin's partition windows or NAT's sliding windows ([`WindowKind`]).
+//! - [`Graph::spatial_knn`]: the `k` nearest patches by grid position.
+//! - [`Graph::feature_knn`]: ViG's dilated k-NN on node features ([`KnnOptions`]), one GEMM per
+//!   row tile; [`Graph::feature_knn_reference`] is its plain oracle.
+//! - [`Graph::with_global_node`]: a class token prepended as node 0, linked both ways to all.
+//! - [`Graph::random`]: a seeded random graph with a fixed in-degree.
+//! - [`Graph::add_self_loops`], [`Graph::remove_self_loops`]: PyG's self-loop edits.
+//! - petgraph and Graphviz: [`Graph::from_petgraph`], [`Graph::to_petgraph`] (and the
+//!   `StableGraph` / `Csr` variants), [`Graph::to_dot`].
+//!
+//! ```
+//! use patchgraph::graph::{Graph, Neighbourhood, WindowKind};
+//! // A 14 x 14 patch grid (ViT-B/16 at 224 px) with 8-neighbourhoods and a class token.
+//! let g = Graph::grid(14, 14, Neighbourhood::Eight, 1, false).unwrap().with_global_node(false);
+//! assert_eq!(g.num_nodes(), 197);
+//! assert_eq!(g.in_degree(0), 196); // the token reads every patch
+//! assert_eq!(g.in_degree(1), 1 + 3); // patch (0, 0): the token and 3 grid neighbours
+//! // GAT-style: one self-loop per node, appended last.
+//! let g = g.add_self_loops();
+//! assert_eq!(g.incoming(1).last(), Some(1));
+//! // Swin's 7 x 7 windows on the same grid: 4 windows of 49 patches.
+//! let w = Graph::window(14, 14, WindowKind::Partition, 7).unwrap();
+//! assert_eq!(w.num_edges(), 4 * 49 * 49);
+//! ```
+//!
+//! ## Complete graphs and batches
+//!
 //! ```
 //! use patchgraph::Graph;
 //! let g = Graph::complete(3, true);
@@ -28,16 +63,23 @@
 //! assert_eq!(batch.incoming(3).collect::<Vec<_>>(), vec![2, 4]);
 //! ```
 
-mod builders;
 mod dot;
+mod global;
+mod grid;
 mod interop;
 mod knn;
+mod random;
 mod self_loops;
+mod spatial_knn;
+mod spec;
 mod topology;
+mod window;
 
-pub use builders::{Neighbourhood, WindowKind};
+pub use grid::Neighbourhood;
 pub use knn::{KnnOptions, Metric};
+pub use spec::GraphSpec;
 pub use topology::Topology;
+pub use window::WindowKind;
 
 use crate::error::{Error, Result};
 use std::ops::Range;
@@ -169,6 +211,24 @@ impl Graph {
             sources[cursor[t]] = s;
             cursor[t] += 1;
         }
+        Graph { num_nodes, edges: Edges::Csr { offsets, sources }, blocks: vec![0, num_nodes], topology }
+    }
+
+    /// A single-block CSR graph whose destination `i` gets the sources that `fill(i, out)` pushes
+    /// onto `out` (in edge order). Sources must be `< num_nodes`.
+    pub(crate) fn from_fn_unchecked(
+        num_nodes: usize,
+        topology: Topology,
+        mut fill: impl FnMut(usize, &mut Vec<u32>),
+    ) -> Graph {
+        let mut offsets = Vec::with_capacity(num_nodes + 1);
+        offsets.push(0);
+        let mut sources = Vec::new();
+        for i in 0..num_nodes {
+            fill(i, &mut sources);
+            offsets.push(sources.len());
+        }
+        debug_assert!(sources.iter().all(|&s| (s as usize) < num_nodes));
         Graph { num_nodes, edges: Edges::Csr { offsets, sources }, blocks: vec![0, num_nodes], topology }
     }
 
@@ -379,6 +439,14 @@ impl Graph {
             (0..n).map(|new_i| self.incoming(inverse[new_i]).map(|j| perm[j] as u32).collect()).collect();
         Ok(Graph::from_lists_unchecked(&lists, Topology::Custom))
     }
+}
+
+/// Errors unless `num_nodes` node ids fit the `u32` sources of the CSR.
+pub(crate) fn ensure_u32_nodes(what: &str, num_nodes: usize) -> Result<()> {
+    if num_nodes > u32::MAX as usize {
+        return Err(Error::invalid(what, format!("{num_nodes} nodes exceed the u32 index range")));
+    }
+    Ok(())
 }
 
 /// Iterator over the sources of a node's incoming edges.

@@ -28,6 +28,8 @@ pub enum Topology {
         neighbourhood: Neighbourhood,
         /// Radius in patches.
         radius: usize,
+        /// Whether `i -> i` is an edge.
+        self_loops: bool,
     },
     /// Local windows (Swin-style partitions or NAT-style sliding neighbourhoods).
     Window {
@@ -42,12 +44,19 @@ pub enum Topology {
     },
     /// k nearest patches by grid position.
     SpatialKnn {
+        /// Patch rows.
+        rows: usize,
+        /// Patch columns.
+        cols: usize,
         /// Neighbours per node.
         k: usize,
+        /// Whether a node counts as its own nearest neighbour.
+        include_self: bool,
     },
     /// k nearest nodes by feature distance (ViG).
     FeatureKnn(KnnOptions),
-    /// A graph with a global (class-token) node linked both ways to every other node.
+    /// A graph with a global (class-token) node 0 linked both ways to every other node; the
+    /// inner tag describes the other nodes (shifted by one).
     WithGlobal(Box<Topology>),
     /// Random edges.
     Random {
@@ -55,6 +64,8 @@ pub enum Topology {
         degree: usize,
         /// The seed.
         seed: u64,
+        /// Whether a node may draw itself.
+        self_loops: bool,
     },
     /// A disjoint union of these.
     Batch(Vec<Topology>),

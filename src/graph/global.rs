@@ -1,0 +1,53 @@
+//! The global node: a class token linked both ways to every patch.
+//!
+//! Built by [`Graph::with_global_node`], which documents the definition.
+
+use super::{Edges, Graph, Topology};
+
+impl Graph {
+    /// This graph with a global node prepended.
+    ///
+    /// A new node 0 is prepended, as timm puts the class token before the patch tokens; old node
+    /// `i` becomes `i + 1`. The new edges are `0 -> i` and `i -> 0` for every other node `i`,
+    /// plus `0 -> 0` when `self_loop`; all existing edges are kept (renumbered).
+    ///
+    /// ```
+    /// use patchgraph::Graph;
+    /// let g = Graph::from_edge_index(2, &[0], &[1]).unwrap().with_global_node(false);
+    /// assert_eq!(g.num_nodes(), 3);
+    /// assert_eq!(g.incoming(0).collect::<Vec<_>>(), vec![1, 2]); // the token reads every patch
+    /// assert_eq!(g.incoming(2).collect::<Vec<_>>(), vec![0, 1]); // the old edge 0 -> 1 is now 1 -> 2
+    /// ```
+    ///
+    /// Edge order: the global node's sources are `[0 (if self_loop), 1, ..., N]`; every other
+    /// node's are the global node `0` first, then its old sources shifted by one. Sources that
+    /// were ascending stay ascending.
+    ///
+    /// The result is one block (the global node joins any batch blocks into one graph; to give
+    /// each image of a batch its own token, add it per image, then take the disjoint union).
+    /// A single complete graph stays implicit when `self_loop` matches its self-loop policy: the
+    /// complete graph with a class token is the complete graph on `N + 1` nodes (ViT's).
+    /// Tagged [`Topology::WithGlobal`].
+    pub fn with_global_node(&self, self_loop: bool) -> Graph {
+        let n = self.num_nodes;
+        let topology = Topology::WithGlobal(Box::new(self.topology.clone()));
+        if self.blocks.len() == 2 && self.complete_self_loops() == Some(self_loop) {
+            return Graph {
+                num_nodes: n + 1,
+                edges: Edges::Complete { self_loops: self_loop },
+                blocks: vec![0, n + 1],
+                topology,
+            };
+        }
+        // Node ids are at most u32::MAX after the shift, since n <= u32::MAX.
+        Graph::from_fn_unchecked(n + 1, topology, |i, out| {
+            if i == 0 {
+                let first = if self_loop { 0 } else { 1 };
+                out.extend((first..=n).map(|j| j as u32));
+            } else {
+                out.push(0);
+                out.extend(self.incoming(i - 1).map(|j| (j + 1) as u32));
+            }
+        })
+    }
+}
