@@ -56,12 +56,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dense = attn.forward(&complete, &tokens)?;
     let scale = matrices.max_abs();
     println!("\nViT attention = GAT on the complete graph ({n} nodes, {} edges):", complete.num_edges());
-    println!("  max |GAT (sparse kernel) - matrix self-attention| = {:.2e}   (output scale {scale:.2e})", as_gat.max_abs_diff(&matrices));
+    println!(
+        "  max |GAT (sparse kernel) - matrix self-attention| = {:.2e}   (output scale {scale:.2e})",
+        as_gat.max_abs_diff(&matrices)
+    );
     println!("  max |dense kernel        - matrix self-attention| = {:.2e}", dense.max_abs_diff(&matrices));
 
     // 4. The same weights on sparse patch graphs (class token = global node).
-    println!("\n{:<12} {:>8} {:>10} {:>11} {:>12}  {}", "graph", "edges", "mean deg", "time (ms)", "rel. change", "path");
-    for spec in ["complete", "grid4:1", "grid8:1", "grid8:2", "window:7", "nat:7", "knn:9", "fknn:9:1", "fknn-cos:9:2", "random:9:0"] {
+    println!(
+        "\n{:<12} {:>8} {:>10} {:>11} {:>12}  {}",
+        "graph", "edges", "mean deg", "time (ms)", "rel. change", "path"
+    );
+    for spec in [
+        "complete",
+        "grid4:1",
+        "grid8:1",
+        "grid8:2",
+        "window:7",
+        "nat:7",
+        "knn:9",
+        "fknn:9:1",
+        "fknn-cos:9:2",
+        "random:9:0",
+    ] {
         let spec: GraphSpec = spec.parse()?;
         let graph = spec.build(rows, cols, Some(&embedded), true)?;
         let ms = median_ms(9, || attn.forward(&graph, &tokens).map(|_| ()))?;

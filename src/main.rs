@@ -79,7 +79,10 @@ fn print_stats(image: &Path, spec: &GraphSpec, rows: usize, cols: usize, g: &Gra
     let self_loops = (0..g.num_nodes()).filter(|&i| g.incoming(i).any(|j| j == i)).count();
     println!("image       {}", image.display());
     println!("patch grid  {rows} x {cols}");
-    println!("graph       {spec} ({})", if g.is_complete() { "complete: dense kernels" } else { "sparse: CSR kernels" });
+    println!(
+        "graph       {spec} ({})",
+        if g.is_complete() { "complete: dense kernels" } else { "sparse: CSR kernels" }
+    );
     println!("nodes       {}", g.num_nodes());
     println!("edges       {}", g.num_edges());
     println!(

@@ -108,7 +108,9 @@ impl FromStr for GraphSpec {
             _ => {
                 return Err(Error::invalid(
                     "graph spec",
-                    format!("unknown `{s}`: expected complete, grid4:R, grid8:R, window:S, nat:S, knn:K, fknn:K:D, fknn-cos:K:D or random:K:SEED"),
+                    format!(
+                        "unknown `{s}`: expected complete, grid4:R, grid8:R, window:S, nat:S, knn:K, fknn:K:D, fknn-cos:K:D or random:K:SEED"
+                    ),
                 ));
             }
         };
@@ -161,7 +163,8 @@ impl GraphSpec {
             GraphSpec::Window { kind, size } => Graph::window(rows, cols, kind, size)?,
             GraphSpec::SpatialKnn { k } => Graph::spatial_knn(rows, cols, k, true)?,
             GraphSpec::FeatureKnn { k, dilation, metric } => {
-                let x = features.ok_or_else(|| Error::invalid("graph spec", format!("`{self}` needs node features")))?;
+                let x =
+                    features.ok_or_else(|| Error::invalid("graph spec", format!("`{self}` needs node features")))?;
                 x.expect_shape("feature k-NN features (patch nodes)", n, x.cols())?;
                 Graph::feature_knn(x, &KnnOptions { k, dilation, metric, include_self: true })?
             }
