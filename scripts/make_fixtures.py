@@ -397,6 +397,34 @@ def write_readme(rows):
         f.write("\n".join(lines))
 
 
+IMAGE_CASES = [("bicubic", "chelsea_timm_eval_bicubic.png"), ("bilinear", "chelsea_timm_eval_bilinear.png")]
+
+
+def image_cases():
+    """timm's eval transform (resize shorter side to 256, centre crop 224) on the bundled cat
+    photo, up to (not including) ToTensor/Normalize: the 8-bit image Pillow produces, saved as
+    PNG (lossless). The Rust test runs its own resize and crop and compares in 8-bit units."""
+    import PIL.Image
+    import timm.data
+
+    src = os.path.join(REPO, "data", "images", "chelsea.png")
+    img = PIL.Image.open(src).convert("RGB")
+    lines = ["", "## Image fixtures", ""]
+    for interp, name in IMAGE_CASES:
+        tf = timm.data.create_transform(input_size=224, interpolation=interp, crop_pct=0.875)
+        steps = tf.transforms[:-2]  # Resize, CenterCrop (then ToTensor, Normalize)
+        assert [type(t).__name__ for t in tf.transforms[-2:]] in (["ToTensor", "Normalize"], ["MaybeToTensor", "Normalize"]), tf
+        out = img
+        for t in steps:
+            out = t(out)
+        out.save(os.path.join(OUT_DIR, name))
+        lines.append(f"* `{name}`: `data/images/chelsea.png` through timm's "
+                     f"`create_transform(input_size=224, interpolation='{interp}', crop_pct=0.875)` "
+                     f"up to ToTensor: {' -> '.join(repr(t) for t in steps)}; 8-bit RGB {out.size[0]}x{out.size[1]}.")
+    with open(os.path.join(OUT_DIR, "README.md"), "a") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def main():
     os.makedirs(OUT_DIR, exist_ok=True)
     torch.set_grad_enabled(False)
@@ -405,6 +433,7 @@ def main():
         seed = 1000 + i
         rows.append(fn(name, seed))
     write_readme(rows)
+    image_cases()
     for r in rows:
         print(f"{r['file']}  ({r['size']} bytes)  {r['module']}")
         print(f"    config: {fmt_config(r['config'])}")

@@ -476,3 +476,31 @@ fn unpatchify_errors() {
     assert!(matches!(unpatchify(&m, 3, 0, 2, 3), Err(Error::Invalid { .. })));
     assert!(matches!(unpatchify(&m, 3, 2, usize::MAX, 3), Err(Error::Invalid { .. })));
 }
+
+/// timm's eval transform, up to ToTensor, as Pillow computes it (`scripts/make_fixtures.py`
+/// wrote the 8-bit result as PNG): our f32 resize and crop of the same photo, in 8-bit units.
+/// Pillow rounds to 8 bits after each of its two separable passes and we do not, so single
+/// pixels may differ by about one unit; on average they must agree far closer.
+#[test]
+fn timm_eval_transform_matches_pillow() {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    for (interpolation, file) in [
+        (Interpolation::Bicubic, "chelsea_timm_eval_bicubic.png"),
+        (Interpolation::Bilinear, "chelsea_timm_eval_bilinear.png"),
+    ] {
+        let transform = ImageTransform {
+            interpolation,
+            normalize: None,
+            ..ImageTransform::timm_eval(224, 0.875, Normalization::imagenet())
+        };
+        let ours = transform.apply_path(format!("{dir}/data/images/chelsea.png")).unwrap();
+        let pillow = load_image(format!("{dir}/tests/fixtures/{file}")).unwrap();
+        assert_eq!(ours.shape(), pillow.shape());
+        let diffs: Vec<f32> =
+            ours.as_slice().iter().zip(pillow.as_slice()).map(|(a, b)| (a - b).abs() * 255.0).collect();
+        let max = diffs.iter().cloned().fold(0.0f32, f32::max);
+        let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+        assert!(max <= 1.5, "{file}: max difference {max} (8-bit units)");
+        assert!(mean <= 0.5, "{file}: mean difference {mean} (8-bit units)");
+    }
+}

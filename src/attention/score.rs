@@ -13,9 +13,9 @@
 //! use patchgraph::attention::Score;
 //! let dot = Score::Dot { scale: 0.125 };
 //! // one head, dk = 2: 0.125 * (1*3 + 2*4)
-//! assert_eq!(dot.edge(0, 1, 2, &[1.0, 2.0], &[3.0, 4.0]), 0.125 * 11.0);
+//! assert_eq!(dot.edge(0, &[1.0, 2.0], &[3.0, 4.0]), 0.125 * 11.0);
 //! let gat = Score::Gat { negative_slope: 0.2 };
-//! assert_eq!(gat.edge(0, 1, 1, &[-2.0], &[1.0]), -0.2);
+//! assert_eq!(gat.edge(0, &[-2.0], &[1.0]), -0.2);
 //! ```
 
 /// How an edge is scored (see the module table).
@@ -47,11 +47,10 @@ pub fn leaky_relu(x: f32, slope: f32) -> f32 {
 }
 
 impl Score {
-    /// Score of one edge for head `h`: `q` and `k` are the head's slices of `q_i` and `k_j`.
-    ///
-    /// `_heads` is unused by the formula but kept so callers state the layout they assume.
+    /// Score of one edge for head `h`: `q` and `k` are the head's slices of `q_i` and `k_j`
+    /// (`[dk]` each; `[1]` for GAT).
     #[inline]
-    pub fn edge(&self, h: usize, _heads: usize, _dk: usize, q: &[f32], k: &[f32]) -> f32 {
+    pub fn edge(&self, h: usize, q: &[f32], k: &[f32]) -> f32 {
         match self {
             Score::Dot { scale } => scale * dot(q, k),
             Score::Gat { negative_slope } => leaky_relu(q[0] + k[0], *negative_slope),

@@ -99,7 +99,7 @@ pub fn attend_dense(
                         let col = st.col_as_slice_mut(i);
                         for (j, x) in col.iter_mut().enumerate() {
                             let kj = &inputs.key.row(s0 + j)[h * dk..(h + 1) * dk];
-                            *x = score.edge(h, heads, dk, qi, kj);
+                            *x = score.edge(h, qi, kj);
                         }
                     }
                 }

@@ -97,7 +97,7 @@ fn destination(
         for (t, j) in graph.incoming(i).enumerate() {
             let k = &inputs.key.row(j)[h * dk..(h + 1) * dk];
             let b = inputs.bias.map_or(0.0, |b| b[(first + t) * heads + h]);
-            s[t] = score.edge(h, heads, dk, q, k) + b;
+            s[t] = score.edge(h, q, k) + b;
             m = m.max(s[t]);
         }
         if m == f32::NEG_INFINITY {
