@@ -399,3 +399,19 @@ fn empty_graph_and_graph_without_edges_give_zeros() {
         .unwrap();
     assert_eq!(r.out.as_slice(), &[0.0, 0.0]);
 }
+
+#[test]
+fn edge_index_tensors_are_validated() {
+    use patchgraph::Error;
+    // [2, 3]: 0 -> 1, 2 -> 1, 1 -> 0
+    let g = Graph::from_edge_index_tensor(3, &[2, 3], &[0, 2, 1, 1, 1, 0]).unwrap();
+    assert_eq!(g.incoming(1).collect::<Vec<_>>(), vec![0, 2]);
+    assert_eq!(g.incoming(0).collect::<Vec<_>>(), vec![1]);
+    assert!(matches!(Graph::from_edge_index_tensor(3, &[3, 2], &[0; 6]), Err(Error::Shape { .. })));
+    assert!(matches!(Graph::from_edge_index_tensor(3, &[2, 3], &[0; 5]), Err(Error::Shape { .. })));
+    assert!(matches!(Graph::from_edge_index_tensor(3, &[2, 2], &[0, -1, 1, 1]), Err(Error::Invalid { .. })));
+    assert!(matches!(
+        Graph::from_edge_index_tensor(3, &[2, 2], &[0, 1, 1, 7]),
+        Err(Error::NodeOutOfRange { index: 7, num_nodes: 3, .. })
+    ));
+}

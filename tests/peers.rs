@@ -35,11 +35,9 @@ fn assert_close(what: &str, ours: &Matrix, theirs: &Matrix) {
     assert!(diff <= REL_TOL * scale, "{what}: max diff {diff:e} > {REL_TOL:e} * scale {scale:e}");
 }
 
-fn edge_index(map: &mut TensorMap, name: &str) -> (Vec<usize>, Vec<usize>) {
+fn edge_index(map: &mut TensorMap, name: &str, num_nodes: usize) -> Graph {
     let (shape, v) = map.take_ints(name).unwrap();
-    assert_eq!(shape[0], 2);
-    let e = shape[1];
-    (v[..e].iter().map(|&x| x as usize).collect(), v[e..].iter().map(|&x| x as usize).collect())
+    Graph::from_edge_index_tensor(num_nodes, &shape, &v).unwrap()
 }
 
 fn flag(c: &Value, key: &str) -> bool {
@@ -90,11 +88,14 @@ fn pyg_config(module: &str, c: &Value) -> AttentionConfig {
 fn check_pyg(name: &str, module: &str) {
     let (mut map, c) = fixture(name);
     let x = matrix(&mut map, "x");
-    let (src, dst) = edge_index(&mut map, "edge_index");
-    let graph = Graph::from_edge_index(x.rows(), &src, &dst).unwrap();
+    let graph = edge_index(&mut map, "edge_index", x.rows());
     let expected = matrix(&mut map, "out");
     let alpha = map.take_any("alpha").unwrap();
-    let (asrc, adst) = edge_index(&mut map, "alpha_edge_index");
+    // PyG's order (not grouped by destination): alpha's row e belongs to edge e of this list.
+    let (shape, raw) = map.take_ints("alpha_edge_index").unwrap();
+    let (asrc, adst) = raw.split_at(shape[1]);
+    let (asrc, adst): (Vec<usize>, Vec<usize>) =
+        (asrc.iter().map(|&v| v as usize).collect(), adst.iter().map(|&v| v as usize).collect());
     let layer = GraphAttention::load(pyg_config(module, &c), &mut map, "").unwrap();
     map.finish().expect("every fixture tensor maps to a parameter");
 

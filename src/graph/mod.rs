@@ -191,6 +191,30 @@ impl Graph {
         Ok(Self::from_pairs_unchecked(num_nodes, pairs, sources.len(), Topology::Custom))
     }
 
+    /// A graph from a PyG `edge_index` tensor as stored (int64, shape `[2, E]`, row-major: the
+    /// sources then the targets), e.g. read from a safetensors file. A shape other than
+    /// `[2, E]`, a negative index or one `>= N` is an error naming the position.
+    pub fn from_edge_index_tensor(num_nodes: usize, shape: &[usize], data: &[i64]) -> Result<Graph> {
+        if shape.len() != 2 || shape[0] != 2 || data.len() != 2 * shape[1] {
+            return Err(Error::shape(
+                "edge_index",
+                "[2, E] with 2 * E values",
+                format!("{shape:?} with {} values", data.len()),
+            ));
+        }
+        let e = shape[1];
+        let mut rows = [Vec::with_capacity(e), Vec::with_capacity(e)];
+        for (r, row) in rows.iter_mut().enumerate() {
+            for (k, &v) in data[r * e..(r + 1) * e].iter().enumerate() {
+                if v < 0 {
+                    return Err(Error::invalid(format!("edge_index[{r}][{k}]"), format!("negative node index {v}")));
+                }
+                row.push(v as usize);
+            }
+        }
+        Graph::from_edge_index(num_nodes, &rows[0], &rows[1])
+    }
+
     /// Groups `(source, destination)` pairs by destination (stable). Indices must be `< n`.
     pub(crate) fn from_pairs_unchecked(
         num_nodes: usize,
