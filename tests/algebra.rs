@@ -20,6 +20,16 @@ fn close(what: &str, ours: &Matrix, theirs: &Matrix) -> Result<(), TestCaseError
     Ok(())
 }
 
+/// Log-sum-exps agree: both `-inf` (no edge) or within `TOL * max(1, |b|)`.
+fn lse_close(a: &[f32], b: &[f32]) -> Result<(), TestCaseError> {
+    prop_assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        let ok = (*x == f32::NEG_INFINITY && *y == f32::NEG_INFINITY) || (x - y).abs() <= TOL * y.abs().max(1.0);
+        prop_assert!(ok, "log-sum-exp {} vs {}", x, y);
+    }
+    Ok(())
+}
+
 fn random(init: &mut Init, rows: usize, cols: usize, std: f32) -> Matrix {
     Matrix::from_vec(rows, cols, init.normal(rows * cols, std)).unwrap()
 }
@@ -137,6 +147,7 @@ proptest! {
         let dense = attend(&graph, &score, &inputs, Path::Dense, true).unwrap();
         let sparse = attend(&graph.materialize(), &score, &inputs, Path::Sparse, true).unwrap();
         close("dense vs sparse", &dense.out, &sparse.out)?;
+        lse_close(&dense.log_sum_exp, &sparse.log_sum_exp)?;
         let (wd, ws) = (dense.weights.unwrap(), sparse.weights.unwrap());
         let wdiff = wd.iter().zip(&ws).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
         prop_assert!(wdiff <= TOL, "weights differ by {:e}", wdiff);
@@ -158,6 +169,7 @@ proptest! {
         let sparse = attend(&graph, &score, &inputs, Path::Sparse, true).unwrap();
         let oracle = attend(&graph, &score, &inputs, Path::Reference, true).unwrap();
         close("sparse vs reference", &sparse.out, &oracle.out)?;
+        lse_close(&sparse.log_sum_exp, &oracle.log_sum_exp)?;
         for i in 0..n {
             if graph.in_degree(i) == 0 {
                 prop_assert!(sparse.out.row(i).iter().all(|&x| x == 0.0), "isolated node {} is not zero", i);
@@ -414,4 +426,50 @@ fn edge_index_tensors_are_validated() {
         Graph::from_edge_index_tensor(3, &[2, 2], &[0, 1, 1, 7]),
         Err(Error::NodeOutOfRange { index: 7, num_nodes: 3, .. })
     ));
+}
+
+/// Blocks larger than one key tile (256) and one query tile (64): the online-softmax rescaling
+/// across key tiles, with and without self-loops, bias and a mask, against the f64 oracle.
+#[test]
+fn dense_streams_several_key_tiles() {
+    for (n, which, self_loops) in [(257, 0, true), (300, 1, false), (530, 2, true), (600, 0, false)] {
+        let mut init = Init::new(n as u64 + which as u64);
+        let heads = 2;
+        let (score, q, k, v) = score_inputs(&mut init, which, n, heads, 16);
+        let graph = Graph::complete(n, self_loops);
+        let e = graph.num_edges();
+        // A bias that grows along the sources, so later key tiles carry the row maxima.
+        let bias: Vec<f32> = (0..e * heads).map(|x| ((x / heads) % n) as f32 * 0.02).collect();
+        let mask: Vec<bool> = init.uniform(e, 0.0, 1.0).into_iter().map(|u| u < 0.7).collect();
+        let inputs = AttentionInputs::new(&q, &k, &v, heads).with_bias(&bias);
+        let dense = attend_dense(&graph, &score, &inputs, Some(&mask), true).unwrap();
+        let kept: Vec<usize> = (0..e).filter(|&x| mask[x]).collect();
+        let (src, dst) = graph.edge_index();
+        let masked = Graph::from_edge_index(
+            n,
+            &kept.iter().map(|&x| src[x]).collect::<Vec<_>>(),
+            &kept.iter().map(|&x| dst[x]).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let masked_bias: Vec<f32> = kept.iter().flat_map(|&x| bias[x * heads..(x + 1) * heads].to_vec()).collect();
+        let oracle = attend(
+            &masked,
+            &score,
+            &AttentionInputs::new(&q, &k, &v, heads).with_bias(&masked_bias),
+            Path::Reference,
+            true,
+        )
+        .unwrap();
+        let diff = dense.out.max_abs_diff(&oracle.out);
+        assert!(diff <= TOL * oracle.out.max_abs().max(1.0), "n={n} score={which}: {diff:e}");
+        let (wd, wo) = (dense.weights.unwrap(), oracle.weights.unwrap());
+        for (t, &x) in kept.iter().enumerate() {
+            for h in 0..heads {
+                assert!((wd[x * heads + h] - wo[t * heads + h]).abs() <= TOL, "n={n}: weight of edge {x}");
+            }
+        }
+        for (a, b) in dense.log_sum_exp.iter().zip(&oracle.log_sum_exp) {
+            assert!((a - b).abs() <= TOL * b.abs().max(1.0), "n={n}: lse {a} vs {b}");
+        }
+    }
 }

@@ -56,6 +56,9 @@ pub struct AttentionOutput {
     pub out: Matrix,
     /// Attention weights `[E x H]` in the graph's edge order, when asked for.
     pub weights: Option<Vec<f32>>,
+    /// `lse_i = ln sum_j exp(s_ij)` per node and head, `[N x H]` (`-inf` for a node with no
+    /// incoming edge): what a backward pass needs to recompute the weights `exp(s_ij - lse_i)`.
+    pub log_sum_exp: Vec<f32>,
 }
 
 impl<'a> AttentionInputs<'a> {

@@ -61,6 +61,7 @@ pub fn attend_reference(
     let (h_count, dk, dv) = (dims.heads, dims.key_dim, dims.value_dim);
     let mut out = Matrix::zeros(dims.nodes, h_count * dv);
     let mut w = if weights { Some(vec![0.0f32; dims.edges * h_count]) } else { None };
+    let mut lse = vec![f32::NEG_INFINITY; dims.nodes * h_count];
     for i in 0..dims.nodes {
         let edges = graph.edge_range(i);
         let sources: Vec<usize> = graph.incoming(i).collect();
@@ -81,6 +82,7 @@ pub fn attend_reference(
             }
             let p: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
             let z: f64 = p.iter().sum();
+            lse[i * h_count + h] = (m + z.ln()) as f32;
             let mut acc = vec![0.0f64; dv];
             for (t, &j) in sources.iter().enumerate() {
                 let a = p[t] / z;
@@ -97,5 +99,5 @@ pub fn attend_reference(
             }
         }
     }
-    Ok(AttentionOutput { out, weights: w })
+    Ok(AttentionOutput { out, weights: w, log_sum_exp: lse })
 }

@@ -1,19 +1,25 @@
-//! Dense attention for complete graphs and batches of them (block-diagonal), with faer GEMM.
+//! Dense attention for complete graphs and batches of them (block-diagonal): tiled, with an
+//! online softmax, so extra memory is `O(tile)` per thread and `O(N d)` in all, never `O(N^2)`.
 //!
-//! For each block `b` (nodes `s .. s+m`) and head `h`, with `Q, K, V` the block's rows of that
-//! head (`[m x dk]`, `[m x dk]`, `[m x dv]`):
+//! One task per (block `b`, head `h`, query tile of `TQ` rows); tasks run in parallel with rayon,
+//! each GEMM sequential. For a task with queries `Q` `[TQ x dk]` it streams key/value tiles
+//! `K_t`, `V_t` (`TK` rows) of its block, FlashAttention's recurrence:
 //!
 //! ```text
-//! S^T = scale * K Q^T                 [m x m], column i = scores of destination i  (GEMM)
-//!       (GAT / GATv2 fill S^T entry by entry)
-//! S^T[j, i] += b_(j->i);  masked or excluded self-loop entries = -inf
-//! P^T = softmax down each column (contiguous in faer's column-major storage)
-//! O   = (P^T)^T V                     [m x dv]                                      (GEMM)
+//! m = -inf, l = 0, O = 0                                   per query row: running max, sum, output
+//! for each key tile t:
+//!     S   = scale * Q K_t^T           [TQ x TK]  (GEMM; GAT: LeakyReLU(q_i + k_j), rank one;
+//!                                                  GATv2: a . LeakyReLU(q_i + k_j))
+//!     S  += bias;  masked edges and excluded self-loops = -inf
+//!     m'  = max(m, rowmax S);  c = exp(m - m')
+//!     P   = exp(S - m');  l = c l + rowsum P;  O = c O + P V_t     (GEMM)
+//!     m   = m'
+//! out = O / l;  lse = m + ln l          (a row with no edge left: out = 0, lse = -inf)
 //! ```
 //!
-//! This is the correct first version: it holds one `[m x m]` score matrix per (block, head)
-//! task. Tasks run in parallel with rayon, each GEMM sequential (`Par::Seq`), which
-//! `KERNEL-FACTS.md` measured to be the better split for attention-sized GEMMs.
+//! The log-sum-exp per (node, head) is returned so that a backward pass can recompute the
+//! probabilities `exp(s - lse)`; attention weights, when asked for, are recomputed tile by tile
+//! from the running max and sum.
 //!
 //! ```
 //! use patchgraph::{Graph, Matrix};
@@ -24,16 +30,60 @@
 //! let v = Matrix::from_vec(2, 1, vec![1.0, 3.0]).unwrap();
 //! let out = attend_dense(&g, &Score::Dot { scale: 1.0 }, &AttentionInputs::new(&q, &q, &v, 1), None, false).unwrap();
 //! assert_eq!(out.out.as_slice(), &[2.0, 2.0]);
+//! assert!((out.log_sum_exp[0] - 2f32.ln()).abs() < 1e-6);
 //! ```
 
-use crate::attention::score::leaky_relu;
-use crate::attention::{AttentionInputs, AttentionOutput, Score};
+use super::simd;
+use crate::attention::{AttentionInputs, AttentionOutput, Dims, Score};
 use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::tensor::Matrix;
 use faer::linalg::matmul::matmul;
-use faer::{Accum, Mat, Par};
+use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
+
+/// Query rows per task.
+pub const QUERY_TILE: usize = 64;
+/// Key/value rows per streamed tile.
+pub const KEY_TILE: usize = 256;
+
+/// A task: head `head` of block `block`, local query rows `q0 .. q1`.
+#[derive(Clone, Copy, Debug)]
+struct Task {
+    block: usize,
+    head: usize,
+    q0: usize,
+    q1: usize,
+}
+
+/// What every task reads.
+struct Problem<'a> {
+    score: &'a Score,
+    inputs: &'a AttentionInputs<'a>,
+    dims: Dims,
+    blocks: &'a [usize],
+    /// Edge id of each block's first edge.
+    block_edge: Vec<usize>,
+    self_loops: bool,
+    mask: Option<&'a [bool]>,
+}
+
+/// Per-thread scratch: scores `[TQ x TK]`, output accumulator `[TQ x dv]`, running max and sum.
+struct Scratch {
+    s: Vec<f32>,
+    o: Vec<f32>,
+    m: Vec<f32>,
+    l: Vec<f32>,
+}
+
+/// A raw pointer that tasks write through at disjoint positions.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: the pointer is only dereferenced at positions that exactly one task owns (see the
+// SAFETY comments at the writes), while the buffer outlives the parallel loop.
+unsafe impl Send for SharedMut {}
+// SAFETY: as above: concurrent tasks never touch the same element.
+unsafe impl Sync for SharedMut {}
 
 /// Runs the algebra on a complete graph (or a batch of complete graphs) without materialising it.
 ///
@@ -55,118 +105,183 @@ pub fn attend_dense(
         ));
     };
     let dims = inputs.validate(graph, score)?;
-    if let Some(mask) = mask {
-        if mask.len() != dims.edges {
-            return Err(Error::shape(
-                "dense attention mask",
-                format!("{} entries (one per edge)", dims.edges),
-                format!("{} entries", mask.len()),
-            ));
-        }
+    if let Some(mask) = mask
+        && mask.len() != dims.edges
+    {
+        return Err(Error::shape(
+            "dense attention mask",
+            format!("{} entries (one per edge)", dims.edges),
+            format!("{} entries", mask.len()),
+        ));
     }
-    let (heads, dk, dv) = (dims.heads, dims.key_dim, dims.value_dim);
     let blocks = graph.blocks();
-    // Edge id of the first edge of each block.
     let mut block_edge = vec![0usize; blocks.len()];
     for b in 0..blocks.len() - 1 {
         let m = blocks[b + 1] - blocks[b];
         block_edge[b + 1] = block_edge[b] + if self_loops { m * m } else { m * m.saturating_sub(1) };
     }
+    let problem = Problem { score, inputs, dims, blocks, block_edge, self_loops, mask };
 
-    let tasks: Vec<(usize, usize)> = (0..blocks.len() - 1).flat_map(|b| (0..heads).map(move |h| (b, h))).collect();
-    let results: Vec<(Mat<f32>, Mat<f32>)> = tasks
-        .par_iter()
-        .map(|&(b, h)| {
-            let (s0, m) = (blocks[b], blocks[b + 1] - blocks[b]);
-            let q = inputs.query.as_faer().submatrix(s0, h * dk, m, dk);
-            let k = inputs.key.as_faer().submatrix(s0, h * dk, m, dk);
-            let v = inputs.value.as_faer().submatrix(s0, h * dv, m, dv);
-            let mut st = Mat::<f32>::zeros(m, m);
-            match score {
-                // S^T = scale * K Q^T
-                Score::Dot { scale } => matmul(st.as_mut(), Accum::Replace, k, q.transpose(), *scale, Par::Seq),
-                Score::Gat { negative_slope } => {
-                    for i in 0..m {
-                        let col = st.col_as_slice_mut(i);
-                        for (j, x) in col.iter_mut().enumerate() {
-                            *x = leaky_relu(q[(i, 0)] + k[(j, 0)], *negative_slope);
-                        }
-                    }
-                }
-                Score::GatV2 { .. } => {
-                    for i in 0..m {
-                        let qi = &inputs.query.row(s0 + i)[h * dk..(h + 1) * dk];
-                        let col = st.col_as_slice_mut(i);
-                        for (j, x) in col.iter_mut().enumerate() {
-                            let kj = &inputs.key.row(s0 + j)[h * dk..(h + 1) * dk];
-                            *x = score.edge(h, qi, kj);
-                        }
-                    }
-                }
-            }
-            let deg = if self_loops { m } else { m.saturating_sub(1) };
-            for i in 0..m {
-                let col = st.col_as_slice_mut(i);
-                let first = block_edge[b] + i * deg;
-                let mut mx = f32::NEG_INFINITY;
-                for (j, x) in col.iter_mut().enumerate() {
-                    if !self_loops && j == i {
-                        *x = f32::NEG_INFINITY;
-                        continue;
-                    }
-                    let e = first + if self_loops || j < i { j } else { j - 1 };
-                    if let Some(bias) = inputs.bias {
-                        *x += bias[e * heads + h];
-                    }
-                    if mask.is_some_and(|mask| !mask[e]) {
-                        *x = f32::NEG_INFINITY;
-                    }
-                    mx = mx.max(*x);
-                }
-                if mx == f32::NEG_INFINITY {
-                    col.fill(0.0); // no edge left: zero weights, zero output
-                    continue;
-                }
-                let mut z = 0.0f32;
-                for x in col.iter_mut() {
-                    *x = (*x - mx).exp();
-                    z += *x;
-                }
-                let inv = 1.0 / z;
-                for x in col.iter_mut() {
-                    *x *= inv;
-                }
-            }
-            // O = P V with P = (S^T)^T
-            let mut o = Mat::<f32>::zeros(m, dv);
-            matmul(o.as_mut(), Accum::Replace, st.transpose(), v, 1.0, Par::Seq);
-            (o, if weights { st } else { Mat::zeros(0, 0) })
-        })
-        .collect();
-
-    let mut out = Matrix::zeros(dims.nodes, heads * dv);
-    let mut w = if weights { vec![0.0f32; dims.edges * heads] } else { Vec::new() };
-    for (&(b, h), (o, p)) in tasks.iter().zip(&results) {
-        let (s0, m) = (blocks[b], blocks[b + 1] - blocks[b]);
-        for i in 0..m {
-            let row = out.row_mut(s0 + i);
-            for c in 0..dv {
-                row[h * dv + c] = o[(i, c)];
+    // Tiles depend on the problem only, never on the thread count: the same bits on any pool.
+    let mut tasks = Vec::new();
+    for block in 0..blocks.len() - 1 {
+        let m = blocks[block + 1] - blocks[block];
+        for head in 0..dims.heads {
+            for q0 in (0..m).step_by(QUERY_TILE) {
+                tasks.push(Task { block, head, q0, q1: (q0 + QUERY_TILE).min(m) });
             }
         }
-        if weights {
-            let deg = if self_loops { m } else { m.saturating_sub(1) };
-            for i in 0..m {
-                let first = block_edge[b] + i * deg;
-                let mut t = 0;
-                for j in 0..m {
-                    if self_loops || j != i {
-                        w[(first + t) * heads + h] = p[(j, i)];
-                        t += 1;
-                    }
+    }
+
+    let (heads, dv) = (dims.heads, dims.value_dim);
+    let mut out = Matrix::zeros(dims.nodes, heads * dv);
+    let mut lse = vec![f32::NEG_INFINITY; dims.nodes * heads];
+    let mut w = if weights { vec![0.0f32; dims.edges * heads] } else { Vec::new() };
+    let (out_ptr, lse_ptr, w_ptr) =
+        (SharedMut(out.as_mut_slice().as_mut_ptr()), SharedMut(lse.as_mut_ptr()), SharedMut(w.as_mut_ptr()));
+    tasks.par_iter().for_each_init(
+        || Scratch {
+            s: vec![0.0; QUERY_TILE * KEY_TILE],
+            o: vec![0.0; QUERY_TILE * dv],
+            m: vec![0.0; QUERY_TILE],
+            l: vec![0.0; QUERY_TILE],
+        },
+        |scratch, task| run_task(&problem, *task, scratch, out_ptr, lse_ptr, weights.then_some(w_ptr)),
+    );
+    Ok(AttentionOutput { out, weights: weights.then_some(w), log_sum_exp: lse })
+}
+
+/// Scores of queries `q0..q1` against keys `k0..k1` of the task's block and head into `s`
+/// (`[rows x cols]` row-major), with bias, mask and self-loop exclusion applied.
+fn scores(p: &Problem<'_>, t: Task, k0: usize, k1: usize, s: &mut [f32]) {
+    let (heads, dk) = (p.dims.heads, p.dims.key_dim);
+    let (base, h) = (p.blocks[t.block], t.head);
+    let (rows, cols) = (t.q1 - t.q0, k1 - k0);
+    let (query, key) = (p.inputs.query, p.inputs.key);
+    match p.score {
+        Score::Dot { scale } => {
+            let q = query.as_faer().submatrix(base + t.q0, h * dk, rows, dk);
+            let k = key.as_faer().submatrix(base + k0, h * dk, cols, dk);
+            let dst = MatMut::from_row_major_slice_mut(&mut s[..rows * cols], rows, cols);
+            matmul(dst, Accum::Replace, q, k.transpose(), *scale, Par::Seq);
+        }
+        Score::Gat { negative_slope } => {
+            for (a, row) in s[..rows * cols].chunks_exact_mut(cols).enumerate() {
+                let qi = query.get(base + t.q0 + a, h);
+                for (j, x) in row.iter_mut().enumerate() {
+                    *x = crate::attention::leaky_relu(qi + key.get(base + k0 + j, h), *negative_slope);
+                }
+            }
+        }
+        Score::GatV2 { .. } => {
+            for (a, row) in s[..rows * cols].chunks_exact_mut(cols).enumerate() {
+                let qi = &query.row(base + t.q0 + a)[h * dk..(h + 1) * dk];
+                for (j, x) in row.iter_mut().enumerate() {
+                    *x = p.score.edge(h, qi, &key.row(base + k0 + j)[h * dk..(h + 1) * dk]);
                 }
             }
         }
     }
-    Ok(AttentionOutput { out, weights: weights.then_some(w) })
+    if p.inputs.bias.is_none() && p.mask.is_none() && p.self_loops {
+        return;
+    }
+    let m = p.blocks[t.block + 1] - base;
+    let deg = if p.self_loops { m } else { m - 1 };
+    for (a, row) in s[..rows * cols].chunks_exact_mut(cols).enumerate() {
+        let i = t.q0 + a;
+        let first = p.block_edge[t.block] + i * deg;
+        for (jj, x) in row.iter_mut().enumerate() {
+            let j = k0 + jj;
+            if !p.self_loops && j == i {
+                *x = f32::NEG_INFINITY;
+                continue;
+            }
+            let e = first + if p.self_loops || j < i { j } else { j - 1 };
+            if let Some(bias) = p.inputs.bias {
+                *x += bias[e * heads + h];
+            }
+            if p.mask.is_some_and(|mask| !mask[e]) {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
+fn run_task(p: &Problem<'_>, t: Task, sc: &mut Scratch, out: SharedMut, lse: SharedMut, w: Option<SharedMut>) {
+    let (heads, dv) = (p.dims.heads, p.dims.value_dim);
+    let (base, h) = (p.blocks[t.block], t.head);
+    let m_block = p.blocks[t.block + 1] - base;
+    let rows = t.q1 - t.q0;
+    let (m, l) = (&mut sc.m[..rows], &mut sc.l[..rows]);
+    m.fill(f32::NEG_INFINITY);
+    l.fill(0.0);
+    let o = &mut sc.o[..rows * dv];
+    o.fill(0.0);
+    for k0 in (0..m_block).step_by(KEY_TILE) {
+        let k1 = (k0 + KEY_TILE).min(m_block);
+        let cols = k1 - k0;
+        let s = &mut sc.s[..rows * cols];
+        scores(p, t, k0, k1, s);
+        for (a, row) in s.chunks_exact_mut(cols).enumerate() {
+            let m_new = m[a].max(simd::max(row));
+            if m_new == f32::NEG_INFINITY {
+                row.fill(0.0); // nothing unmasked yet: no contribution, and no NaN from -inf - -inf
+                continue;
+            }
+            let c = (m[a] - m_new).exp(); // 0 when m[a] = -inf
+            l[a] = c * l[a] + simd::exp_sub_sum(row, m_new);
+            if c != 1.0 {
+                simd::scale(&mut o[a * dv..(a + 1) * dv], c);
+            }
+            m[a] = m_new;
+        }
+        // O += P V_t
+        let pm = MatRef::from_row_major_slice(s, rows, cols);
+        let v = p.inputs.value.as_faer().submatrix(base + k0, h * dv, cols, dv);
+        matmul(MatMut::from_row_major_slice_mut(o, rows, dv), Accum::Add, pm, v, 1.0, Par::Seq);
+    }
+    for a in 0..rows {
+        let node = base + t.q0 + a;
+        let row = &mut o[a * dv..(a + 1) * dv];
+        let lse_a = if l[a] > 0.0 {
+            simd::scale(row, 1.0 / l[a]);
+            m[a] + l[a].ln()
+        } else {
+            row.fill(0.0);
+            f32::NEG_INFINITY
+        };
+        // SAFETY: this task owns rows base+q0 .. base+q1 of head h: the output elements
+        // `node * heads * dv + h * dv .. + dv` and the lse element `node * heads + h`; tasks
+        // partition (block, head, query tile), so no other task writes them, and both buffers
+        // outlive the parallel loop in `attend_dense`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(row.as_ptr(), out.0.add(node * heads * dv + h * dv), dv);
+            *lse.0.add(node * heads + h) = lse_a;
+        }
+    }
+    let Some(w) = w else { return };
+    // Weights: recompute the scores tile by tile, p = exp(s - m) / l (the running max and sum,
+    // not the lse: at logits of 1e4 an f32 lse has lost three digits).
+    let deg = if p.self_loops { m_block } else { m_block - 1 };
+    for k0 in (0..m_block).step_by(KEY_TILE) {
+        let k1 = (k0 + KEY_TILE).min(m_block);
+        let cols = k1 - k0;
+        let s = &mut sc.s[..rows * cols];
+        scores(p, t, k0, k1, s);
+        for (a, row) in s.chunks_exact(cols).enumerate() {
+            let i = t.q0 + a;
+            let first = p.block_edge[t.block] + i * deg;
+            for (jj, &x) in row.iter().enumerate() {
+                let j = k0 + jj;
+                if !p.self_loops && j == i {
+                    continue;
+                }
+                let e = first + if p.self_loops || j < i { j } else { j - 1 };
+                let prob = if l[a] > 0.0 { (x - m[a]).exp() / l[a] } else { 0.0 };
+                // SAFETY: edge e (an incoming edge of node base+i, owned by this task's rows) at
+                // head h: element e * heads + h is written by this task only; `w` outlives the loop.
+                unsafe { *w.0.add(e * heads + h) = prob };
+            }
+        }
+    }
 }

@@ -1,14 +1,19 @@
-//! Sparse attention over a graph's incoming edges (CSR by destination).
+//! Sparse attention over a graph's incoming edges (CSR by destination), fused per destination.
 //!
 //! ```text
-//! for each destination i (rayon over ranges of destinations), head h:
-//!     s_t  = score(q_i, k_{j_t}) + b_t        t = 0 .. in_degree(i)      (SDDMM)
-//!     p_t  = exp(s_t - max s) / sum exp(...)                              (edge softmax)
-//!     out_i[h] = sum_t p_t v_{j_t}[h]                                     (SpMM)
+//! for each destination i (rayon over ranges of destinations holding about EDGE_CHUNK edges):
+//!     for each incoming edge t = (j -> i), every head h:
+//!         s[h][t] = score(q_i[h], k_j[h]) + b_t[h]          (SDDMM; k_j read once, all heads)
+//!     for each head h:
+//!         m = max_t s[h][t];  z = sum_t exp(s[h][t] - m)     (edge softmax, SIMD exp)
+//!         p[h][t] = exp(s[h][t] - m) / z;  lse_i[h] = m + ln z
+//!     out_i[h] = sum_t p[h][t] v_j[h]                       (SpMM; v_j read once, SIMD axpy)
 //! ```
-//! Each destination is reduced by one thread in its edge order, so the result is the same bits
-//! whatever the thread count. A node with no incoming edge (or only `-inf`-masked ones) outputs
-//! zeros.
+//! No `[E x H x d]` message tensor is formed: per thread, only a `[H x deg]` score scratch.
+//! Work is split by edge count, not node count, so a high-degree node (a class token joined to
+//! every patch) does not serialise a thread's share. Each destination is reduced by one thread
+//! in its edge order, so the result is the same bits whatever the thread count. A node with no
+//! incoming edge (or only `-inf`-masked ones) outputs zeros.
 //!
 //! ```
 //! use patchgraph::{Graph, Matrix};
@@ -21,14 +26,43 @@
 //! assert_eq!(out.out.as_slice(), &[0.0, 0.0, 2.0]);
 //! ```
 
+use super::simd;
 use crate::attention::{AttentionInputs, AttentionOutput, Dims, Score};
 use crate::error::Result;
 use crate::graph::Graph;
 use crate::tensor::Matrix;
 use rayon::prelude::*;
+use std::ops::Range;
 
-/// Destinations per rayon task.
-const CHUNK: usize = 64;
+/// Edges (plus one per node) per rayon task.
+pub const EDGE_CHUNK: usize = 4096;
+
+/// Consecutive destination ranges holding about `EDGE_CHUNK` edges each (a node of higher
+/// degree is a range of its own). Depends on the graph only: deterministic.
+pub fn edge_balanced_ranges(graph: &Graph) -> Vec<Range<usize>> {
+    let mut ranges = Vec::new();
+    let (mut start, mut load) = (0, 0);
+    for i in 0..graph.num_nodes() {
+        let d = graph.in_degree(i) + 1;
+        if load > 0 && load + d > EDGE_CHUNK {
+            ranges.push(start..i);
+            (start, load) = (i, 0);
+        }
+        load += d;
+    }
+    if start < graph.num_nodes() {
+        ranges.push(start..graph.num_nodes());
+    }
+    ranges
+}
+
+/// One task's share of the outputs: its destinations' output rows, lse rows and weight rows.
+struct Share<'a> {
+    nodes: Range<usize>,
+    out: &'a mut [f32],
+    lse: &'a mut [f32],
+    w: &'a mut [f32],
+}
 
 /// Runs the algebra over `graph`'s edges; `weights` asks for the `[E x H]` attention weights.
 pub fn attend_sparse(
@@ -38,44 +72,58 @@ pub fn attend_sparse(
     weights: bool,
 ) -> Result<AttentionOutput> {
     let dims = inputs.validate(graph, score)?;
-    let cols = dims.heads * dims.value_dim;
+    let (heads, cols) = (dims.heads, dims.heads * dims.value_dim);
     let mut out = Matrix::zeros(dims.nodes, cols);
-    let mut w = if weights { vec![0.0f32; dims.edges * dims.heads] } else { Vec::new() };
+    let mut lse = vec![f32::NEG_INFINITY; dims.nodes * heads];
+    let mut w = if weights { vec![0.0f32; dims.edges * heads] } else { Vec::new() };
 
-    // Split the output rows and (if asked) the weight rows into disjoint per-task slices.
-    let mut tasks = Vec::with_capacity(dims.nodes.div_ceil(CHUNK));
-    let (mut out_rest, mut w_rest) = (out.as_mut_slice(), w.as_mut_slice());
-    let mut start = 0;
-    while start < dims.nodes {
-        let end = (start + CHUNK).min(dims.nodes);
-        let (o, orest) = out_rest.split_at_mut((end - start) * cols);
-        out_rest = orest;
-        let w_len =
-            if weights { (graph.edge_range(end - 1).end - graph.edge_range(start).start) * dims.heads } else { 0 };
+    // Split every output into disjoint per-task slices.
+    let mut shares = Vec::new();
+    let (mut out_rest, mut lse_rest, mut w_rest) = (out.as_mut_slice(), lse.as_mut_slice(), w.as_mut_slice());
+    for nodes in edge_balanced_ranges(graph) {
+        let n = nodes.len();
+        let (o, orest) = out_rest.split_at_mut(n * cols);
+        let (l, lrest) = lse_rest.split_at_mut(n * heads);
+        let w_len = if weights {
+            (graph.edge_range(nodes.end - 1).end - graph.edge_range(nodes.start).start) * heads
+        } else {
+            0
+        };
         let (wt, wrest) = w_rest.split_at_mut(w_len);
-        w_rest = wrest;
-        tasks.push((start..end, o, wt));
-        start = end;
+        (out_rest, lse_rest, w_rest) = (orest, lrest, wrest);
+        shares.push(Share { nodes, out: o, lse: l, w: wt });
     }
-    tasks.into_par_iter().for_each(|(range, o, wt)| {
-        let max_degree = range.clone().map(|i| graph.in_degree(i)).max().unwrap_or(0);
-        let mut scratch = vec![0.0f32; max_degree];
-        let first_edge = graph.edge_range(range.start).start;
-        for i in range.clone() {
-            let row = &mut o[(i - range.start) * cols..(i - range.start + 1) * cols];
+    shares.into_par_iter().for_each_init(Vec::new, |scratch: &mut Vec<f32>, share| {
+        let first_edge = graph.edge_range(share.nodes.start).start;
+        for i in share.nodes.clone() {
+            let local = i - share.nodes.start;
             let edges = graph.edge_range(i);
+            if scratch.len() < edges.len() * heads {
+                scratch.resize(edges.len() * heads, 0.0); // grows to the largest degree once
+            }
             let w_row = if weights {
-                Some(&mut wt[(edges.start - first_edge) * dims.heads..(edges.end - first_edge) * dims.heads])
+                Some(&mut share.w[(edges.start - first_edge) * heads..(edges.end - first_edge) * heads])
             } else {
                 None
             };
-            destination(graph, score, inputs, &dims, i, row, w_row, &mut scratch[..edges.len()]);
+            destination(
+                graph,
+                score,
+                inputs,
+                &dims,
+                i,
+                &mut share.out[local * cols..(local + 1) * cols],
+                &mut share.lse[local * heads..(local + 1) * heads],
+                w_row,
+                &mut scratch[..edges.len() * heads],
+            );
         }
     });
-    Ok(AttentionOutput { out, weights: weights.then_some(w) })
+    Ok(AttentionOutput { out, weights: weights.then_some(w), log_sum_exp: lse })
 }
 
-/// Reduces destination `i` into its output row `[H*dv]` and weight rows `[deg x H]`.
+/// Reduces destination `i` into its output row `[H*dv]`, lse `[H]` and weight rows `[deg x H]`.
+/// `s` is the `[H x deg]` score scratch.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn destination(
@@ -85,37 +133,52 @@ fn destination(
     dims: &Dims,
     i: usize,
     row: &mut [f32],
+    lse: &mut [f32],
     mut w_row: Option<&mut [f32]>,
     s: &mut [f32],
 ) {
     let (heads, dk, dv) = (dims.heads, dims.key_dim, dims.value_dim);
-    let first = graph.edge_range(i).start;
+    let edges = graph.edge_range(i);
+    let deg = edges.len();
+    if deg == 0 {
+        return; // out 0, lse -inf, weights 0: as allocated
+    }
     let q_row = inputs.query.row(i);
+    // s[h][t] = score(q_i[h], k_j[h]) + b_t[h]
+    for (t, j) in graph.incoming(i).enumerate() {
+        let k_row = inputs.key.row(j);
+        for h in 0..heads {
+            let (q, k) = (&q_row[h * dk..(h + 1) * dk], &k_row[h * dk..(h + 1) * dk]);
+            let x = match score {
+                Score::Dot { scale } => scale * simd::dot(q, k),
+                _ => score.edge(h, q, k),
+            };
+            s[h * deg + t] = x + inputs.bias.map_or(0.0, |b| b[(edges.start + t) * heads + h]);
+        }
+    }
+    // Edge softmax per head.
+    let mut any = false;
     for h in 0..heads {
-        let q = &q_row[h * dk..(h + 1) * dk];
-        let mut m = f32::NEG_INFINITY;
-        for (t, j) in graph.incoming(i).enumerate() {
-            let k = &inputs.key.row(j)[h * dk..(h + 1) * dk];
-            let b = inputs.bias.map_or(0.0, |b| b[(first + t) * heads + h]);
-            s[t] = score.edge(h, q, k) + b;
-            m = m.max(s[t]);
-        }
+        let sh = &mut s[h * deg..(h + 1) * deg];
+        let m = simd::max(sh);
         if m == f32::NEG_INFINITY {
-            continue; // no incoming edge, or all masked: zeros (row and weights start at 0)
+            sh.fill(0.0); // all masked: no contribution
+            continue;
         }
-        let mut z = 0.0f32;
-        for x in s.iter_mut() {
-            *x = (*x - m).exp();
-            z += *x;
-        }
-        let inv = 1.0 / z;
-        let acc = &mut row[h * dv..(h + 1) * dv];
-        for (t, j) in graph.incoming(i).enumerate() {
-            let p = s[t] * inv;
-            let v = &inputs.value.row(j)[h * dv..(h + 1) * dv];
-            for (a, x) in acc.iter_mut().zip(v) {
-                *a += p * x;
-            }
+        let z = simd::exp_sub_sum(sh, m);
+        simd::scale(sh, 1.0 / z);
+        lse[h] = m + z.ln();
+        any = true;
+    }
+    if !any {
+        return;
+    }
+    // out_i[h] = sum_t p[h][t] v_j[h]
+    for (t, j) in graph.incoming(i).enumerate() {
+        let v_row = inputs.value.row(j);
+        for h in 0..heads {
+            let p = s[h * deg + t];
+            simd::axpy(&mut row[h * dv..(h + 1) * dv], p, &v_row[h * dv..(h + 1) * dv]);
             if let Some(w) = w_row.as_deref_mut() {
                 w[t * heads + h] = p;
             }
