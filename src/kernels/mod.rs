@@ -7,4 +7,5 @@
 //! Both agree with [`crate::attention::attend_reference`] to float tolerance (`tests/algebra.rs`).
 
 pub mod dense;
+pub mod simd;
 pub mod sparse;
