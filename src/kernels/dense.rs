@@ -43,7 +43,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 /// Query rows per task.
-pub const QUERY_TILE: usize = 64;
+pub const QUERY_TILE: usize = 128;
 /// Key/value rows per streamed tile.
 pub const KEY_TILE: usize = 256;
 
