@@ -68,9 +68,11 @@ struct Problem<'a> {
     mask: Option<&'a [bool]>,
 }
 
-/// Per-thread scratch: scores `[TQ x TK]`, output accumulator `[TQ x dv]`, running max and sum.
+/// Per-thread scratch: scores `[TQ x TK]`, output accumulator `[TQ x dv]`, running max and sum,
+/// gathered keys `[TK x dk]`.
 struct Scratch {
     s: Vec<f32>,
+    gather: Vec<f32>,
     o: Vec<f32>,
     m: Vec<f32>,
     l: Vec<f32>,
@@ -142,6 +144,7 @@ pub fn attend_dense(
     tasks.par_iter().for_each_init(
         || Scratch {
             s: vec![0.0; QUERY_TILE * KEY_TILE],
+            gather: vec![0.0; KEY_TILE * dims.key_dim],
             o: vec![0.0; QUERY_TILE * dv],
             m: vec![0.0; QUERY_TILE],
             l: vec![0.0; QUERY_TILE],
@@ -152,8 +155,9 @@ pub fn attend_dense(
 }
 
 /// Scores of queries `q0..q1` against keys `k0..k1` of the task's block and head into `s`
-/// (`[rows x cols]` row-major), with bias, mask and self-loop exclusion applied.
-fn scores(p: &Problem<'_>, t: Task, k0: usize, k1: usize, s: &mut [f32]) {
+/// (`[rows x cols]` row-major), with bias, mask and self-loop exclusion applied. `gather` is
+/// scratch for the tile's keys (`[TK x dk]`).
+fn scores(p: &Problem<'_>, t: Task, k0: usize, k1: usize, s: &mut [f32], gather: &mut [f32]) {
     let (heads, dk) = (p.dims.heads, p.dims.key_dim);
     let (base, h) = (p.blocks[t.block], t.head);
     let (rows, cols) = (t.q1 - t.q0, k1 - k0);
@@ -166,19 +170,25 @@ fn scores(p: &Problem<'_>, t: Task, k0: usize, k1: usize, s: &mut [f32]) {
             matmul(dst, Accum::Replace, q, k.transpose(), *scale, Par::Seq);
         }
         Score::Gat { negative_slope } => {
+            // Rank one: row a is LeakyReLU(q_a + k_j) over the tile's keys k_j (gathered once).
+            let kcol = &mut gather[..cols];
+            for (j, x) in kcol.iter_mut().enumerate() {
+                *x = key.get(base + k0 + j, h);
+            }
             for (a, row) in s[..rows * cols].chunks_exact_mut(cols).enumerate() {
-                let qi = query.get(base + t.q0 + a, h);
-                for (j, x) in row.iter_mut().enumerate() {
-                    *x = crate::attention::leaky_relu(qi + key.get(base + k0 + j, h), *negative_slope);
-                }
+                simd::leaky_relu_add(row, query.get(base + t.q0 + a, h), kcol, *negative_slope);
             }
         }
-        Score::GatV2 { .. } => {
+        Score::GatV2 { attention, negative_slope } => {
+            // The tile's keys of head h, gathered contiguous [cols x dk] once per tile.
+            let keys = &mut gather[..cols * dk];
+            for (j, dst) in keys.chunks_exact_mut(dk).enumerate() {
+                dst.copy_from_slice(&key.row(base + k0 + j)[h * dk..(h + 1) * dk]);
+            }
+            let att = &attention[h * dk..(h + 1) * dk];
             for (a, row) in s[..rows * cols].chunks_exact_mut(cols).enumerate() {
                 let qi = &query.row(base + t.q0 + a)[h * dk..(h + 1) * dk];
-                for (j, x) in row.iter_mut().enumerate() {
-                    *x = p.score.edge(h, qi, &key.row(base + k0 + j)[h * dk..(h + 1) * dk]);
-                }
+                simd::gatv2_row(row, qi, keys, att, *negative_slope);
             }
         }
     }
@@ -221,7 +231,7 @@ fn run_task(p: &Problem<'_>, t: Task, sc: &mut Scratch, out: SharedMut, lse: Sha
         let k1 = (k0 + KEY_TILE).min(m_block);
         let cols = k1 - k0;
         let s = &mut sc.s[..rows * cols];
-        scores(p, t, k0, k1, s);
+        scores(p, t, k0, k1, s, &mut sc.gather);
         for (a, row) in s.chunks_exact_mut(cols).enumerate() {
             let m_new = m[a].max(simd::max(row));
             if m_new == f32::NEG_INFINITY {
@@ -267,7 +277,7 @@ fn run_task(p: &Problem<'_>, t: Task, sc: &mut Scratch, out: SharedMut, lse: Sha
         let k1 = (k0 + KEY_TILE).min(m_block);
         let cols = k1 - k0;
         let s = &mut sc.s[..rows * cols];
-        scores(p, t, k0, k1, s);
+        scores(p, t, k0, k1, s, &mut sc.gather);
         for (a, row) in s.chunks_exact(cols).enumerate() {
             let i = t.q0 + a;
             let first = p.block_edge[t.block] + i * deg;
