@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod attention;
+pub mod bench;
 pub mod checkpoint;
 pub mod error;
 pub mod graph;

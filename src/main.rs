@@ -5,9 +5,19 @@
 //! ```
 //! `graph` turns a photo into its patch graph (timm's eval transform, then `P x P` patches) and
 //! prints the graph's size and degrees; `--dot` writes it for Graphviz.
+//!
+//! ```text
+//! patchgraph bench [--sizes 7,14,28,56] [--ks 8,16,32] [--batches 1,8] [--scores dot,gat,gatv2]
+//!                  [--heads 12] [--head-dim 64] [--runs 10] [--threads T] [--json FILE]
+//! ```
+//! `bench` times dense (complete graph) against sparse (k-NN graph) attention, prints time,
+//! GFLOP/s and peak extra memory per case and the measured crossover density.
 
 use clap::{Parser, Subcommand};
+use patchgraph::bench::{Case, GraphKind, MemoryProbe, Record, crossover, run_case};
 use patchgraph::graph::GraphSpec;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use patchgraph::image::{ImageTransform, patch_grid, patchify};
 use patchgraph::{Error, Graph, Result};
 use std::path::{Path, PathBuf};
@@ -42,6 +52,84 @@ enum Command {
         #[arg(long)]
         dot: Option<PathBuf>,
     },
+    /// Time dense against sparse attention (ViT-B shapes by default) and find the crossover.
+    Bench {
+        /// Patch-grid sides g (N = g*g + 1 tokens).
+        #[arg(long, value_delimiter = ',', default_value = "7,14,28,56")]
+        sizes: Vec<usize>,
+        /// k of the k-NN graphs.
+        #[arg(long, value_delimiter = ',', default_value = "8,16,32")]
+        ks: Vec<usize>,
+        /// Batch sizes for the dense cases.
+        #[arg(long, value_delimiter = ',', default_value = "1,8")]
+        batches: Vec<usize>,
+        /// Scores: dot, gat, gatv2.
+        #[arg(long, value_delimiter = ',', default_value = "dot,gat,gatv2")]
+        scores: Vec<String>,
+        /// Heads.
+        #[arg(long, default_value_t = 12)]
+        heads: usize,
+        /// Width per head.
+        #[arg(long, default_value_t = 64)]
+        head_dim: usize,
+        /// Timed runs per case (the median is reported).
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// rayon threads (default: rayon's, i.e. all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Skip the crossover search.
+        #[arg(long)]
+        no_crossover: bool,
+        /// Also write every record as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+/// Counts live heap bytes and their peak, for `bench`'s peak-extra-memory column.
+struct CountingAllocator;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the counters are only
+// statistics (relaxed atomics), never used to decide anything about memory.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: same contract as the caller's: a valid, non-zero-sized layout.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(live, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: `ptr` was returned by `System.alloc` with this `layout` (see `alloc`).
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+/// Peak heap use since `reset`, beyond what was live at `reset`.
+struct HeapProbe {
+    base: AtomicUsize,
+}
+
+impl MemoryProbe for HeapProbe {
+    fn reset(&self) {
+        let live = LIVE.load(Ordering::Relaxed);
+        self.base.store(live, Ordering::Relaxed);
+        PEAK.store(live, Ordering::Relaxed);
+    }
+    fn peak_extra_bytes(&self) -> usize {
+        PEAK.load(Ordering::Relaxed).saturating_sub(self.base.load(Ordering::Relaxed))
+    }
 }
 
 fn main() -> ExitCode {
@@ -70,7 +158,79 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Bench { sizes, ks, batches, scores, heads, head_dim, runs, threads, no_crossover, json } => {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads.unwrap_or(0))
+                .build()
+                .map_err(|e| Error::invalid("--threads", e.to_string()))?;
+            pool.install(|| bench(&sizes, &ks, &batches, &scores, heads, head_dim, runs, !no_crossover, json.as_deref()))
+        }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bench(
+    sizes: &[usize],
+    ks: &[usize],
+    batches: &[usize],
+    scores: &[String],
+    heads: usize,
+    head_dim: usize,
+    runs: usize,
+    find_crossover: bool,
+    json: Option<&Path>,
+) -> Result<()> {
+    let probe = HeapProbe { base: AtomicUsize::new(0) };
+    println!("patchgraph bench: H = {heads}, d = {head_dim}, {} rayon threads, median of {runs} runs", rayon::current_num_threads());
+    println!(
+        "{:<7} {:<6} {:>2} {:>6} {:>9} {:>10} {:>11} {:>9} {:>11}",
+        "path", "score", "B", "N", "graph", "edges", "time (ms)", "GFLOP/s", "extra MiB"
+    );
+    let mut records: Vec<Record> = Vec::new();
+    let mut cases = Vec::new();
+    for score in scores {
+        for &grid in sizes {
+            for &batch in batches {
+                cases.push(Case { score: score.clone(), batch, grid, graph: GraphKind::Complete, heads, head_dim });
+            }
+            for &k in ks.iter().filter(|&&k| k <= grid * grid) {
+                cases.push(Case { score: score.clone(), batch: 1, grid, graph: GraphKind::Knn(k), heads, head_dim });
+            }
+        }
+    }
+    for case in cases {
+        let r = run_case(&case, runs, &probe)?;
+        let graph = match case.graph {
+            GraphKind::Complete => "complete".to_string(),
+            GraphKind::Knn(k) => format!("knn{k}"),
+            GraphKind::Random(k) => format!("random{k}"),
+        };
+        println!(
+            "{:<7} {:<6} {:>2} {:>6} {:>9} {:>10} {:>11.3} {:>9.1} {:>11.2}",
+            r.path, case.score, case.batch, r.nodes, graph, r.edges, r.median_ms, r.gflops, r.peak_extra_mib
+        );
+        records.push(r);
+    }
+    let mut crossovers = Vec::new();
+    if find_crossover {
+        println!("\ncrossover (dot score, B = 1): smallest degree k of a random graph at which sparse is no faster than dense");
+        for &grid in sizes {
+            let n = grid * grid + 1;
+            let found = crossover(grid, heads, head_dim, runs)?;
+            match found {
+                Some((k, density)) => println!("  N = {n:>5}: k = {k:>5}, density E/N^2 = {density:.3}"),
+                None => println!("  N = {n:>5}: sparse stays faster up to the complete graph"),
+            }
+            crossovers.push(serde_json::json!({ "nodes": n, "k": found.map(|f| f.0), "density": found.map(|f| f.1) }));
+        }
+    }
+    if let Some(path) = json {
+        let all = serde_json::json!({ "records": records, "crossovers": crossovers });
+        let text = serde_json::to_string_pretty(&all).map_err(|e| Error::invalid("bench JSON", e.to_string()))?;
+        write_atomically(path, text.as_bytes())?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 fn print_stats(image: &Path, spec: &GraphSpec, rows: usize, cols: usize, g: &Graph) {

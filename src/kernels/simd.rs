@@ -390,6 +390,49 @@ impl WithSimd for Axpy<'_> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Inside a dispatch
+
+/// The same primitives for code that already runs inside one `pulp` dispatch (a kernel's whole
+/// inner loop): no per-call dispatch, and the bodies inline into the caller's loop. Each is the
+/// body of the public function of the same name, so the public tests cover them.
+pub(crate) mod within {
+    use super::{Axpy, Dot, ExpSubSum, Max, Scale};
+    use pulp::{Simd, WithSimd};
+
+    /// [`super::max`].
+    #[inline(always)]
+    pub fn max<S: Simd>(simd: S, x: &[f32]) -> f32 {
+        Max(x).with_simd(simd)
+    }
+
+    /// [`super::exp_sub_sum`].
+    #[inline(always)]
+    pub fn exp_sub_sum<S: Simd>(simd: S, x: &mut [f32], m: f32) -> f32 {
+        ExpSubSum { x, m }.with_simd(simd)
+    }
+
+    /// [`super::scale`].
+    #[inline(always)]
+    pub fn scale<S: Simd>(simd: S, x: &mut [f32], a: f32) {
+        Scale(x, a).with_simd(simd)
+    }
+
+    /// [`super::dot`] (lengths must match).
+    #[inline(always)]
+    pub fn dot<S: Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
+        debug_assert_eq!(a.len(), b.len());
+        Dot(a, b).with_simd(simd)
+    }
+
+    /// [`super::axpy`] (lengths must match).
+    #[inline(always)]
+    pub fn axpy<S: Simd>(simd: S, y: &mut [f32], a: f32, x: &[f32]) {
+        debug_assert_eq!(y.len(), x.len());
+        Axpy(y, a, x).with_simd(simd)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // GAT / GATv2 scores
 
 /// `LeakyReLU(v) = v if v > 0 else slope * v`, lane-wise.

@@ -26,7 +26,8 @@
 //! assert_eq!(out.out.as_slice(), &[0.0, 0.0, 2.0]);
 //! ```
 
-use super::simd;
+use super::simd::within;
+use pulp::{Simd, WithSimd};
 use crate::attention::{AttentionInputs, AttentionOutput, Dims, Score};
 use crate::error::Result;
 use crate::graph::Graph;
@@ -94,6 +95,31 @@ pub fn attend_sparse(
         shares.push(Share { nodes, out: o, lse: l, w: wt });
     }
     shares.into_par_iter().for_each_init(Vec::new, |scratch: &mut Vec<f32>, share| {
+        // One SIMD dispatch per task: the per-edge dot products and axpys inline into the loop.
+        pulp::Arch::new().dispatch(ShareTask { graph, score, inputs, dims: &dims, weights, share, scratch });
+    });
+    Ok(AttentionOutput { out, weights: weights.then_some(w), log_sum_exp: lse })
+}
+
+/// One task's destinations, run inside a SIMD dispatch.
+struct ShareTask<'a, 'b> {
+    graph: &'a Graph,
+    score: &'a Score,
+    inputs: &'a AttentionInputs<'b>,
+    dims: &'a Dims,
+    weights: bool,
+    share: Share<'a>,
+    scratch: &'a mut Vec<f32>,
+}
+
+impl WithSimd for ShareTask<'_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let ShareTask { graph, score, inputs, dims, weights, share, scratch } = self;
+        let heads = dims.heads;
+        let cols = heads * dims.value_dim;
         let first_edge = graph.edge_range(share.nodes.start).start;
         for i in share.nodes.clone() {
             let local = i - share.nodes.start;
@@ -107,10 +133,11 @@ pub fn attend_sparse(
                 None
             };
             destination(
+                simd,
                 graph,
                 score,
                 inputs,
-                &dims,
+                dims,
                 i,
                 &mut share.out[local * cols..(local + 1) * cols],
                 &mut share.lse[local * heads..(local + 1) * heads],
@@ -118,15 +145,15 @@ pub fn attend_sparse(
                 &mut scratch[..edges.len() * heads],
             );
         }
-    });
-    Ok(AttentionOutput { out, weights: weights.then_some(w), log_sum_exp: lse })
+    }
 }
 
 /// Reduces destination `i` into its output row `[H*dv]`, lse `[H]` and weight rows `[deg x H]`.
 /// `s` is the `[H x deg]` score scratch.
 #[allow(clippy::too_many_arguments)]
-#[inline]
-fn destination(
+#[inline(always)]
+fn destination<S: Simd>(
+    simd: S,
     graph: &Graph,
     score: &Score,
     inputs: &AttentionInputs<'_>,
@@ -150,7 +177,7 @@ fn destination(
         for h in 0..heads {
             let (q, k) = (&q_row[h * dk..(h + 1) * dk], &k_row[h * dk..(h + 1) * dk]);
             let x = match score {
-                Score::Dot { scale } => scale * simd::dot(q, k),
+                Score::Dot { scale } => scale * within::dot(simd, q, k),
                 _ => score.edge(h, q, k),
             };
             s[h * deg + t] = x + inputs.bias.map_or(0.0, |b| b[(edges.start + t) * heads + h]);
@@ -160,13 +187,13 @@ fn destination(
     let mut any = false;
     for h in 0..heads {
         let sh = &mut s[h * deg..(h + 1) * deg];
-        let m = simd::max(sh);
+        let m = within::max(simd, sh);
         if m == f32::NEG_INFINITY {
             sh.fill(0.0); // all masked: no contribution
             continue;
         }
-        let z = simd::exp_sub_sum(sh, m);
-        simd::scale(sh, 1.0 / z);
+        let z = within::exp_sub_sum(simd, sh, m);
+        within::scale(simd, sh, 1.0 / z);
         lse[h] = m + z.ln();
         any = true;
     }
@@ -178,7 +205,7 @@ fn destination(
         let v_row = inputs.value.row(j);
         for h in 0..heads {
             let p = s[h * deg + t];
-            simd::axpy(&mut row[h * dv..(h + 1) * dv], p, &v_row[h * dv..(h + 1) * dv]);
+            within::axpy(simd, &mut row[h * dv..(h + 1) * dv], p, &v_row[h * dv..(h + 1) * dv]);
             if let Some(w) = w_row.as_deref_mut() {
                 w[t * heads + h] = p;
             }
