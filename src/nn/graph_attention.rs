@@ -432,8 +432,8 @@ impl GraphAttention {
             Params::Gat { lin, att_src, att_dst, bias } => {
                 let wh = lin.forward(x)?; // [N x H*C]
                 let (alpha_src, alpha_dst) = (per_head_dot(&wh, att_src, heads), per_head_dot(&wh, att_dst, heads));
-                let a = run(&alpha_dst, &alpha_src, &wh)?;
-                let out = self.combine_heads(&a.out, bias.as_deref());
+                let mut a = run(&alpha_dst, &alpha_src, &wh)?;
+                let out = self.combine_heads(std::mem::take(&mut a.out), bias.as_deref());
                 (a, out)
             }
             Params::GatV2 { lin_l, lin_r, bias, .. } => {
@@ -442,14 +442,14 @@ impl GraphAttention {
                     Some(l) => l.forward(x)?,
                     None => xl.clone(),
                 };
-                let a = run(&xr, &xl, &xl)?;
-                let out = self.combine_heads(&a.out, bias.as_deref());
+                let mut a = run(&xr, &xl, &xl)?;
+                let out = self.combine_heads(std::mem::take(&mut a.out), bias.as_deref());
                 (a, out)
             }
             Params::Transformer { lin_query, lin_key, lin_value, lin_skip, lin_beta } => {
                 let (q, k, v) = (lin_query.forward(x)?, lin_key.forward(x)?, lin_value.forward(x)?);
-                let a = run(&q, &k, &v)?;
-                let mut out = self.combine_heads(&a.out, None);
+                let mut a = run(&q, &k, &v)?;
+                let mut out = self.combine_heads(std::mem::take(&mut a.out), None);
                 if let AttentionConfig::Transformer { root_weight: true, .. } = self.config {
                     let xr = lin_skip.forward(x)?;
                     match lin_beta {
@@ -484,7 +484,7 @@ impl GraphAttention {
     }
 
     /// Concatenated heads `[N x H*C]` -> `[N x H*C]` (concat) or their mean `[N x C]`, plus bias.
-    fn combine_heads(&self, x: &Matrix, bias: Option<&[f32]>) -> Matrix {
+    fn combine_heads(&self, x: Matrix, bias: Option<&[f32]>) -> Matrix {
         let (h, c) = (self.config.heads(), self.config.head_dim());
         let concat = matches!(
             self.config,
@@ -493,7 +493,7 @@ impl GraphAttention {
                 | AttentionConfig::Transformer { concat: true, .. }
         );
         let mut out = if concat {
-            x.clone()
+            x
         } else {
             Matrix::from_fn(x.rows(), c, |n, j| (0..h).map(|hh| x.get(n, hh * c + j)).sum::<f32>() / h as f32)
         };
@@ -512,6 +512,6 @@ impl GraphAttention {
 fn per_head_dot(x: &Matrix, a: &[f32], heads: usize) -> Matrix {
     let c = x.cols() / heads;
     Matrix::from_fn(x.rows(), heads, |n, h| {
-        crate::attention::score::dot(&x.row(n)[h * c..(h + 1) * c], &a[h * c..(h + 1) * c])
+        crate::kernels::simd::dot(&x.row(n)[h * c..(h + 1) * c], &a[h * c..(h + 1) * c])
     })
 }
