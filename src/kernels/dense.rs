@@ -141,16 +141,21 @@ pub fn attend_dense(
     let mut w = if weights { vec![0.0f32; dims.edges * heads] } else { Vec::new() };
     let (out_ptr, lse_ptr, w_ptr) =
         (SharedMut(out.as_mut_slice().as_mut_ptr()), SharedMut(lse.as_mut_ptr()), SharedMut(w.as_mut_ptr()));
-    tasks.par_iter().for_each_init(
-        || Scratch {
+    // Scratch is allocated once per group of tasks (a few groups per thread, for balance), not
+    // once per task. Grouping never changes a task's arithmetic: the same bits on any pool.
+    let group = tasks.len().div_ceil(4 * rayon::current_num_threads()).max(1);
+    tasks.par_chunks(group).for_each(|group| {
+        let mut scratch = Scratch {
             s: vec![0.0; QUERY_TILE * KEY_TILE],
             gather: vec![0.0; KEY_TILE * dims.key_dim],
             o: vec![0.0; QUERY_TILE * dv],
             m: vec![0.0; QUERY_TILE],
             l: vec![0.0; QUERY_TILE],
-        },
-        |scratch, task| run_task(&problem, *task, scratch, out_ptr, lse_ptr, weights.then_some(w_ptr)),
-    );
+        };
+        for task in group {
+            run_task(&problem, *task, &mut scratch, out_ptr, lse_ptr, weights.then_some(w_ptr));
+        }
+    });
     Ok(AttentionOutput { out, weights: weights.then_some(w), log_sum_exp: lse })
 }
 
