@@ -16,12 +16,12 @@
 use clap::{Parser, Subcommand};
 use patchgraph::bench::{Case, GraphKind, MemoryProbe, Record, crossover, run_case};
 use patchgraph::graph::GraphSpec;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use patchgraph::image::{ImageTransform, patch_grid, patchify};
 use patchgraph::{Error, Graph, Result};
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 #[derive(Parser)]
 #[command(name = "patchgraph", version, about = "Vision Transformers and graph attention networks on patch graphs")]
@@ -163,7 +163,9 @@ fn run(cli: Cli) -> Result<()> {
                 .num_threads(threads.unwrap_or(0))
                 .build()
                 .map_err(|e| Error::invalid("--threads", e.to_string()))?;
-            pool.install(|| bench(&sizes, &ks, &batches, &scores, heads, head_dim, runs, !no_crossover, json.as_deref()))
+            pool.install(|| {
+                bench(&sizes, &ks, &batches, &scores, heads, head_dim, runs, !no_crossover, json.as_deref())
+            })
         }
     }
 }
@@ -181,7 +183,10 @@ fn bench(
     json: Option<&Path>,
 ) -> Result<()> {
     let probe = HeapProbe { base: AtomicUsize::new(0) };
-    println!("patchgraph bench: H = {heads}, d = {head_dim}, {} rayon threads, median of {runs} runs", rayon::current_num_threads());
+    println!(
+        "patchgraph bench: H = {heads}, d = {head_dim}, {} rayon threads, median of {runs} runs",
+        rayon::current_num_threads()
+    );
     println!(
         "{:<7} {:<6} {:>2} {:>6} {:>9} {:>10} {:>11} {:>9} {:>11}",
         "path", "score", "B", "N", "graph", "edges", "time (ms)", "GFLOP/s", "extra MiB"
@@ -213,7 +218,9 @@ fn bench(
     }
     let mut crossovers = Vec::new();
     if find_crossover {
-        println!("\ncrossover (dot score, B = 1): smallest degree k of a random graph at which sparse is no faster than dense");
+        println!(
+            "\ncrossover (dot score, B = 1): smallest degree k of a random graph at which sparse is no faster than dense"
+        );
         for &grid in sizes {
             let n = grid * grid + 1;
             let found = crossover(grid, heads, head_dim, runs)?;

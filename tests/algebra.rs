@@ -473,3 +473,38 @@ fn dense_streams_several_key_tiles() {
         }
     }
 }
+
+/// `Auto` sends a dense enough graph to the dense kernel with a mask: the same answer as the
+/// sparse kernel; with a duplicate edge (not expressible as a mask) it stays on the sparse path.
+#[test]
+fn auto_dispatch_by_density_gives_the_sparse_answer() {
+    use patchgraph::attention::DENSE_DENSITY;
+    let n = 40;
+    let mut init = Init::new(11);
+    for which in 0..3 {
+        let (score, q, k, v) = score_inputs(&mut init, which, n, 2, 8);
+        let inputs = AttentionInputs::new(&q, &k, &v, 2);
+        let keep: Vec<bool> = init.uniform(n * n, 0.0, 1.0).into_iter().map(|u| u < 0.6).collect();
+        let (mut src, mut dst) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            for j in 0..n {
+                if keep[i * n + j] {
+                    src.push(j);
+                    dst.push(i);
+                }
+            }
+        }
+        let graph = Graph::from_edge_index(n, &src, &dst).unwrap();
+        assert!(graph.num_edges() as f64 >= DENSE_DENSITY * (n * n) as f64);
+        let auto = attend(&graph, &score, &inputs, Path::Auto, false).unwrap();
+        let sparse = attend(&graph, &score, &inputs, Path::Sparse, false).unwrap();
+        assert!(auto.out.max_abs_diff(&sparse.out) <= TOL * sparse.out.max_abs().max(1.0), "score {which}");
+        // The same graph with one edge doubled: Auto must count it twice, as sparse does.
+        src.push(src[0]);
+        dst.push(dst[0]);
+        let doubled = Graph::from_edge_index(n, &src, &dst).unwrap();
+        let auto = attend(&doubled, &score, &inputs, Path::Auto, false).unwrap();
+        let sparse = attend(&doubled, &score, &inputs, Path::Sparse, false).unwrap();
+        assert_eq!(auto.out, sparse.out, "score {which}: a duplicate edge must stay on the sparse path");
+    }
+}

@@ -45,7 +45,14 @@ fn dense_attention_at_n_12545_needs_o_n_d_memory() {
     // Warm up on a small problem first: faer's GEMM allocates its per-thread packing workspace
     // once (about 128 MiB here, whatever the problem size); that is not the kernel's memory.
     let small = Matrix::zeros(300, heads * d);
-    attend(&Graph::complete(300, true), &Score::Dot { scale: 0.2 }, &AttentionInputs::new(&small, &small, &small, heads), Path::Dense, false).unwrap();
+    attend(
+        &Graph::complete(300, true),
+        &Score::Dot { scale: 0.2 },
+        &AttentionInputs::new(&small, &small, &small, heads),
+        Path::Dense,
+        false,
+    )
+    .unwrap();
     let before = LIVE.load(Ordering::Relaxed);
     PEAK.store(before, Ordering::Relaxed);
     let out = attend(&graph, &Score::Dot { scale: 0.2 }, &AttentionInputs::new(&q, &k, &v, heads), Path::Dense, false)

@@ -30,7 +30,7 @@ mod inputs;
 mod reference;
 pub(crate) mod score;
 
-pub use dispatch::{Path, attend};
+pub use dispatch::{DENSE_DENSITY, Path, attend};
 pub use inputs::{AttentionInputs, AttentionOutput, Dims};
 pub use reference::attend_reference;
 pub use score::{Score, leaky_relu};

@@ -27,25 +27,30 @@
 //! ```
 
 use super::simd::within;
-use pulp::{Simd, WithSimd};
 use crate::attention::{AttentionInputs, AttentionOutput, Dims, Score};
 use crate::error::Result;
 use crate::graph::Graph;
 use crate::tensor::Matrix;
+use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 use std::ops::Range;
 
-/// Edges (plus one per node) per rayon task.
+/// At most this many edges (plus one per node) per rayon task.
 pub const EDGE_CHUNK: usize = 4096;
 
-/// Consecutive destination ranges holding about `EDGE_CHUNK` edges each (a node of higher
-/// degree is a range of its own). Depends on the graph only: deterministic.
+/// Consecutive destination ranges holding about the same number of edges each: at most
+/// `EDGE_CHUNK`, and small enough for 8 tasks per thread (but at least 256), so a small graph
+/// still uses every thread; a node of higher degree is a range of its own. The split never
+/// changes a destination's arithmetic (one thread reduces it, in edge order), so the output is
+/// the same bits for any split and thread count.
 pub fn edge_balanced_ranges(graph: &Graph) -> Vec<Range<usize>> {
+    let total = graph.num_edges() + graph.num_nodes();
+    let chunk = (total / (8 * rayon::current_num_threads())).clamp(256, EDGE_CHUNK);
     let mut ranges = Vec::new();
     let (mut start, mut load) = (0, 0);
     for i in 0..graph.num_nodes() {
         let d = graph.in_degree(i) + 1;
-        if load > 0 && load + d > EDGE_CHUNK {
+        if load > 0 && load + d > chunk {
             ranges.push(start..i);
             (start, load) = (i, 0);
         }
