@@ -1,39 +1,23 @@
 //! Dense attention streams key/value tiles: its extra memory is O(N d), not O(N^2).
 //!
-//! N = 12,545 tokens (patch size 2 on 224 pixels, plus a class token): the score matrix alone
-//! would be 12,545^2 floats = 600 MiB per head. The kernel must stay far below that. Measured
-//! with a counting global allocator (this test binary only).
+//! N = 12,545 tokens (patch size 2 on 224 pixels, plus a class token): one head's score matrix
+//! alone would be 12,545^2 floats = 600 MiB, two heads 1.2 GiB. The whole test process (its
+//! own binary: this file holds one test) must peak far below that. Measured as the process's
+//! resident high-water mark (`VmHWM` in `/proc/self/status`), so transient reservations that
+//! are never touched (faer's GEMM reserves a packing buffer sized by the cache blocking, up to
+//! 64 MiB per call) do not count, and everything the kernel writes does.
 
 use patchgraph::attention::{AttentionInputs, Path, Score, attend};
 use patchgraph::nn::Init;
 use patchgraph::{Graph, Matrix};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-struct Counting;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards every call unchanged to the system allocator; the counters are statistics.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's layout contract is passed on unchanged.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: `ptr` came from `System.alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
+/// The process's peak resident set, in MiB (Linux).
+fn peak_resident_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
 
 #[test]
 fn dense_attention_at_n_12545_needs_o_n_d_memory() {
@@ -42,25 +26,16 @@ fn dense_attention_at_n_12545_needs_o_n_d_memory() {
     let mut random = || Matrix::from_vec(n, heads * d, init.normal(n * heads * d, 1.0)).unwrap();
     let (q, k, v) = (random(), random(), random());
     let graph = Graph::complete(n, true);
-    // Warm up on a small problem first: faer's GEMM allocates its per-thread packing workspace
-    // once (about 128 MiB here, whatever the problem size); that is not the kernel's memory.
-    let small = Matrix::zeros(300, heads * d);
-    attend(
-        &Graph::complete(300, true),
-        &Score::Dot { scale: 0.2 },
-        &AttentionInputs::new(&small, &small, &small, heads),
-        Path::Dense,
-        false,
-    )
-    .unwrap();
-    let before = LIVE.load(Ordering::Relaxed);
-    PEAK.store(before, Ordering::Relaxed);
     let out = attend(&graph, &Score::Dot { scale: 0.2 }, &AttentionInputs::new(&q, &k, &v, heads), Path::Dense, false)
         .unwrap();
-    let extra = PEAK.load(Ordering::Relaxed) - before;
-    let inputs_bytes = 3 * n * heads * d * 4;
     assert!(out.out.as_slice().iter().all(|x| x.is_finite()));
-    // Output + lse (n * heads * (d + 1) floats) plus per-thread tiles: a few MiB; the N^2
-    // score matrix of one head would be 600 MiB.
-    assert!(extra < 64 << 20, "dense attention used {} MiB extra (inputs: {} MiB)", extra >> 20, inputs_bytes >> 20);
+    assert_eq!(out.log_sum_exp.len(), n * heads);
+    let Some(peak) = peak_resident_mib() else {
+        eprintln!("no /proc/self/status here: memory not measured");
+        return;
+    };
+    // Inputs and output: 4 x 3.1 MiB; the binary, the test harness and the thread stacks: tens
+    // of MiB. The N^2 scores of the two heads would add 1.2 GiB.
+    eprintln!("peak resident memory: {peak:.1} MiB");
+    assert!(peak < 256.0, "the process peaked at {peak:.0} MiB resident");
 }
