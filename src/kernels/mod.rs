@@ -1,10 +1,21 @@
 //! The fast implementations of the attention algebra.
 //!
-//! - [`sparse`]: any graph, one pass per destination over its CSR edges, rayon over
-//!   destination ranges (deterministic: each destination is reduced by one thread, in edge order).
-//! - [`dense`]: complete graphs and batches of them, per (block, head) with faer GEMM.
+//! - [`sparse`]: any graph, fused per destination over its CSR edges (scores, edge softmax,
+//!   weighted sum), rayon over destination ranges balanced by edge count (deterministic: each
+//!   destination is reduced by one thread, in edge order).
+//! - [`dense`]: complete graphs and batches of them, per (block, head, query tile), key/value
+//!   tiles streamed with an online softmax, score and output tiles by faer GEMM; O(N d) memory.
+//! - [`simd`]: the vector primitives both use (pulp, runtime AVX-512 / AVX2+FMA / scalar
+//!   dispatch), each beside its scalar reference.
 //!
 //! Both agree with [`crate::attention::attend_reference`] to float tolerance (`tests/algebra.rs`).
+//!
+//! ```
+//! use patchgraph::kernels::simd;
+//! let mut row = [1.0f32, 2.0, 3.0];
+//! let z = simd::exp_sub_sum(&mut row, 3.0); // softmax numerators and their sum
+//! assert!((z - (1.0 + (-1f32).exp() + (-2f32).exp())).abs() < 1e-6);
+//! ```
 
 pub mod dense;
 pub mod simd;
