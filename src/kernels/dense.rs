@@ -34,12 +34,14 @@
 //! ```
 
 use super::simd;
+use super::simd::within;
 use crate::attention::{AttentionInputs, AttentionOutput, Dims, Score};
 use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::tensor::Matrix;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
+use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
 /// Query rows per task.
@@ -222,6 +224,39 @@ fn scores(p: &Problem<'_>, t: Task, k0: usize, k1: usize, s: &mut [f32], gather:
     }
 }
 
+/// The online-softmax update of one score tile `s` `[rows x cols]`, in place:
+/// `m' = max(m, rowmax s)`, `c = exp(m - m')`, `s = exp(s - m')`, `l = c l + rowsum s`, `o = c o`.
+struct OnlineSoftmax<'a> {
+    s: &'a mut [f32],
+    cols: usize,
+    m: &'a mut [f32],
+    l: &'a mut [f32],
+    o: &'a mut [f32],
+    dv: usize,
+}
+
+impl WithSimd for OnlineSoftmax<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let OnlineSoftmax { s, cols, m, l, o, dv } = self;
+        for (a, row) in s.chunks_exact_mut(cols).enumerate() {
+            let m_new = m[a].max(within::max(simd, row));
+            if m_new == f32::NEG_INFINITY {
+                row.fill(0.0); // nothing unmasked yet: no contribution, and no NaN from -inf - -inf
+                continue;
+            }
+            let c = (m[a] - m_new).exp(); // 0 when m[a] = -inf
+            l[a] = c * l[a] + within::exp_sub_sum(simd, row, m_new);
+            if c != 1.0 {
+                within::scale(simd, &mut o[a * dv..(a + 1) * dv], c);
+            }
+            m[a] = m_new;
+        }
+    }
+}
+
 fn run_task(p: &Problem<'_>, t: Task, sc: &mut Scratch, out: SharedMut, lse: SharedMut, w: Option<SharedMut>) {
     let (heads, dv) = (p.dims.heads, p.dims.value_dim);
     let (base, h) = (p.blocks[t.block], t.head);
@@ -237,19 +272,8 @@ fn run_task(p: &Problem<'_>, t: Task, sc: &mut Scratch, out: SharedMut, lse: Sha
         let cols = k1 - k0;
         let s = &mut sc.s[..rows * cols];
         scores(p, t, k0, k1, s, &mut sc.gather);
-        for (a, row) in s.chunks_exact_mut(cols).enumerate() {
-            let m_new = m[a].max(simd::max(row));
-            if m_new == f32::NEG_INFINITY {
-                row.fill(0.0); // nothing unmasked yet: no contribution, and no NaN from -inf - -inf
-                continue;
-            }
-            let c = (m[a] - m_new).exp(); // 0 when m[a] = -inf
-            l[a] = c * l[a] + simd::exp_sub_sum(row, m_new);
-            if c != 1.0 {
-                simd::scale(&mut o[a * dv..(a + 1) * dv], c);
-            }
-            m[a] = m_new;
-        }
+        // The online-softmax update of every row of the tile, in one SIMD dispatch.
+        pulp::Arch::new().dispatch(OnlineSoftmax { s, cols, m, l, o, dv });
         // O += P V_t
         let pm = MatRef::from_row_major_slice(s, rows, cols);
         let v = p.inputs.value.as_faer().submatrix(base + k0, h * dv, cols, dv);
