@@ -13,7 +13,7 @@
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use patchgraph::attention::{AttentionInputs, Path, Score, attend};
-use patchgraph::nn::{AttentionConfig, GraphAttention, Init};
+use patchgraph::nn::{AttentionConfig, GraphAttention, Init, Linear};
 use patchgraph::{Graph, Matrix};
 use std::hint::black_box;
 use std::time::Duration;
@@ -120,6 +120,30 @@ fn layer(c: &mut Criterion) {
     group.finish();
 }
 
+/// The parts of a TransformerConv layer at k = 16, N = 3137: one 768 x 768 projection, the
+/// four projections with their outputs alive together (as the layer holds them), the attention.
+fn parts(c: &mut Criterion) {
+    let mut group = c.benchmark_group("parts");
+    group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    let graph = knn_graph(56, 16);
+    let n = graph.num_nodes();
+    let mut init = Init::new(2);
+    let x = random(&mut init, n, 768);
+    let lins: Vec<Linear> = (0..4).map(|_| Linear::torch_init(&mut init, 768, 768, true)).collect();
+    group.bench_function("linear_768x768/3137", |b| b.iter(|| black_box(lins[0].forward(&x).expect("linear"))));
+    group.bench_function("four_linears_alive/3137", |b| {
+        b.iter(|| black_box(lins.iter().map(|l| l.forward(&x).expect("linear")).collect::<Vec<_>>()))
+    });
+    let (q, k, v) = (lins[0].forward(&x).expect("q"), lins[1].forward(&x).expect("k"), lins[2].forward(&x).expect("v"));
+    let inputs = AttentionInputs::new(&q, &k, &v, HEADS);
+    group.bench_function("attend_knn16/3137", |b| {
+        b.iter(|| {
+            black_box(attend(&graph, &Score::Dot { scale: 0.125 }, &inputs, Path::Sparse, false).expect("attend"))
+        })
+    });
+    group.finish();
+}
+
 fn build(c: &mut Criterion) {
     let mut group = c.benchmark_group("build");
     group.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
@@ -133,5 +157,5 @@ fn build(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, dense, sparse, layer, build);
+criterion_group!(benches, dense, sparse, layer, parts, build);
 criterion_main!(benches);
