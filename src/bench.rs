@@ -11,6 +11,8 @@
 //! let case = Case { score: "dot".into(), batch: 1, grid: 3, graph: GraphKind::Knn(4), heads: 2, head_dim: 8 };
 //! let record = run_case(&case, 3, &NoMemoryProbe).unwrap();
 //! assert_eq!(record.nodes, 10);
+//! // 9 patches x 4 neighbours, plus the class token: 9 edges in, 9 out, its self-loop.
+//! assert_eq!(record.edges, 9 * 4 + 2 * 9 + 1);
 //! assert!(record.median_ms >= 0.0);
 //! ```
 

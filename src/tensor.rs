@@ -105,42 +105,9 @@ impl Matrix {
         MatMut::from_row_major_slice_mut(&mut self.data, self.rows, self.cols)
     }
 
-    /// The transpose, as a new row-major matrix.
-    pub fn transposed(&self) -> Matrix {
-        Matrix::from_fn(self.cols, self.rows, |i, j| self.get(j, i))
-    }
-
     /// Columns `start..start + width` of every row, as a new matrix.
     pub fn columns(&self, start: usize, width: usize) -> Matrix {
         Matrix::from_fn(self.rows, width, |i, j| self.get(i, start + j))
-    }
-
-    /// Rows `start..start + count`, as a new matrix.
-    pub fn rows_range(&self, start: usize, count: usize) -> Matrix {
-        Matrix {
-            rows: count,
-            cols: self.cols,
-            data: self.data[start * self.cols..(start + count) * self.cols].to_vec(),
-        }
-    }
-
-    /// Stacks matrices with equal column counts on top of each other.
-    pub fn vstack(parts: &[&Matrix]) -> Result<Matrix> {
-        let cols = parts.first().map_or(0, |m| m.cols);
-        let mut data = Vec::new();
-        let mut rows = 0;
-        for (k, m) in parts.iter().enumerate() {
-            if m.cols != cols {
-                return Err(Error::shape(
-                    format!("vstack part {k}"),
-                    format!("{cols} columns"),
-                    format!("{} columns", m.cols),
-                ));
-            }
-            data.extend_from_slice(&m.data);
-            rows += m.rows;
-        }
-        Ok(Matrix { rows, cols, data })
     }
 
     /// Errors unless the shape is `[rows x cols]`.

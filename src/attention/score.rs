@@ -52,7 +52,7 @@ impl Score {
     #[inline]
     pub fn edge(&self, h: usize, q: &[f32], k: &[f32]) -> f32 {
         match self {
-            Score::Dot { scale } => scale * dot(q, k),
+            Score::Dot { scale } => scale * crate::kernels::simd::dot_scalar(q, k),
             Score::Gat { negative_slope } => leaky_relu(q[0] + k[0], *negative_slope),
             Score::GatV2 { attention, negative_slope } => {
                 let a = &attention[h * q.len()..(h + 1) * q.len()];
@@ -73,10 +73,4 @@ impl Score {
             Score::GatV2 { .. } => "GATv2",
         }
     }
-}
-
-/// `sum_c a[c] * b[c]`.
-#[inline(always)]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }

@@ -276,9 +276,7 @@ impl Graph {
     /// Number of edges `E` (for an implicit complete graph, the number it would have).
     pub fn num_edges(&self) -> usize {
         match &self.edges {
-            Edges::Complete { self_loops } => {
-                self.block_sizes().map(|m| if *self_loops { m * m } else { m * m.saturating_sub(1) }).sum()
-            }
+            Edges::Complete { self_loops } => self.block_sizes().map(|m| complete_edges(m, *self_loops)).sum(),
             Edges::Csr { sources, .. } => sources.len(),
         }
     }
@@ -330,13 +328,8 @@ impl Graph {
                 let (start, end) = (self.blocks[b], self.blocks[b + 1]);
                 let m = end - start;
                 let deg = if *self_loops { m } else { m - 1 };
-                let before: usize = self.blocks[..=b]
-                    .windows(2)
-                    .map(|w| {
-                        let s = w[1] - w[0];
-                        if *self_loops { s * s } else { s * (s - 1) }
-                    })
-                    .sum();
+                let before: usize =
+                    self.blocks[..=b].windows(2).map(|w| complete_edges(w[1] - w[0], *self_loops)).sum();
                 let first = before + (i - start) * deg;
                 first..first + deg
             }
@@ -471,6 +464,11 @@ pub(crate) fn ensure_u32_nodes(what: &str, num_nodes: usize) -> Result<()> {
         return Err(Error::invalid(what, format!("{num_nodes} nodes exceed the u32 index range")));
     }
     Ok(())
+}
+
+/// Edges of a complete graph on `m` nodes: `m^2` with self-loops, `m (m - 1)` without.
+pub(crate) fn complete_edges(m: usize, self_loops: bool) -> usize {
+    if self_loops { m * m } else { m * m.saturating_sub(1) }
 }
 
 /// Iterator over the sources of a node's incoming edges.

@@ -37,7 +37,7 @@ use super::simd;
 use super::simd::within;
 use crate::attention::{AttentionInputs, AttentionOutput, Dims, Score};
 use crate::error::{Error, Result};
-use crate::graph::Graph;
+use crate::graph::{Graph, complete_edges};
 use crate::tensor::Matrix;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
@@ -121,8 +121,7 @@ pub fn attend_dense(
     let blocks = graph.blocks();
     let mut block_edge = vec![0usize; blocks.len()];
     for b in 0..blocks.len() - 1 {
-        let m = blocks[b + 1] - blocks[b];
-        block_edge[b + 1] = block_edge[b] + if self_loops { m * m } else { m * m.saturating_sub(1) };
+        block_edge[b + 1] = block_edge[b] + complete_edges(blocks[b + 1] - blocks[b], self_loops);
     }
     let problem = Problem { score, inputs, dims, blocks, block_edge, self_loops, mask };
 
@@ -159,6 +158,19 @@ pub fn attend_dense(
         }
     });
     Ok(AttentionOutput { out, weights: weights.then_some(w), log_sum_exp: lse })
+}
+
+/// Edge id of `j -> i` (block-local indices) in a complete block whose destination `i` has its
+/// first edge at `first`; `None` for the excluded self-loop of a block without self-loops.
+#[inline(always)]
+fn edge_id(first: usize, i: usize, j: usize, self_loops: bool) -> Option<usize> {
+    if self_loops {
+        Some(first + j)
+    } else if j == i {
+        None
+    } else {
+        Some(first + if j < i { j } else { j - 1 })
+    }
 }
 
 /// Scores of queries `q0..q1` against keys `k0..k1` of the task's block and head into `s`
@@ -209,11 +221,10 @@ fn scores(p: &Problem<'_>, t: Task, k0: usize, k1: usize, s: &mut [f32], gather:
         let first = p.block_edge[t.block] + i * deg;
         for (jj, x) in row.iter_mut().enumerate() {
             let j = k0 + jj;
-            if !p.self_loops && j == i {
-                *x = f32::NEG_INFINITY;
+            let Some(e) = edge_id(first, i, j, p.self_loops) else {
+                *x = f32::NEG_INFINITY; // the excluded self-loop
                 continue;
-            }
-            let e = first + if p.self_loops || j < i { j } else { j - 1 };
+            };
             if let Some(bias) = p.inputs.bias {
                 *x += bias[e * heads + h];
             }
@@ -312,10 +323,7 @@ fn run_task(p: &Problem<'_>, t: Task, sc: &mut Scratch, out: SharedMut, lse: Sha
             let first = p.block_edge[t.block] + i * deg;
             for (jj, &x) in row.iter().enumerate() {
                 let j = k0 + jj;
-                if !p.self_loops && j == i {
-                    continue;
-                }
-                let e = first + if p.self_loops || j < i { j } else { j - 1 };
+                let Some(e) = edge_id(first, i, j, p.self_loops) else { continue };
                 let prob = if l[a] > 0.0 { (x - m[a]).exp() / l[a] } else { 0.0 };
                 // SAFETY: edge e (an incoming edge of node base+i, owned by this task's rows) at
                 // head h: element e * heads + h is written by this task only; `w` outlives the loop.
