@@ -104,6 +104,15 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A checkpoint does not fit the model: every problem found, all at once (missing and
+    /// unexpected tensors, shapes expected vs found, dtypes), each naming its tensor.
+    #[error("checkpoint {path} does not fit the model ({} problems):\n  {}", problems.len(), problems.join("\n  "))]
+    Checkpoint {
+        /// The file (or a description of the source).
+        path: String,
+        /// One line per problem, e.g. ``tensor `pos_embed`: expected [1, 197, 192], found [1, 50, 192]``.
+        problems: Vec<String>,
+    },
     /// The `image` crate could not decode or encode an image.
     #[error("image codec error for {path}: {source}")]
     Codec {
