@@ -27,7 +27,7 @@ pub mod tensor;
 
 pub use error::{Error, Result};
 pub use graph::{Graph, Topology};
-pub use tensor::Matrix;
+pub use tensor::{ColumnBlock, Matrix};
 
 /// The README's code, compiled and run as a doctest so that it stays true.
 #[doc = include_str!("../README.md")]

@@ -13,7 +13,7 @@
 use super::Score;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
-use crate::tensor::Matrix;
+use crate::tensor::{ColumnBlock, Matrix};
 
 /// Per-node inputs of one attention call, all with one row per node:
 /// `query` `[N x H*dk]`, `key` `[N x H*dk]`, `value` `[N x H*dv]` (head h owns columns
@@ -23,11 +23,11 @@ use crate::tensor::Matrix;
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionInputs<'a> {
     /// Destination-side rows `[N x H*dk]`.
-    pub query: &'a Matrix,
+    pub query: ColumnBlock<'a>,
     /// Source-side rows `[N x H*dk]`.
-    pub key: &'a Matrix,
+    pub key: ColumnBlock<'a>,
     /// Messages `[N x H*dv]`.
-    pub value: &'a Matrix,
+    pub value: ColumnBlock<'a>,
     /// Number of heads `H`.
     pub heads: usize,
     /// Optional additive bias `[E x H]` (edge-major). `-inf` masks an edge; NaN and `+inf` are errors.
@@ -62,9 +62,15 @@ pub struct AttentionOutput {
 }
 
 impl<'a> AttentionInputs<'a> {
-    /// Inputs without an edge bias.
-    pub fn new(query: &'a Matrix, key: &'a Matrix, value: &'a Matrix, heads: usize) -> Self {
-        AttentionInputs { query, key, value, heads, bias: None }
+    /// Inputs without an edge bias. Each of `query`, `key`, `value` is a `&Matrix` or a
+    /// [`ColumnBlock`] of one (e.g. the `q`, `k`, `v` columns of a fused projection).
+    pub fn new(
+        query: impl Into<ColumnBlock<'a>>,
+        key: impl Into<ColumnBlock<'a>>,
+        value: impl Into<ColumnBlock<'a>>,
+        heads: usize,
+    ) -> Self {
+        AttentionInputs { query: query.into(), key: key.into(), value: value.into(), heads, bias: None }
     }
 
     /// The same inputs with an edge bias `[E x H]`.

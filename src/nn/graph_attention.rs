@@ -28,7 +28,7 @@ use crate::attention::{AttentionInputs, Path, Score, attend};
 use crate::checkpoint::TensorMap;
 use crate::error::{Error, Result, ensure_finite};
 use crate::graph::Graph;
-use crate::tensor::Matrix;
+use crate::tensor::{ColumnBlock, Matrix};
 use std::borrow::Cow;
 
 /// Which peer layer, with its constructor arguments (serde: `{"kind": "gat", ...}`).
@@ -214,10 +214,27 @@ impl AttentionConfig {
 /// The parameters, by peer.
 #[derive(Clone, Debug, PartialEq)]
 enum Params {
-    Timm { qkv: Linear, proj: Linear },
-    Gat { lin: Linear, att_src: Vec<f32>, att_dst: Vec<f32>, bias: Option<Vec<f32>> },
-    GatV2 { lin_l: Linear, lin_r: Option<Linear>, att: Vec<f32>, bias: Option<Vec<f32>> },
-    Transformer { lin_query: Linear, lin_key: Linear, lin_value: Linear, lin_skip: Linear, lin_beta: Option<Linear> },
+    Timm {
+        qkv: Linear,
+        proj: Linear,
+    },
+    Gat {
+        lin: Linear,
+        att_src: Vec<f32>,
+        att_dst: Vec<f32>,
+        bias: Option<Vec<f32>>,
+    },
+    GatV2 {
+        lin_l: Linear,
+        lin_r: Option<Linear>,
+        att: Vec<f32>,
+        bias: Option<Vec<f32>>,
+    },
+    /// `qkvs` stacks PyG's `lin_query | lin_key | lin_value | lin_skip` (one GEMM for all four).
+    Transformer {
+        qkvs: Linear,
+        lin_beta: Option<Linear>,
+    },
 }
 
 /// Options of [`GraphAttention::forward_with`].
@@ -293,13 +310,16 @@ impl GraphAttention {
                 att: init.glorot(h, c),
                 bias: bias.then(|| vec![0.0; config.out_dim()]),
             },
-            AttentionConfig::Transformer { bias, beta, root_weight, concat, .. } => Params::Transformer {
-                lin_query: Linear::torch_init(init, f, h * c, bias),
-                lin_key: Linear::torch_init(init, f, h * c, bias),
-                lin_value: Linear::torch_init(init, f, h * c, bias),
-                lin_skip: Linear::torch_init(init, f, if concat { h * c } else { c }, bias),
-                lin_beta: (beta && root_weight).then(|| Linear::torch_init(init, 3 * config.out_dim(), 1, false)),
-            },
+            AttentionConfig::Transformer { bias, beta, root_weight, concat, .. } => {
+                let lin_query = Linear::torch_init(init, f, h * c, bias);
+                let lin_key = Linear::torch_init(init, f, h * c, bias);
+                let lin_value = Linear::torch_init(init, f, h * c, bias);
+                let lin_skip = Linear::torch_init(init, f, if concat { h * c } else { c }, bias);
+                Params::Transformer {
+                    qkvs: Linear::stack(&[&lin_query, &lin_key, &lin_value, &lin_skip])?,
+                    lin_beta: (beta && root_weight).then(|| Linear::torch_init(init, 3 * config.out_dim(), 1, false)),
+                }
+            }
         };
         Ok(GraphAttention { config, params })
     }
@@ -328,18 +348,21 @@ impl GraphAttention {
                 att: take_att(map, &p("att"), h, c)?,
                 bias: take_out_bias(map, &p("bias"), bias, config.out_dim())?,
             },
-            AttentionConfig::Transformer { bias, beta, root_weight, concat, .. } => Params::Transformer {
-                lin_key: Linear::load(map, &p("lin_key"), f, h * c, bias)?,
-                lin_query: Linear::load(map, &p("lin_query"), f, h * c, bias)?,
-                lin_value: Linear::load(map, &p("lin_value"), f, h * c, bias)?,
+            AttentionConfig::Transformer { bias, beta, root_weight, concat, .. } => {
+                let lin_key = Linear::load(map, &p("lin_key"), f, h * c, bias)?;
+                let lin_query = Linear::load(map, &p("lin_query"), f, h * c, bias)?;
+                let lin_value = Linear::load(map, &p("lin_value"), f, h * c, bias)?;
                 // PyG always creates lin_skip, and uses it only when root_weight.
-                lin_skip: Linear::load(map, &p("lin_skip"), f, if concat { h * c } else { c }, bias)?,
-                lin_beta: if beta && root_weight {
-                    Some(Linear::load(map, &p("lin_beta"), 3 * config.out_dim(), 1, false)?)
-                } else {
-                    None
-                },
-            },
+                let lin_skip = Linear::load(map, &p("lin_skip"), f, if concat { h * c } else { c }, bias)?;
+                Params::Transformer {
+                    qkvs: Linear::stack(&[&lin_query, &lin_key, &lin_value, &lin_skip])?,
+                    lin_beta: if beta && root_weight {
+                        Some(Linear::load(map, &p("lin_beta"), 3 * config.out_dim(), 1, false)?)
+                    } else {
+                        None
+                    },
+                }
+            }
         };
         Ok(GraphAttention { config, params })
     }
@@ -365,11 +388,12 @@ impl GraphAttention {
                 map.insert(p("att"), vec![1, h, c], att.clone())?;
                 bias.iter().try_for_each(|b| map.insert(p("bias"), vec![b.len()], b.clone()))
             }
-            Params::Transformer { lin_query, lin_key, lin_value, lin_skip, lin_beta } => {
-                lin_query.save(map, &p("lin_query"))?;
-                lin_key.save(map, &p("lin_key"))?;
-                lin_value.save(map, &p("lin_value"))?;
-                lin_skip.save(map, &p("lin_skip"))?;
+            Params::Transformer { qkvs, lin_beta } => {
+                let hc = h * c;
+                let parts = qkvs.unstack(&[hc, hc, hc, qkvs.out_dim() - 3 * hc])?;
+                for (part, name) in parts.iter().zip(["lin_query", "lin_key", "lin_value", "lin_skip"]) {
+                    part.save(map, &p(name))?;
+                }
                 lin_beta.iter().try_for_each(|l| l.save(map, &p("lin_beta")))
             }
         }
@@ -414,7 +438,7 @@ impl GraphAttention {
         let heads = self.config.heads();
         let score = self.score();
         let g = self.attention_graph(graph);
-        let run = |q: &Matrix, k: &Matrix, v: &Matrix| {
+        let run = |q: ColumnBlock<'_>, k: ColumnBlock<'_>, v: ColumnBlock<'_>| {
             let mut inputs = AttentionInputs::new(q, k, v, heads);
             inputs.bias = options.edge_bias;
             attend(&g, &score, &inputs, options.path, options.weights)
@@ -424,15 +448,14 @@ impl GraphAttention {
                 // qkv [N x 3D]: q = columns 0..D, k = D..2D, v = 2D..3D.
                 let d = self.config.in_dim();
                 let qkv = qkv.forward(x)?;
-                let (q, k, v) = (qkv.columns(0, d), qkv.columns(d, d), qkv.columns(2 * d, d));
-                let a = run(&q, &k, &v)?;
+                let a = run(column_block(&qkv, 0, d)?, column_block(&qkv, d, d)?, column_block(&qkv, 2 * d, d)?)?;
                 let out = proj.forward(&a.out)?;
                 (a, out)
             }
             Params::Gat { lin, att_src, att_dst, bias } => {
                 let wh = lin.forward(x)?; // [N x H*C]
                 let (alpha_src, alpha_dst) = (per_head_dot(&wh, att_src, heads), per_head_dot(&wh, att_dst, heads));
-                let mut a = run(&alpha_dst, &alpha_src, &wh)?;
+                let mut a = run((&alpha_dst).into(), (&alpha_src).into(), (&wh).into())?;
                 let out = self.combine_heads(std::mem::take(&mut a.out), bias.as_deref());
                 (a, out)
             }
@@ -442,16 +465,20 @@ impl GraphAttention {
                     Some(l) => l.forward(x)?,
                     None => xl.clone(),
                 };
-                let mut a = run(&xr, &xl, &xl)?;
+                let mut a = run((&xr).into(), (&xl).into(), (&xl).into())?;
                 let out = self.combine_heads(std::mem::take(&mut a.out), bias.as_deref());
                 (a, out)
             }
-            Params::Transformer { lin_query, lin_key, lin_value, lin_skip, lin_beta } => {
-                let (q, k, v) = (lin_query.forward(x)?, lin_key.forward(x)?, lin_value.forward(x)?);
-                let mut a = run(&q, &k, &v)?;
+            Params::Transformer { qkvs, lin_beta } => {
+                // One GEMM: [N x (q | k | v | skip)], the skip columns only when they are used.
+                let hc = heads * self.config.head_dim();
+                let root_weight = matches!(self.config, AttentionConfig::Transformer { root_weight: true, .. });
+                let y = qkvs.forward_leading(x, if root_weight { qkvs.out_dim() } else { 3 * hc })?;
+                let (q, k, v) = (column_block(&y, 0, hc)?, column_block(&y, hc, hc)?, column_block(&y, 2 * hc, hc)?);
+                let mut a = run(q, k, v)?;
                 let mut out = self.combine_heads(std::mem::take(&mut a.out), None);
-                if let AttentionConfig::Transformer { root_weight: true, .. } = self.config {
-                    let xr = lin_skip.forward(x)?;
+                if root_weight {
+                    let xr = column_block(&y, 3 * hc, qkvs.out_dim() - 3 * hc)?;
                     match lin_beta {
                         // beta = sigmoid(lin_beta([out, x_r, out - x_r])); out = beta x_r + (1 - beta) out
                         Some(lb) => {
@@ -470,8 +497,10 @@ impl GraphAttention {
                             }
                         }
                         None => {
-                            for (o, r) in out.as_mut_slice().iter_mut().zip(xr.as_slice()) {
-                                *o += r;
+                            for n in 0..out.rows() {
+                                for (o, r) in out.row_mut(n).iter_mut().zip(xr.row(n)) {
+                                    *o += r;
+                                }
                             }
                         }
                     }
@@ -506,6 +535,13 @@ impl GraphAttention {
         }
         out
     }
+}
+
+/// Columns `start .. start + width` of a projection's output, in place.
+fn column_block(m: &Matrix, start: usize, width: usize) -> Result<ColumnBlock<'_>> {
+    m.column_block(start, width).ok_or_else(|| {
+        Error::shape("projection columns", format!("at least {} columns", start + width), format!("{}", m.cols()))
+    })
 }
 
 /// `[N x H*C]` rows dotted with a per-head vector `a [H*C]`: `out[n, h] = x[n, h*C..] . a[h*C..]`.

@@ -87,10 +87,24 @@ impl Linear {
 
     /// `x [N x in] -> x W^T + b [N x out]` (faer GEMM).
     pub fn forward(&self, x: &Matrix) -> Result<Matrix> {
+        self.forward_leading(x, self.out_dim())
+    }
+
+    /// The first `outputs` output columns only: `x [N x in] -> x W[..outputs]^T + b[..outputs]`
+    /// (a fused projection whose trailing rows a configuration does not use).
+    pub fn forward_leading(&self, x: &Matrix, outputs: usize) -> Result<Matrix> {
         x.expect_cols("linear input", self.in_dim())?;
-        let mut y = Matrix::zeros(x.rows(), self.out_dim());
-        let par = gemm_par(x.rows(), self.in_dim(), self.out_dim());
-        matmul(y.as_faer_mut(), Accum::Replace, x.as_faer(), self.weight.as_faer().transpose(), 1.0, par);
+        if outputs > self.out_dim() {
+            return Err(Error::shape(
+                "linear outputs asked for",
+                format!("at most {}", self.out_dim()),
+                format!("{outputs}"),
+            ));
+        }
+        let mut y = Matrix::zeros(x.rows(), outputs);
+        let par = gemm_par(x.rows(), self.in_dim(), outputs);
+        let w = self.weight.as_faer().subrows(0, outputs);
+        matmul(y.as_faer_mut(), Accum::Replace, x.as_faer(), w.transpose(), 1.0, par);
         if let Some(b) = &self.bias {
             for n in 0..y.rows() {
                 for (v, bb) in y.row_mut(n).iter_mut().zip(b) {
@@ -99,6 +113,48 @@ impl Linear {
             }
         }
         Ok(y)
+    }
+
+    /// Stacks the layers' outputs: weights row-wise, biases end to end (one GEMM computes all
+    /// of them). All must share the input width, and all or none have a bias.
+    pub fn stack(parts: &[&Linear]) -> Result<Linear> {
+        let in_dim = parts.first().map_or(0, |l| l.in_dim());
+        let mut weight = Vec::new();
+        let mut bias = parts.first().and_then(|l| l.bias.as_ref()).map(|_| Vec::new());
+        for (i, l) in parts.iter().enumerate() {
+            if l.in_dim() != in_dim {
+                return Err(Error::shape(
+                    format!("stacked linear {i}"),
+                    format!("{in_dim} inputs"),
+                    format!("{}", l.in_dim()),
+                ));
+            }
+            weight.extend_from_slice(l.weight.as_slice());
+            match (&mut bias, &l.bias) {
+                (Some(all), Some(b)) => all.extend_from_slice(b),
+                (None, None) => {}
+                _ => return Err(Error::invalid(format!("stacked linear {i}"), "all or none of the parts need a bias")),
+            }
+        }
+        let rows = weight.len() / in_dim.max(1);
+        Linear::from_parts(Matrix::from_vec(rows, in_dim, weight)?, bias)
+    }
+
+    /// The inverse of [`Linear::stack`]: output rows split into blocks of the given sizes.
+    pub fn unstack(&self, sizes: &[usize]) -> Result<Vec<Linear>> {
+        if sizes.iter().sum::<usize>() != self.out_dim() {
+            return Err(Error::shape("unstacked linear", format!("{} outputs", self.out_dim()), format!("{sizes:?}")));
+        }
+        let mut start = 0;
+        sizes
+            .iter()
+            .map(|&n| {
+                let rows = (start..start + n).flat_map(|r| self.weight.row(r).iter().copied()).collect();
+                let bias = self.bias.as_ref().map(|b| b[start..start + n].to_vec());
+                start += n;
+                Linear::from_parts(Matrix::from_vec(n, self.in_dim(), rows)?, bias)
+            })
+            .collect()
     }
 
     /// The plain triple loop (f64 accumulation): the oracle for [`Linear::forward`].
@@ -131,6 +187,25 @@ mod tests {
             assert!(outs[0].max_abs_diff(&reference) <= tol, "{n}x{i}x{o}");
             assert_eq!(outs[0], outs[1], "{n}x{i}x{o}: depends on the thread count");
         }
+    }
+
+    /// A stacked layer's outputs are the parts' outputs side by side, and unstacking gives the
+    /// parts back; the leading outputs alone equal the first part.
+    #[test]
+    fn stacked_linear_is_its_parts_side_by_side() {
+        let mut init = Init::new(3);
+        let (a, b) = (Linear::torch_init(&mut init, 5, 3, true), Linear::torch_init(&mut init, 5, 4, true));
+        let x = Matrix::from_vec(6, 5, init.normal(30, 1.0)).unwrap();
+        let stacked = Linear::stack(&[&a, &b]).unwrap();
+        let y = stacked.forward(&x).unwrap();
+        assert_eq!(y.columns(0, 3), a.forward(&x).unwrap());
+        assert_eq!(y.columns(3, 4), b.forward(&x).unwrap());
+        assert_eq!(stacked.forward_leading(&x, 3).unwrap(), a.forward(&x).unwrap());
+        assert_eq!(stacked.unstack(&[3, 4]).unwrap(), vec![a.clone(), b]);
+        assert!(stacked.unstack(&[3, 3]).is_err());
+        let no_bias = Linear::torch_init(&mut init, 5, 2, false);
+        assert!(Linear::stack(&[&a, &no_bias]).is_err());
+        assert!(Linear::stack(&[&a, &Linear::torch_init(&mut init, 4, 2, true)]).is_err());
     }
 
     #[test]

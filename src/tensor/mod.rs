@@ -10,6 +10,10 @@
 //! assert_eq!(m.as_faer()[(0, 2)], 3.0);
 //! ```
 
+mod column_block;
+
+pub use column_block::ColumnBlock;
+
 use crate::error::{Error, Result};
 use faer::{MatMut, MatRef};
 
@@ -108,6 +112,11 @@ impl Matrix {
     /// Columns `start..start + width` of every row, as a new matrix.
     pub fn columns(&self, start: usize, width: usize) -> Matrix {
         Matrix::from_fn(self.rows, width, |i, j| self.get(i, start + j))
+    }
+
+    /// Columns `start .. start + width`, read in place; `None` if they are not all inside.
+    pub fn column_block(&self, start: usize, width: usize) -> Option<ColumnBlock<'_>> {
+        ColumnBlock::new(self, start, width)
     }
 
     /// Errors unless the shape is `[rows x cols]`.
