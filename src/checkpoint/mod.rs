@@ -34,7 +34,11 @@ pub struct Tensor {
 pub struct TensorMap {
     floats: BTreeMap<String, Tensor>,
     ints: BTreeMap<String, (Vec<usize>, Vec<i64>)>,
+    /// Tensors whose dtype cannot be read (name -> dtype): an error only if someone takes them.
+    unreadable: BTreeMap<String, String>,
     metadata: BTreeMap<String, String>,
+    /// When collecting ([`TensorMap::collect_problems`]), every failed `take` is recorded here.
+    problems: Option<Vec<String>>,
 }
 
 fn shape_str(shape: &[usize]) -> String {
@@ -74,11 +78,8 @@ impl TensorMap {
                 ),
                 Dtype::I64 | Dtype::I32 => None,
                 other => {
-                    return Err(Error::DType {
-                        name,
-                        dtype: format!("{other:?}"),
-                        expected: "F32, F64, F16, BF16, I64 or I32".into(),
-                    });
+                    map.unreadable.insert(name, format!("{other:?}"));
+                    continue;
                 }
             };
             match floats {
@@ -96,6 +97,46 @@ impl TensorMap {
             }
         }
         Ok(map)
+    }
+
+    /// The float tensors as safetensors bytes (F32, little-endian; metadata kept). Integer
+    /// tensors are written as I64.
+    pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
+        let f32_bytes: Vec<(&String, &Tensor, Vec<u8>)> =
+            self.floats.iter().map(|(n, t)| (n, t, t.data.iter().flat_map(|v| v.to_le_bytes()).collect())).collect();
+        let i64_bytes: Vec<(&String, &Vec<usize>, Vec<u8>)> =
+            self.ints.iter().map(|(n, (s, d))| (n, s, d.iter().flat_map(|v| v.to_le_bytes()).collect())).collect();
+        let bad = |e: safetensors::SafeTensorError| Error::Format {
+            path: "safetensors output".into(),
+            reason: e.to_string(),
+        };
+        let mut views = Vec::with_capacity(f32_bytes.len() + i64_bytes.len());
+        for (name, t, bytes) in &f32_bytes {
+            views.push((
+                name.as_str(),
+                safetensors::tensor::TensorView::new(Dtype::F32, t.shape.clone(), bytes).map_err(bad)?,
+            ));
+        }
+        for (name, shape, bytes) in &i64_bytes {
+            views.push((
+                name.as_str(),
+                safetensors::tensor::TensorView::new(Dtype::I64, shape.to_vec(), bytes).map_err(bad)?,
+            ));
+        }
+        let meta = (!self.metadata.is_empty()).then(|| self.metadata.clone().into_iter().collect());
+        safetensors::serialize(views, meta).map_err(bad)
+    }
+
+    /// Writes a safetensors file, through a temporary file renamed into place (never half-written).
+    pub fn save_safetensors(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let bytes = self.to_safetensors_bytes()?;
+        write_atomically(path, &bytes)
+    }
+
+    /// Sets a `__metadata__` entry (written by [`TensorMap::save_safetensors`]).
+    pub fn set_metadata(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.metadata.insert(key.into(), value.into());
     }
 
     /// Adds a float tensor (errors if the value count does not match the shape).
@@ -128,12 +169,58 @@ impl TensorMap {
     }
 
     /// Removes and returns the values of `name`, checking that its shape is `shape`.
+    ///
+    /// When collecting problems ([`TensorMap::collect_problems`]), a missing, misshapen or
+    /// unreadable tensor is recorded and zeros of `shape` are returned instead of an error.
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        match self.take_strict(name, shape) {
+            Ok(v) => Ok(v),
+            Err(e) => match &mut self.problems {
+                Some(problems) => {
+                    problems.push(problem_line(name, shape, &e));
+                    self.floats.remove(name); // reported once, as misshapen, not again as unexpected
+                    Ok(vec![0.0; shape.iter().product()])
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    fn take_strict(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        if let Some(dtype) = self.unreadable.remove(name) {
+            return Err(Error::DType { name: name.to_string(), dtype, expected: "F32, F64, F16 or BF16".into() });
+        }
+        if let Some((s, _)) = self.ints.remove(name) {
+            return Err(Error::DType {
+                name: name.to_string(),
+                dtype: format!("an integer type (shape {})", shape_str(&s)),
+                expected: "F32, F64, F16 or BF16".into(),
+            });
+        }
         let t = self.floats.get(name).ok_or_else(|| Error::MissingTensor { name: name.to_string() })?;
         if t.shape != shape {
             return Err(Error::shape(format!("checkpoint tensor `{name}`"), shape_str(shape), shape_str(&t.shape)));
         }
         Ok(self.floats.remove(name).map(|t| t.data).unwrap_or_default())
+    }
+
+    /// From now on, [`TensorMap::take`] records problems instead of failing, so that a model
+    /// can be loaded in one pass and [`TensorMap::finish_collected`] reports everything at once.
+    pub fn collect_problems(&mut self) {
+        self.problems.get_or_insert_with(Vec::new);
+    }
+
+    /// Ends a collecting load: `Ok` if every take succeeded and every tensor was taken, else one
+    /// [`Error::Checkpoint`] listing each problem (missing, shape, dtype, unexpected) by name.
+    pub fn finish_collected(mut self, what: &str) -> Result<()> {
+        let mut problems = self.problems.take().unwrap_or_default();
+        for (name, dtype) in &self.unreadable {
+            problems.push(format!("unexpected tensor `{name}` (dtype {dtype}, unreadable)"));
+        }
+        for name in self.floats.keys().chain(self.ints.keys()) {
+            problems.push(format!("unexpected tensor `{name}` (the model has no parameter of that name)"));
+        }
+        if problems.is_empty() { Ok(()) } else { Err(Error::Checkpoint { path: what.to_string(), problems }) }
     }
 
     /// Removes and returns the integer tensor `name` with its shape.
@@ -148,13 +235,49 @@ impl TensorMap {
 
     /// Names of the tensors not taken yet.
     pub fn remaining(&self) -> Vec<String> {
-        self.floats.keys().chain(self.ints.keys()).cloned().collect()
+        self.floats.keys().chain(self.ints.keys()).chain(self.unreadable.keys()).cloned().collect()
+    }
+
+    /// The float tensors' names and shapes (not yet taken), in name order.
+    pub fn shapes(&self) -> impl Iterator<Item = (&str, &[usize])> {
+        self.floats.iter().map(|(n, t)| (n.as_str(), t.shape.as_slice()))
+    }
+
+    /// Removes the float tensor `name` if present.
+    pub fn remove(&mut self, name: &str) -> Option<Tensor> {
+        self.floats.remove(name)
     }
 
     /// Errors with [`Error::UnexpectedTensors`] if any tensor was never taken.
     pub fn finish(self) -> Result<()> {
         let names = self.remaining();
         if names.is_empty() { Ok(()) } else { Err(Error::UnexpectedTensors { names }) }
+    }
+}
+
+/// Writes `bytes` to `path` via `path.tmp` and a rename, so a failure leaves no partial file.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    if let Err(e) = std::fs::write(&tmp, bytes) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(e)
+    })
+}
+
+/// One line of an [`Error::Checkpoint`] for a failed take of `name` with `shape`.
+fn problem_line(name: &str, shape: &[usize], e: &Error) -> String {
+    match e {
+        Error::MissingTensor { .. } => format!("missing tensor `{name}` (expected shape {})", shape_str(shape)),
+        Error::Shape { got, .. } => format!("tensor `{name}`: expected shape {}, found {got}", shape_str(shape)),
+        Error::DType { dtype, .. } => format!("tensor `{name}`: dtype {dtype}, expected a float type"),
+        other => format!("tensor `{name}`: {other}"),
     }
 }
 
@@ -188,6 +311,49 @@ mod tests {
         assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
         assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
         assert!(f16_to_f32(0x7c00).is_infinite());
+    }
+
+    /// A collecting load reports a missing tensor, a wrong shape, an integer tensor where a
+    /// float is expected and an unknown tensor together, each by name.
+    #[test]
+    fn collected_problems_are_reported_together() {
+        let mut map = TensorMap::default();
+        map.insert("a.weight", vec![2, 3], vec![0.0; 6]).unwrap();
+        map.insert("b.weight", vec![4], vec![1.0; 4]).unwrap();
+        map.insert("extra", vec![1], vec![0.0]).unwrap();
+        map.ints.insert("c.index".into(), (vec![2], vec![1, 2]));
+        map.collect_problems();
+        assert_eq!(map.take("a.weight", &[2, 3]).unwrap().len(), 6);
+        assert_eq!(map.take("b.weight", &[5]).unwrap(), vec![0.0; 5]); // recorded, zeros
+        assert_eq!(map.take("missing", &[2]).unwrap(), vec![0.0; 2]);
+        assert_eq!(map.take("c.index", &[2]).unwrap(), vec![0.0; 2]);
+        let Err(Error::Checkpoint { path, problems }) = map.finish_collected("test.safetensors") else {
+            panic!("expected Error::Checkpoint");
+        };
+        assert_eq!(path, "test.safetensors");
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        assert!(problems[0].contains("`b.weight`") && problems[0].contains("[5]") && problems[0].contains("[4]"));
+        assert!(problems[1].contains("missing tensor `missing`"));
+        assert!(problems[2].contains("`c.index`") && problems[2].contains("integer"));
+        assert!(problems[3].contains("unexpected tensor `extra`"));
+    }
+
+    #[test]
+    fn safetensors_round_trip() {
+        let mut map = TensorMap::default();
+        map.insert("w", vec![2, 3], vec![1.0, -2.0, 3.5, 0.0, 1e-8, -7.25]).unwrap();
+        map.insert("b", vec![3], vec![0.5, 0.25, -0.125]).unwrap();
+        map.ints.insert("idx".into(), (vec![2], vec![-1, 7]));
+        map.set_metadata("format", "pt");
+        let dir = std::env::temp_dir().join(format!("pg-st-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.safetensors");
+        map.save_safetensors(&path).unwrap();
+        let back = TensorMap::load_safetensors(&path).unwrap();
+        assert_eq!(back, map);
+        assert!(!dir.join("m.safetensors.tmp").exists());
+        assert!(map.save_safetensors(dir.join("no/such/dir/m.safetensors")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

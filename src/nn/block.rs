@@ -15,7 +15,7 @@
 //! assert_eq!(y.shape(), (5, 16));
 //! ```
 
-use super::{AttentionConfig, ForwardOptions, GraphAttention, Init, LayerNorm, Mlp};
+use super::{AttentionConfig, AttentionWeights, ForwardOptions, GraphAttention, Init, LayerNorm, Mlp};
 use crate::checkpoint::TensorMap;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
@@ -131,12 +131,22 @@ impl Block {
 
     /// Forward with attention options (edge bias, path).
     pub fn forward_with(&self, graph: &Graph, x: &Matrix, options: &ForwardOptions<'_>) -> Result<Matrix> {
-        let a = self.attn.forward_with(graph, &self.norm1.forward(x)?, options)?.out;
+        Ok(self.forward_returning_weights(graph, x, options)?.0)
+    }
+
+    /// Forward, also returning the attention weights when `options.weights` asks for them.
+    pub fn forward_returning_weights(
+        &self,
+        graph: &Graph,
+        x: &Matrix,
+        options: &ForwardOptions<'_>,
+    ) -> Result<(Matrix, Option<AttentionWeights>)> {
+        let a = self.attn.forward_with(graph, &self.norm1.forward(x)?, options)?;
         let mut x = x.clone();
-        residual(&mut x, &a, self.ls1.as_deref());
+        residual(&mut x, &a.out, self.ls1.as_deref());
         let m = self.mlp.forward(&self.norm2.forward(&x)?)?;
         residual(&mut x, &m, self.ls2.as_deref());
-        Ok(x)
+        Ok((x, a.weights))
     }
 }
 

@@ -19,6 +19,7 @@ mod init;
 mod layer_norm;
 mod linear;
 mod mlp;
+mod vit;
 
 pub use block::{Block, BlockConfig};
 pub use gelu::{gelu, gelu_inplace};
@@ -27,3 +28,4 @@ pub use init::Init;
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
 pub use mlp::Mlp;
+pub use vit::{GlobalPool, Vit, VitConfig, VitOptions, VitOutput, resample_pos_embed};

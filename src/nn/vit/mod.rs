@@ -1,0 +1,375 @@
+//! `Vit`: the Vision Transformer as timm builds it, with each block's attention on a graph over
+//! the patch tokens (the complete graph by default, which is exactly timm's ViT).
+//!
+//! ```text
+//! images [B x C x H x W]
+//! patches  [B*G^2 x C*P*P]            patchify, rows in timm's conv order
+//! x        [B*G^2 x D] = patches W_pe^T + b_pe       patch_embed.proj (conv as linear, no transpose)
+//! tokens   [B*T x D]   = [cls | x] + pos_embed        T = G^2 + 1 (class token first, as timm)
+//! blocks   x = x + attn(norm1(x)) over graph_l ; x = x + mlp(norm2(x))       l = 0 .. depth
+//! norm     (identity when fc_norm is used)
+//! pool     token: row 0 of each image | avg: mean of the patch rows
+//! fc_norm, head  -> logits [B x K]
+//! ```
+//!
+//! A batch is one disjoint-union graph of `B` per-image graphs: complete graphs stay implicit
+//! blocks and go to the dense kernel. Any [`GraphSpec`] can replace the complete graph, per layer
+//! or for all layers, with the same weights (`knn:16`, `window:7`, `fknn:9:2`...); feature k-NN
+//! graphs are rebuilt at every layer from that layer's `norm1` features of the patch tokens
+//! (ViG's dynamic graph), the class token linked both ways to every patch.
+//!
+//! Checkpoints use timm's names, with no tensor transposed (conv weight `[D, C, P, P]` read as
+//! `[D x C*P*P]`): `cls_token [1, 1, D]`, `pos_embed [1, T', D]`, `patch_embed.proj.weight`,
+//! `patch_embed.proj.bias`, `blocks.{i}.{norm1, attn.qkv, attn.proj, ls1.gamma, norm2, mlp.fc1,
+//! mlp.fc2, ls2.gamma}`, `norm.*` or `fc_norm.*`, `head.weight [K, D]`, `head.bias`.
+//!
+//! ```
+//! use patchgraph::image::ChwImage;
+//! use patchgraph::nn::{Init, Vit, VitConfig};
+//! let mut config = VitConfig::tiny(32, 8, 10);
+//! (config.embed_dim, config.depth, config.num_heads) = (24, 2, 2);
+//! let vit = Vit::new(config, &mut Init::new(0)).unwrap();
+//! let image = ChwImage::from_fn(3, 32, 32, |c, y, x| ((c + y * x) as f32 * 0.01).sin()).unwrap();
+//! let logits = vit.forward(&[image.clone(), image]).unwrap();
+//! assert_eq!(logits.shape(), (2, 10));
+//! assert_eq!(logits.row(0), logits.row(1));
+//! ```
+
+mod config;
+mod pos_embed;
+
+pub use config::{GlobalPool, VitConfig};
+pub use pos_embed::resample_pos_embed;
+
+use super::{AttentionWeights, Block, BlockConfig, ForwardOptions, Init, LayerNorm, Linear};
+use crate::attention::Path;
+use crate::checkpoint::TensorMap;
+use crate::error::{Error, Result, ensure_finite};
+use crate::graph::{Graph, GraphSpec};
+use crate::image::{ChwImage, patchify};
+use crate::tensor::Matrix;
+use pos_embed::square_side;
+
+/// A Vision Transformer (see the module docs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Vit {
+    config: VitConfig,
+    /// `patch_embed.proj`: the `[D, C, P, P]` conv as a linear layer `[D x C*P*P]`.
+    pub patch_embed: Linear,
+    /// `cls_token` `[D]`, when the model has one.
+    pub cls_token: Option<Vec<f32>>,
+    /// `pos_embed` `[T' x D]` (`T' = T`, or `G^2` with `no_embed_class`).
+    pub pos_embed: Matrix,
+    /// The transformer blocks.
+    pub blocks: Vec<Block>,
+    /// Final norm before pooling (absent when `fc_norm` is used).
+    pub norm: Option<LayerNorm>,
+    /// Norm after pooling (timm's `fc_norm`).
+    pub fc_norm: Option<LayerNorm>,
+    /// Classifier `[K x D]`, absent when `num_classes` is 0.
+    pub head: Option<Linear>,
+}
+
+/// What [`Vit::forward_with`] runs and returns.
+#[derive(Clone, Debug, Default)]
+pub struct VitOptions {
+    /// Attention graph: empty = complete in every layer; one spec = that graph in every layer;
+    /// `depth` specs = one per layer.
+    pub graphs: Vec<GraphSpec>,
+    /// Force the attention implementation.
+    pub path: Path,
+    /// Return every layer's attention weights.
+    pub weights: bool,
+}
+
+/// Output of [`Vit::forward_with`].
+#[derive(Clone, Debug)]
+pub struct VitOutput {
+    /// `[B x K]` (or `[B x D]` pooled features when the model has no head).
+    pub logits: Matrix,
+    /// The pooled, normalised features before the head `[B x D]`.
+    pub pre_logits: Matrix,
+    /// Per layer, the attention weights with their (batch) graph, when asked for.
+    pub weights: Vec<AttentionWeights>,
+}
+
+impl Vit {
+    /// A freshly initialised model with timm's init: trunc-normal(0.02) linear weights and
+    /// `pos_embed`, zero biases, unit norms, `cls_token` normal(1e-6), PyTorch's default conv init
+    /// for the patch embedding.
+    pub fn new(config: VitConfig, init: &mut Init) -> Result<Vit> {
+        config.validate()?;
+        let d = config.embed_dim;
+        let cpp = config.in_chans * config.patch_size * config.patch_size;
+        let patch_embed = Linear::torch_init(init, cpp, d, true);
+        let cls_token = config.class_token.then(|| init.normal(d, 1e-6));
+        let pos_embed = Matrix::from_vec(config.pos_tokens(), d, init.trunc_normal(config.pos_tokens() * d, 0.02))?;
+        let blocks = (0..config.depth).map(|_| Block::new(&block_config(&config), init)).collect::<Result<_>>()?;
+        let head = (config.num_classes > 0).then(|| {
+            let k = config.num_classes;
+            Linear {
+                weight: Matrix::from_vec(k, d, init.trunc_normal(k * d, 0.02)).unwrap_or_default(),
+                bias: Some(vec![0.0; k]),
+            }
+        });
+        Ok(Vit {
+            norm: (!config.uses_fc_norm()).then(|| LayerNorm::new(d, config.eps)),
+            fc_norm: config.uses_fc_norm().then(|| LayerNorm::new(d, config.eps)),
+            config,
+            patch_embed,
+            cls_token,
+            pos_embed,
+            blocks,
+            head,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &VitConfig {
+        &self.config
+    }
+
+    /// Loads a timm state dict exactly: every missing, unexpected, misshapen or unreadable
+    /// tensor is reported at once in one [`Error::Checkpoint`] naming `what` (the file).
+    pub fn load(config: VitConfig, mut map: TensorMap, what: &str) -> Result<Vit> {
+        config.validate()?;
+        map.collect_problems();
+        let vit = Self::take_tensors(config, &mut map)?;
+        map.finish_collected(what)?;
+        Ok(vit)
+    }
+
+    /// Loads a timm state dict as timm's `checkpoint_filter_fn` + `load_state_dict` would for a
+    /// model of `config`: the class count is taken from `head.weight` when the config's differs,
+    /// and a position embedding of another grid is resampled (bicubic, antialiased). Returns the
+    /// model and one line per adaptation made.
+    pub fn load_adapting(mut config: VitConfig, mut map: TensorMap, what: &str) -> Result<(Vit, Vec<String>)> {
+        let mut notes = Vec::new();
+        if let Ok(head) = map.get("head.weight") {
+            if head.shape.len() == 2 && head.shape[0] != config.num_classes {
+                notes.push(format!("num_classes {} -> {} (from head.weight)", config.num_classes, head.shape[0]));
+                config.num_classes = head.shape[0];
+            }
+        } else if config.num_classes > 0 && !map.contains("head.bias") {
+            notes.push(format!("num_classes {} -> 0 (the checkpoint has no head)", config.num_classes));
+            config.num_classes = 0;
+        }
+        config.validate()?;
+        if let Ok(pos) = map.get("pos_embed") {
+            let prefix = if config.no_embed_class { 0 } else { config.prefix_tokens() };
+            let want = config.pos_tokens();
+            if pos.shape.len() == 3 && pos.shape[1] != want && pos.shape[1] > prefix {
+                let (rows, d) = (pos.shape[1], pos.shape[2]);
+                let old = square_side(rows - prefix).ok_or_else(|| Error::Checkpoint {
+                    path: what.to_string(),
+                    problems: vec![format!(
+                        "tensor `pos_embed`: {rows} rows are not {prefix} prefix token(s) plus a square grid"
+                    )],
+                })?;
+                let m = Matrix::from_vec(rows, d, pos.data.clone())?;
+                let g = config.grid();
+                let r = resample_pos_embed(&m, prefix, (old, old), (g, g))?;
+                notes.push(format!("pos_embed resampled from a {old}x{old} to a {g}x{g} grid"));
+                map.insert("pos_embed", vec![1, r.rows(), d], r.into_vec())?;
+            }
+        }
+        Ok((Self::load(config, map, what)?, notes))
+    }
+
+    /// Takes every tensor by its timm name (the map records problems; see [`Vit::load`]).
+    fn take_tensors(config: VitConfig, map: &mut TensorMap) -> Result<Vit> {
+        let d = config.embed_dim;
+        let (c, p) = (config.in_chans, config.patch_size);
+        let weight = map.take("patch_embed.proj.weight", &[d, c, p, p])?;
+        let patch_embed = Linear::from_parts(
+            Matrix::from_vec(d, c * p * p, weight)?,
+            Some(map.take("patch_embed.proj.bias", &[d])?),
+        )?;
+        let cls_token = if config.class_token { Some(map.take("cls_token", &[1, 1, d])?) } else { None };
+        let pos_embed = Matrix::from_vec(config.pos_tokens(), d, map.take("pos_embed", &[1, config.pos_tokens(), d])?)?;
+        let bc = block_config(&config);
+        let blocks =
+            (0..config.depth).map(|i| Block::load(&bc, map, &format!("blocks.{i}."))).collect::<Result<_>>()?;
+        let fc = config.uses_fc_norm();
+        let norm = if fc { None } else { Some(LayerNorm::load(map, "norm", d, config.eps)?) };
+        let fc_norm = if fc { Some(LayerNorm::load(map, "fc_norm", d, config.eps)?) } else { None };
+        let head =
+            if config.num_classes > 0 { Some(Linear::load(map, "head", d, config.num_classes, true)?) } else { None };
+        Ok(Vit { config, patch_embed, cls_token, pos_embed, blocks, norm, fc_norm, head })
+    }
+
+    /// The model's tensors under timm's names (the inverse of [`Vit::load`]).
+    pub fn state_dict(&self) -> Result<TensorMap> {
+        let mut map = TensorMap::default();
+        let (d, c, p) = (self.config.embed_dim, self.config.in_chans, self.config.patch_size);
+        map.insert("patch_embed.proj.weight", vec![d, c, p, p], self.patch_embed.weight.as_slice().to_vec())?;
+        if let Some(b) = &self.patch_embed.bias {
+            map.insert("patch_embed.proj.bias", vec![d], b.clone())?;
+        }
+        if let Some(cls) = &self.cls_token {
+            map.insert("cls_token", vec![1, 1, d], cls.clone())?;
+        }
+        map.insert("pos_embed", vec![1, self.pos_embed.rows(), d], self.pos_embed.as_slice().to_vec())?;
+        for (i, b) in self.blocks.iter().enumerate() {
+            b.save(&mut map, &format!("blocks.{i}."))?;
+        }
+        if let Some(n) = &self.norm {
+            n.save(&mut map, "norm")?;
+        }
+        if let Some(n) = &self.fc_norm {
+            n.save(&mut map, "fc_norm")?;
+        }
+        if let Some(h) = &self.head {
+            h.save(&mut map, "head")?;
+        }
+        Ok(map)
+    }
+
+    /// Writes the model as a safetensors file with timm's names (`timm.create_model(...,
+    /// pretrained_cfg_overlay=dict(file=...))` or `load_state_dict` reads it back).
+    pub fn save_safetensors(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let mut map = self.state_dict()?;
+        map.set_metadata("format", "pt");
+        map.set_metadata("patchgraph_vit_config", serde_json::to_string(&self.config).unwrap_or_default());
+        map.save_safetensors(path)
+    }
+
+    /// Logits `[B x K]` of `images` (each `[C x img_size x img_size]`, already normalised), with
+    /// complete-graph attention: timm's ViT.
+    pub fn forward(&self, images: &[ChwImage]) -> Result<Matrix> {
+        Ok(self.forward_with(images, &VitOptions::default())?.logits)
+    }
+
+    /// Forward with per-layer graphs, a forced attention path, or the attention weights.
+    pub fn forward_with(&self, images: &[ChwImage], options: &VitOptions) -> Result<VitOutput> {
+        let cfg = &self.config;
+        let specs = self.layer_specs(&options.graphs)?;
+        let (b, t, g, d) = (images.len(), cfg.num_tokens(), cfg.grid(), cfg.embed_dim);
+        if b == 0 {
+            return Err(Error::invalid("ViT input", "no images"));
+        }
+        let mut x = self.embed(images)?;
+        let mut static_graphs: Vec<(GraphSpec, Graph)> = Vec::new();
+        let mut weights = Vec::new();
+        for (block, spec) in self.blocks.iter().zip(&specs) {
+            let graph = match spec {
+                GraphSpec::FeatureKnn { .. } => {
+                    let h = block.norm1.forward(&x)?;
+                    let per_image = (0..b)
+                        .map(|i| {
+                            let start = i * t + cfg.prefix_tokens();
+                            let patches = Matrix::from_fn(g * g, d, |r, c| h.get(start + r, c));
+                            spec.build(g, g, Some(&patches), cfg.class_token)
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    Graph::disjoint_union(&per_image)?
+                }
+                _ => match static_graphs.iter().find(|(s, _)| s == spec) {
+                    Some((_, graph)) => graph.clone(),
+                    None => {
+                        let one = spec.build(g, g, None, cfg.class_token)?;
+                        let graph = Graph::disjoint_union(&vec![one; b])?;
+                        static_graphs.push((spec.clone(), graph.clone()));
+                        graph
+                    }
+                },
+            };
+            let fo = ForwardOptions { path: options.path, weights: options.weights, ..Default::default() };
+            let (y, w) = block.forward_returning_weights(&graph, &x, &fo)?;
+            x = y;
+            weights.extend(w);
+        }
+        if let Some(n) = &self.norm {
+            x = n.forward(&x)?;
+        }
+        let prefix = cfg.prefix_tokens();
+        let mut pooled = match cfg.global_pool {
+            GlobalPool::Token => Matrix::from_fn(b, d, |i, c| x.get(i * t, c)),
+            GlobalPool::Avg => {
+                let mut m = Matrix::zeros(b, d);
+                for i in 0..b {
+                    let row = m.row_mut(i);
+                    for r in prefix..t {
+                        for (acc, v) in row.iter_mut().zip(x.row(i * t + r)) {
+                            *acc += v;
+                        }
+                    }
+                    let inv = 1.0 / (t - prefix) as f32;
+                    row.iter_mut().for_each(|v| *v *= inv);
+                }
+                m
+            }
+        };
+        if let Some(n) = &self.fc_norm {
+            pooled = n.forward(&pooled)?;
+        }
+        let logits = match &self.head {
+            Some(h) => h.forward(&pooled)?,
+            None => pooled.clone(),
+        };
+        Ok(VitOutput { logits, pre_logits: pooled, weights })
+    }
+
+    /// The graph spec of each layer.
+    fn layer_specs(&self, graphs: &[GraphSpec]) -> Result<Vec<GraphSpec>> {
+        let depth = self.config.depth;
+        match graphs.len() {
+            0 => Ok(vec![GraphSpec::Complete; depth]),
+            1 => Ok(vec![graphs[0].clone(); depth]),
+            n if n == depth => Ok(graphs.to_vec()),
+            n => Err(Error::invalid("ViT graphs", format!("{n} specs for {depth} layers: give 1 or {depth}"))),
+        }
+    }
+
+    /// Patch embedding, class token and position embedding: `[B*T x D]` tokens.
+    pub fn embed(&self, images: &[ChwImage]) -> Result<Matrix> {
+        let cfg = &self.config;
+        let (t, g, d, prefix) = (cfg.num_tokens(), cfg.grid(), cfg.embed_dim, cfg.prefix_tokens());
+        let cpp = cfg.in_chans * cfg.patch_size * cfg.patch_size;
+        let mut patches = Matrix::zeros(images.len() * g * g, cpp);
+        for (i, image) in images.iter().enumerate() {
+            let want = (cfg.in_chans, cfg.img_size, cfg.img_size);
+            if image.shape() != want {
+                return Err(Error::shape(
+                    format!("ViT input image {i}"),
+                    format!("{want:?} (C, H, W)"),
+                    format!("{:?}", image.shape()),
+                ));
+            }
+            ensure_finite(&format!("ViT input image {i}"), image.as_slice())?;
+            let p = patchify(image, cfg.patch_size)?;
+            patches.as_mut_slice()[i * g * g * cpp..(i + 1) * g * g * cpp].copy_from_slice(p.as_slice());
+        }
+        let x = self.patch_embed.forward(&patches)?;
+        let pos_offset = if cfg.no_embed_class { 0 } else { prefix };
+        let mut tokens = Matrix::zeros(images.len() * t, d);
+        for i in 0..images.len() {
+            if let Some(cls) = &self.cls_token {
+                let row = tokens.row_mut(i * t);
+                row.copy_from_slice(cls);
+                if !cfg.no_embed_class {
+                    row.iter_mut().zip(self.pos_embed.row(0)).for_each(|(v, p)| *v += p);
+                }
+            }
+            for r in 0..g * g {
+                let pos = self.pos_embed.row(pos_offset + r);
+                let row = tokens.row_mut(i * t + prefix + r);
+                for ((v, e), p) in row.iter_mut().zip(x.row(i * g * g + r)).zip(pos) {
+                    *v = e + p;
+                }
+            }
+        }
+        Ok(tokens)
+    }
+}
+
+fn block_config(config: &VitConfig) -> BlockConfig {
+    BlockConfig {
+        dim: config.embed_dim,
+        heads: config.num_heads,
+        mlp_hidden: config.mlp_hidden(),
+        qkv_bias: config.qkv_bias,
+        eps: config.eps,
+        layer_scale: config.init_values,
+    }
+}

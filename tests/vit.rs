@@ -1,0 +1,203 @@
+//! Whole ViTs against timm: the fixtures in `tests/fixtures/vit/` (written by
+//! `scripts/make_fixtures.py --only vit` from timm 1.0.31 models with every parameter perturbed)
+//! hold a timm state dict, an input batch and timm's logits computed in float64 from the stored
+//! float32 weights. We run in f32.
+//!
+//! Tolerance: `max |ours - timm| <= 1e-4 * max |timm|` for logits and pre-logits (a whole model:
+//! depth x (LayerNorm, two GEMMs, softmax, GELU) of f32 rounding); `1e-5` of the scale for a
+//! resampled position embedding (one interpolation).
+
+use patchgraph::checkpoint::TensorMap;
+use patchgraph::graph::GraphSpec;
+use patchgraph::image::ChwImage;
+use patchgraph::nn::{Init, Vit, VitConfig, VitOptions};
+use patchgraph::{Error, Matrix};
+
+const MODEL_TOL: f32 = 1e-4;
+
+fn dir() -> String {
+    format!("{}/tests/fixtures/vit", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn config(name: &str) -> VitConfig {
+    VitConfig::from_json_file(format!("{}/{name}.json", dir())).unwrap()
+}
+
+fn weights(name: &str) -> TensorMap {
+    TensorMap::load_safetensors(format!("{}/{name}.safetensors", dir())).unwrap()
+}
+
+/// The fixture's input batch as images, and a named output as a matrix.
+fn io(name: &str) -> (Vec<ChwImage>, TensorMap) {
+    let mut map = TensorMap::load_safetensors(format!("{}/{name}.io.safetensors", dir())).unwrap();
+    let input = map.take_any("input").unwrap();
+    let [b, c, h, w] = input.shape[..] else { panic!("input is not [B, C, H, W]") };
+    let images = (0..b)
+        .map(|i| ChwImage::new(c, h, w, input.data[i * c * h * w..(i + 1) * c * h * w].to_vec()).unwrap())
+        .collect();
+    (images, map)
+}
+
+fn matrix(map: &TensorMap, name: &str) -> Matrix {
+    let t = map.get(name).unwrap();
+    let d = *t.shape.last().unwrap();
+    Matrix::from_vec(t.data.len() / d, d, t.data.clone()).unwrap()
+}
+
+fn assert_close(what: &str, ours: &Matrix, theirs: &Matrix, tol: f32) {
+    assert_eq!(ours.shape(), theirs.shape(), "{what}: shape");
+    let scale = theirs.max_abs();
+    let diff = ours.max_abs_diff(theirs);
+    assert!(scale > 0.0, "{what}: reference is all zeros, the test would be blind");
+    assert!(diff <= tol * scale, "{what}: max diff {diff:e} > {tol:e} * scale {scale:e}");
+}
+
+const VARIANTS: [&str; 6] =
+    ["tiny_token", "no_qkv_bias", "avg_pool", "no_class_token", "layer_scale_no_embed_class", "mlp_ratio"];
+
+/// Every variant (depth, heads, patch and image size, qkv bias off, avg pooling with fc_norm,
+/// no class token, LayerScale with `no_embed_class`, MLP ratio 2.5 with eps 1e-12) gives timm's
+/// logits and pre-logits.
+#[test]
+fn logits_match_timm() {
+    for name in VARIANTS {
+        let vit = Vit::load(config(name), weights(name), name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (images, out) = io(name);
+        let ours = vit.forward_with(&images, &VitOptions::default()).unwrap();
+        assert_close(&format!("{name} logits"), &ours.logits, &matrix(&out, "logits_f64"), MODEL_TOL);
+        assert_close(&format!("{name} pre_logits"), &ours.pre_logits, &matrix(&out, "pre_logits_f64"), MODEL_TOL);
+    }
+}
+
+/// timm's `checkpoint_filter_fn` resamples a 4 x 4 position grid to 6 x 6 (img 48) and 2 x 2
+/// (img 16); loading tiny_token's weights into those configs does the same.
+#[test]
+fn resampled_position_embedding_matches_timm() {
+    for name in ["tiny_token_48", "tiny_token_16"] {
+        let (vit, notes) = Vit::load_adapting(config(name), weights("tiny_token"), "tiny_token").unwrap();
+        assert!(notes.iter().any(|n| n.contains("pos_embed resampled from a 4x4")), "{name}: {notes:?}");
+        let (images, out) = io(name);
+        assert_close(&format!("{name} pos_embed"), &vit.pos_embed, &matrix(&out, "pos_embed"), 1e-5);
+        assert_close(&format!("{name} logits"), &vit.forward(&images).unwrap(), &matrix(&out, "logits_f64"), MODEL_TOL);
+    }
+    // Strict loading refuses the other grid, naming the tensor and both shapes.
+    let err = Vit::load(config("tiny_token_48"), weights("tiny_token"), "tiny_token").unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("pos_embed") && text.contains("[1, 37, 48]") && text.contains("[1, 17, 48]"), "{text}");
+}
+
+/// Saving writes timm's names and the same values; loading the file gives the same model.
+#[test]
+fn save_round_trips_with_timm_names() {
+    let name = "layer_scale_no_embed_class";
+    let original = weights(name);
+    let vit = Vit::load(config(name), original.clone(), name).unwrap();
+    let path = std::env::temp_dir().join(format!("pg-vit-{}.safetensors", std::process::id()));
+    vit.save_safetensors(&path).unwrap();
+    let saved = TensorMap::load_safetensors(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let names: Vec<_> = original.shapes().map(|(n, s)| (n.to_string(), s.to_vec())).collect();
+    let saved_names: Vec<_> = saved.shapes().map(|(n, s)| (n.to_string(), s.to_vec())).collect();
+    assert_eq!(saved_names, names);
+    for (n, _) in &names {
+        assert_eq!(saved.get(n).unwrap().data, original.get(n).unwrap().data, "{n}");
+    }
+    assert_eq!(Vit::load(config(name), saved, "saved").unwrap(), vit);
+}
+
+/// A checkpoint with a missing tensor, an unexpected one, a wrong shape and an integer tensor
+/// is refused with all four problems in one error.
+#[test]
+fn every_checkpoint_problem_is_reported_at_once() {
+    let name = "tiny_token";
+    let mut map = weights(name);
+    map.remove("blocks.1.norm2.bias").unwrap();
+    map.insert("blocks.7.attn.qkv.weight", vec![2, 2], vec![0.0; 4]).unwrap();
+    let head = map.remove("head.weight").unwrap();
+    map.insert("head.weight", vec![9, 48], head.data[..9 * 48].to_vec()).unwrap();
+    let bytes = map.to_safetensors_bytes().unwrap();
+    let Err(Error::Checkpoint { path, problems }) = Vit::load(
+        config(name),
+        TensorMap::from_safetensors_bytes(&bytes, "broken.safetensors").unwrap(),
+        "broken.safetensors",
+    ) else {
+        panic!("expected Error::Checkpoint")
+    };
+    assert_eq!(path, "broken.safetensors");
+    let all = problems.join("\n");
+    assert_eq!(problems.len(), 3, "{all}");
+    assert!(all.contains("missing tensor `blocks.1.norm2.bias`"), "{all}");
+    assert!(all.contains("`head.weight`: expected shape [10, 48], found [9, 48]"), "{all}");
+    assert!(all.contains("unexpected tensor `blocks.7.attn.qkv.weight`"), "{all}");
+}
+
+#[test]
+fn truncated_checkpoint_is_a_format_error() {
+    let bytes = std::fs::read(format!("{}/tiny_token.safetensors", dir())).unwrap();
+    for cut in [0, 7, 100, bytes.len() / 2, bytes.len() - 1] {
+        let err = TensorMap::from_safetensors_bytes(&bytes[..cut], "cut").unwrap_err();
+        assert!(matches!(err, Error::Format { .. }), "cut at {cut}: {err}");
+    }
+}
+
+#[test]
+fn bad_inputs_are_typed_errors() {
+    let vit = Vit::load(config("tiny_token"), weights("tiny_token"), "tiny_token").unwrap();
+    assert!(matches!(vit.forward(&[]), Err(Error::Invalid { .. })));
+    let wrong = ChwImage::filled(3, 24, 32, 0.0).unwrap();
+    let err = vit.forward(&[wrong]).unwrap_err();
+    assert!(err.to_string().contains("image 0") && err.to_string().contains("(3, 32, 32)"), "{err}");
+    let mut nan = ChwImage::filled(3, 32, 32, 0.0).unwrap();
+    nan.set(1, 5, 5, f32::NAN);
+    let ok = ChwImage::filled(3, 32, 32, 0.0).unwrap();
+    assert!(matches!(vit.forward(&[ok, nan]), Err(Error::NonFinite { .. })));
+    let options = VitOptions { graphs: vec![GraphSpec::Complete; 3], ..Default::default() };
+    assert!(vit.forward_with(&[ChwImage::filled(3, 32, 32, 0.0).unwrap()], &options).is_err());
+}
+
+/// A batch is one disjoint-union graph: each image's logits are those it gets alone.
+#[test]
+fn batch_equals_images_one_by_one() {
+    let vit = Vit::load(config("tiny_token"), weights("tiny_token"), "tiny_token").unwrap();
+    let (images, _) = io("tiny_token");
+    for graphs in [vec![], vec!["knn:5".parse().unwrap()], vec!["fknn:4:2".parse().unwrap()]] {
+        let options = VitOptions { graphs, ..Default::default() };
+        let batch = vit.forward_with(&images, &options).unwrap().logits;
+        for (i, image) in images.iter().enumerate() {
+            let alone = vit.forward_with(std::slice::from_ref(image), &options).unwrap().logits;
+            let row = Matrix::from_vec(1, batch.cols(), batch.row(i).to_vec()).unwrap();
+            assert_close(&format!("image {i} {:?}", options.graphs), &row, &alone, 1e-5);
+        }
+    }
+}
+
+/// The same weights on a sparse graph: the `complete` spec is the default model bit for bit, a
+/// k-NN graph changes the logits, and per-layer specs are honoured (a complete last layer after
+/// a sparse first one differs from both). Average pooling, so that every token's last layer
+/// counts (with token pooling the class token attends to every patch in any spec).
+#[test]
+fn sparse_graphs_run_the_same_weights() {
+    let vit = Vit::load(config("avg_pool"), weights("avg_pool"), "avg_pool").unwrap();
+    let (images, _) = io("avg_pool");
+    let run = |specs: &[&str]| {
+        let graphs = specs.iter().map(|s| s.parse().unwrap()).collect();
+        vit.forward_with(&images, &VitOptions { graphs, ..Default::default() }).unwrap().logits
+    };
+    let complete = vit.forward(&images).unwrap();
+    assert_eq!(run(&["complete"]), complete);
+    let knn = run(&["knn:3"]);
+    let mixed = run(&["knn:3", "complete"]);
+    assert!(knn.max_abs_diff(&complete) > 1e-3);
+    assert!(mixed.max_abs_diff(&complete) > 1e-3 && mixed.max_abs_diff(&knn) > 1e-3);
+}
+
+/// A fresh model saves and reloads to the same model, and its config is the one asked for.
+#[test]
+fn fresh_model_round_trips() {
+    let mut c = VitConfig::tiny(16, 4, 3);
+    (c.embed_dim, c.depth, c.num_heads, c.init_values) = (12, 2, 3, Some(0.1));
+    let vit = Vit::new(c.clone(), &mut Init::new(7)).unwrap();
+    assert_eq!(vit.config(), &c);
+    let again = Vit::load(c, vit.state_dict().unwrap(), "state_dict").unwrap();
+    assert_eq!(again, vit);
+}
