@@ -23,8 +23,19 @@ Times, on the shapes of the Rust benches (ViT-B: H = 12 heads of d = 64, model w
   Note: with add_self_loops=True, GAT/GATv2 first remove and then re-add one self-loop per node.
   Our graphs already hold exactly one self-loop per node, so the edge count they run on is E.
 
+- `timm`: whole ViT forwards, `timm.create_model(name, pretrained=False)` (random init) for
+  vit_tiny_patch16_224, vit_small_patch16_224, vit_base_patch16_224, `.eval()`, under
+  `torch.inference_mode()`, input `[B, 3, 224, 224]`, B in {1, 8} (N = 197 tokens). Reported per
+  batch (median_ms), per image (ms_per_image = median_ms / B) and as images_per_s = 1000 B / median_ms.
+  GFLOP/s = B * F / t with F the matmul FLOPs of one image, 2 * multiply-adds: patch embedding
+  2 * 196 * (3*16*16) * D, per block 24 * N * D^2 + 4 * N^2 * D (qkv, proj, MLP with hidden 4D, QK^T,
+  PV), head 2 * D * 1000 (LayerNorm, softmax, GELU not counted). F = 2.5, 9.2, 35.1 GFLOP for
+  tiny / small / base (twice the usual "GMACs" of 1.3, 4.6, 17.6).
+  Needs timm (imported only when this section runs).
+
 Each case: 3 warm-up calls, then timed calls until at least --min-time seconds and at least 5
-calls; the median is reported.
+calls (timm: at least 10); the median is reported. timm with --quick: 1 warm-up, 3 timed calls,
+no minimum time.
 
 Run (needs torch and torch_geometric; keep the venv out of the repo):
     python3 -m venv /tmp/pgvenv && /tmp/pgvenv/bin/pip install torch torch_geometric numpy
@@ -32,10 +43,13 @@ Run (needs torch and torch_geometric; keep the venv out of the repo):
         [--only SUBSTRING] [--json FILE]
 `--quick` keeps only N in {50, 197} (a smoke test); `--only` keeps the ops whose name contains the
 substring (case-insensitive; op names: sdpa, torch_mm_2048, GATConv_knn8, GATv2Conv_complete,
-TransformerConv_knn32, ...). Prints a table; `--json FILE` also writes a list of records
+TransformerConv_knn32, ...; the timm ops are matched as timm_vit_tiny_patch16_224, ..., so
+`--only timm` selects the three ViTs and `--only vit_base` one of them). Prints a table; `--json FILE`
+also writes a list of records
 {"peer", "op", "B", "N", "k", "H", "d", "median_ms", "gflops", "threads", "torch", "pyg", ...}
 (k null for dense ops, gflops null for PyG; extras: calls, min_ms, max_rss_mib, and for PyG E, graph,
-graph_build_ms).
+graph_build_ms; for timm (op = the model name, H and d its heads and head width): timm,
+ms_per_image, images_per_s, img_size, embed_dim, depth, params, flops_per_image, fused_attn).
 """
 
 import argparse
@@ -50,6 +64,8 @@ import numpy as np
 import torch
 
 GRIDS = (7, 14, 28, 56)  # N = g*g + 1 = 50, 197, 785, 3137
+TIMM_MODELS = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224")
+TIMM_BATCHES = (1, 8)
 KNN_KS = (8, 16, 32)
 H, D, WIDTH = 12, 64, 768
 COMPLETE_PROBE_LIMIT_S = 10.0
@@ -96,6 +112,17 @@ def complete_graph(n: int) -> np.ndarray:
     ei = np.stack([src, dst]).astype(np.int64)
     assert ei.shape[1] == n * n
     return ei
+
+
+def vit_flops_per_image(img: int, patch: int, dim: int, depth: int, classes: int, mlp_ratio: float = 4.0,
+                        in_chans: int = 3, prefix_tokens: int = 1) -> int:
+    """Matmul FLOPs (2 * multiply-adds) of one ViT forward; norms, softmax and GELU not counted."""
+    p = (img // patch) ** 2
+    n = p + prefix_tokens
+    hidden = int(dim * mlp_ratio)
+    embed = 2 * p * (in_chans * patch * patch) * dim
+    block = 2 * n * dim * 3 * dim + 2 * n * dim * dim + 2 * 2 * n * dim * hidden + 2 * 2 * n * n * dim
+    return embed + depth * block + 2 * dim * classes
 
 
 def wanted(op: str, only) -> bool:
@@ -237,6 +264,53 @@ def main() -> None:
                     del ei, ei_np
             for note in notes:
                 print(f"# note: {note}")
+
+    # 4. timm ViT forwards.
+    timm_ops = [m for m in TIMM_MODELS if wanted(f"timm_{m}", args.only)]
+    if timm_ops:
+        with warnings.catch_warnings(record=True) as w_timm:
+            warnings.simplefilter("always")
+            import timm
+        caught += list(w_timm)
+        timm_v = timm.__version__
+        print(f"# timm {timm_v}: create_model(name, pretrained=False).eval(), torch.inference_mode(), "
+              + ("1 warm-up + 3 timed calls (--quick)" if args.quick
+                 else f">= 10 calls and >= {args.min_time} s after 3 warm-ups"), flush=True)
+        for name in timm_ops:
+            torch.manual_seed(0)
+            with warnings.catch_warnings(record=True) as w_model:
+                warnings.simplefilter("always")
+                model = timm.create_model(name, pretrained=False).eval()
+            caught += list(w_model)
+            img = model.patch_embed.img_size[0]
+            patch = model.patch_embed.patch_size[0]
+            dim, depth = model.embed_dim, len(model.blocks)
+            heads = model.blocks[0].attn.num_heads
+            n = model.patch_embed.num_patches + model.num_prefix_tokens
+            flops = vit_flops_per_image(img, patch, dim, depth, model.num_classes,
+                                        mlp_ratio=model.blocks[0].mlp.fc1.out_features / dim,
+                                        prefix_tokens=model.num_prefix_tokens)
+            params = sum(p.numel() for p in model.parameters())
+            print(f"# {name}: D={dim}, depth={depth}, heads={heads}, N={n}, params={params / 1e6:.1f} M, "
+                  f"{flops / 1e9:.2f} GFLOP/image, fused_attn={model.blocks[0].attn.fused_attn}", flush=True)
+            for b in TIMM_BATCHES:
+                x = torch.randn(b, 3, img, img, generator=gen)
+                with torch.inference_mode():
+                    fn = lambda: model(x)
+                    if args.quick:
+                        ms, min_ms, calls = time_call(fn, 0.0, min_calls=3, warmup=1)
+                    else:
+                        ms, min_ms, calls = time_call(fn, args.min_time, min_calls=10, warmup=3)
+                    assert fn().shape == (b, model.num_classes)
+                record("timm", name, b, n, None, ms, min_ms, calls, b * flops / (ms * 1e-3) / 1e9,
+                       H=heads, d=dim // heads, timm=timm_v, ms_per_image=ms / b,
+                       images_per_s=1e3 * b / ms, img_size=img, embed_dim=dim, depth=depth,
+                       params=params, flops_per_image=flops,
+                       fused_attn=bool(model.blocks[0].attn.fused_attn))
+                print(f"#   {name} B={b}: {ms:.2f} ms/batch, {ms / b:.2f} ms/image, "
+                      f"{1e3 * b / ms:.1f} images/s", flush=True)
+                del x
+            del model
 
     print()
     seen = set()
