@@ -15,6 +15,11 @@
 //! assert!(map.finish().is_err()); // `typo.bias` was never used
 //! ```
 
+mod layout;
+mod npz;
+
+pub use layout::permute_axes;
+
 use crate::error::{Error, Result};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::BTreeMap;
