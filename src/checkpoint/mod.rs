@@ -15,6 +15,13 @@
 //! assert!(map.finish().is_err()); // `typo.bias` was never used
 //! ```
 
+mod google_vit;
+mod layout;
+mod npz;
+
+pub use google_vit::{google_vit_to_timm, timm_vit_to_google};
+pub use layout::permute_axes;
+
 use crate::error::{Error, Result};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::BTreeMap;
