@@ -21,6 +21,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod graph;
 pub mod image;
+pub mod infer;
 pub mod kernels;
 pub mod nn;
 pub mod tensor;

@@ -11,12 +11,25 @@
 //!                  [--heads 12] [--head-dim 64] [--runs 10] [--threads T] [--json FILE]
 //! ```
 //! `bench` times dense (complete graph) against sparse (k-NN graph) attention, prints time,
-//! GFLOP/s and peak extra memory per case and the measured crossover density.
+//! GFLOP/s and peak extra memory per case and the measured crossover density. With
+//! `--vit vit_tiny_patch16_224,...` it times whole ViT forwards (seeded random weights) instead,
+//! at each batch size: ms per batch, ms per image, images/s.
+//!
+//! ```text
+//! patchgraph infer --checkpoint FILE (--config FILE | --arch NAME) INPUT... [--topk 5]
+//!                  [--labels FILE] [--graph SPEC[,SPEC...]] [--compare] [--json]
+//! ```
+//! `infer` classifies images (timm's eval transform) or prepared tensors (`.npy`,
+//! `.safetensors`) with a timm safetensors or Google `.npz` ViT checkpoint, on the complete graph
+//! or any other; `--compare` reports top-1 agreement, KL divergence and speed-up against the
+//! complete graph.
 
 use clap::{Parser, Subcommand};
 use patchgraph::bench::{Case, GraphKind, MemoryProbe, Record, crossover, run_case};
 use patchgraph::graph::GraphSpec;
-use patchgraph::image::{ImageTransform, patch_grid, patchify};
+use patchgraph::image::{ChwImage, ImageTransform, Interpolation, Normalization, patch_grid, patchify};
+use patchgraph::infer::{Preprocess, compare, load_inputs, load_labels, load_vit, predict, top_k};
+use patchgraph::nn::{Init, Vit, VitConfig, VitOptions};
 use patchgraph::{Error, Graph, Result};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
@@ -84,6 +97,55 @@ enum Command {
         /// Also write every record as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Time whole ViT forwards of these architectures instead (e.g. vit_tiny_patch16_224).
+        #[arg(long, value_delimiter = ',')]
+        vit: Vec<String>,
+    },
+    /// Classify images with a ViT checkpoint (timm safetensors or Google .npz).
+    Infer {
+        /// Checkpoint: a timm-named `.safetensors` state dict, or a Google ViT `.npz`.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Model config as JSON, with timm's `VisionTransformer` argument names.
+        #[arg(long, conflicts_with = "arch", required_unless_present = "arch")]
+        config: Option<PathBuf>,
+        /// Architecture: vit_{tiny,small,base,large}_patch{16,32}_{224,384}, or ViT-B_16 and the like.
+        #[arg(long)]
+        arch: Option<String>,
+        /// Images (any format `image` reads), or prepared tensors (`.npy`, `.safetensors`) [C,H,W] or [B,C,H,W].
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Classes to print per input.
+        #[arg(long, default_value_t = 5)]
+        topk: usize,
+        /// Class names, one per line (default: the bundled ImageNet-1k names for 1000 classes).
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// Attention graph: one spec for every layer, or one per layer, comma-separated
+        /// (complete, grid8:1, grid:8, window:7, nat:7, knn:16, fknn:9:2, knn-feature:9:dilation=2, ...).
+        #[arg(long, default_value = "complete")]
+        graph: String,
+        /// Also run the complete graph and report top-1 agreement, KL divergence and speed-up.
+        #[arg(long)]
+        compare: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Model input side (default: the config's); the position embedding is resampled to it.
+        #[arg(long)]
+        img_size: Option<usize>,
+        /// Resize the shorter side to img_size / crop_pct before the centre crop.
+        #[arg(long, default_value_t = 0.875)]
+        crop_pct: f64,
+        /// Normalisation: inception (mean = std = 0.5, Google's and timm's augreg ViTs) or imagenet.
+        #[arg(long, default_value = "inception")]
+        norm: String,
+        /// Timed forwards per graph for --compare (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// rayon threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
     },
 }
 
@@ -158,16 +220,198 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { sizes, ks, batches, scores, heads, head_dim, runs, threads, no_crossover, json } => {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads.unwrap_or(0))
-                .build()
-                .map_err(|e| Error::invalid("--threads", e.to_string()))?;
-            pool.install(|| {
-                bench(&sizes, &ks, &batches, &scores, heads, head_dim, runs, !no_crossover, json.as_deref())
+        Command::Bench { sizes, ks, batches, scores, heads, head_dim, runs, threads, no_crossover, json, vit } => {
+            thread_pool(threads)?.install(|| {
+                if vit.is_empty() {
+                    bench(&sizes, &ks, &batches, &scores, heads, head_dim, runs, !no_crossover, json.as_deref())
+                } else {
+                    bench_vit(&vit, &batches, runs, json.as_deref())
+                }
             })
         }
+        Command::Infer {
+            checkpoint,
+            config,
+            arch,
+            inputs,
+            topk,
+            labels,
+            graph,
+            compare,
+            json,
+            img_size,
+            crop_pct,
+            norm,
+            runs,
+            threads,
+        } => {
+            let args = InferArgs {
+                checkpoint,
+                config,
+                arch,
+                inputs,
+                topk,
+                labels,
+                graph,
+                compare,
+                json,
+                img_size,
+                crop_pct,
+                norm,
+                runs,
+            };
+            thread_pool(threads)?.install(|| infer(&args))
+        }
     }
+}
+
+fn thread_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.unwrap_or(0))
+        .build()
+        .map_err(|e| Error::invalid("--threads", e.to_string()))
+}
+
+struct InferArgs {
+    checkpoint: PathBuf,
+    config: Option<PathBuf>,
+    arch: Option<String>,
+    inputs: Vec<PathBuf>,
+    topk: usize,
+    labels: Option<PathBuf>,
+    graph: String,
+    compare: bool,
+    json: bool,
+    img_size: Option<usize>,
+    crop_pct: f64,
+    norm: String,
+    runs: usize,
+}
+
+fn infer(a: &InferArgs) -> Result<()> {
+    let mut config = match (&a.config, &a.arch) {
+        (Some(path), _) => VitConfig::from_json_file(path)?,
+        (None, Some(name)) => VitConfig::arch(name)?,
+        (None, None) => return Err(Error::invalid("infer", "give --config FILE or --arch NAME")),
+    };
+    if let Some(size) = a.img_size {
+        config.img_size = size;
+    }
+    let (vit, notes) = load_vit(&a.checkpoint, config)?;
+    let cfg = vit.config().clone();
+    let normalization = match a.norm.as_str() {
+        "inception" => Normalization::inception(),
+        "imagenet" => Normalization::imagenet(),
+        other => return Err(Error::invalid("--norm", format!("`{other}`: expected inception or imagenet"))),
+    };
+    let preprocess = Preprocess {
+        img_size: cfg.img_size,
+        crop_pct: a.crop_pct,
+        interpolation: Interpolation::Bicubic,
+        normalization,
+    };
+    let inputs = load_inputs(&a.inputs, &preprocess)?;
+    let images: Vec<_> = inputs.iter().map(|i| i.image.clone()).collect();
+    let graphs = a.graph.split(',').map(|s| s.trim().parse()).collect::<Result<Vec<GraphSpec>>>()?;
+    let labels = load_labels(a.labels.as_deref(), cfg.num_classes)?;
+    let options = VitOptions { graphs: graphs.clone(), ..Default::default() };
+    let (probs, seconds) = predict(&vit, &images, &options, if a.compare { a.runs } else { 1 })?;
+    let comparison = if a.compare {
+        let (complete, complete_seconds) = predict(&vit, &images, &VitOptions::default(), a.runs)?;
+        Some(compare(&complete, &probs, complete_seconds, seconds))
+    } else {
+        None
+    };
+    let label = |c: usize| labels.as_ref().map_or(String::new(), |l| l[c].clone());
+    let graph_text = graphs.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(",");
+    if a.json {
+        let results: Vec<_> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, input)| {
+                let top: Vec<_> = top_k(probs.row(i), a.topk)
+                    .into_iter()
+                    .map(|(c, p)| serde_json::json!({ "class": c, "label": label(c), "probability": p }))
+                    .collect();
+                serde_json::json!({ "input": input.name, "top": top })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "checkpoint": a.checkpoint.display().to_string(),
+            "config": cfg,
+            "adapted": notes,
+            "graph": graph_text,
+            "seconds_per_forward": seconds,
+            "results": results,
+            "compare": comparison,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| Error::invalid("JSON", e.to_string()))?);
+        return Ok(());
+    }
+    println!(
+        "model: ViT D={} depth={} heads={} patch={} img={} classes={}, graph: {graph_text}",
+        cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.patch_size, cfg.img_size, cfg.num_classes
+    );
+    for n in &notes {
+        println!("adapted: {n}");
+    }
+    for (i, input) in inputs.iter().enumerate() {
+        println!("{}", input.name);
+        for (rank, (c, p)) in top_k(probs.row(i), a.topk).into_iter().enumerate() {
+            println!("  {:>2}. {p:.4}  {c:>5}  {}", rank + 1, label(c));
+        }
+    }
+    if let Some(c) = comparison {
+        println!(
+            "against the complete graph: top-1 agreement {:.1}%, mean KL(complete || {graph_text}) {:.4} nats, \
+             {:.1} ms vs {:.1} ms per forward (speed-up {:.2}x)",
+            100.0 * c.top1_agreement,
+            c.mean_kl,
+            1e3 * c.complete_seconds,
+            1e3 * c.sparse_seconds,
+            c.speedup
+        );
+    }
+    Ok(())
+}
+
+/// Times whole ViT forwards (seeded random weights, random normal images) per arch and batch.
+fn bench_vit(archs: &[String], batches: &[usize], runs: usize, json: Option<&Path>) -> Result<()> {
+    println!("patchgraph bench --vit: {} rayon threads, median of {runs} runs", rayon::current_num_threads());
+    println!("{:<24} {:>3} {:>12} {:>12} {:>10}", "model", "B", "ms/batch", "ms/image", "images/s");
+    let mut records = Vec::new();
+    for arch in archs {
+        let config = VitConfig::arch(arch)?;
+        let vit = Vit::new(config.clone(), &mut Init::new(0))?;
+        for &b in batches {
+            let mut init = Init::new(1);
+            let side = config.img_size;
+            let images = (0..b)
+                .map(|_| ChwImage::new(3, side, side, init.normal(3 * side * side, 1.0)))
+                .collect::<Result<Vec<_>>>()?;
+            vit.forward(&images)?; // warm-up
+            let mut times: Vec<f64> = (0..runs.max(1))
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    vit.forward(&images).map(|_| t.elapsed().as_secs_f64() * 1e3)
+                })
+                .collect::<Result<_>>()?;
+            times.sort_by(f64::total_cmp);
+            let ms = times[times.len() / 2];
+            println!("{arch:<24} {b:>3} {ms:>12.2} {:>12.2} {:>10.2}", ms / b as f64, 1e3 * b as f64 / ms);
+            records.push(serde_json::json!({
+                "model": arch, "batch": b, "median_ms": ms, "ms_per_image": ms / b as f64,
+                "images_per_s": 1e3 * b as f64 / ms, "runs": runs, "threads": rayon::current_num_threads(),
+            }));
+        }
+    }
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&serde_json::json!({ "records": records }))
+            .map_err(|e| Error::invalid("bench JSON", e.to_string()))?;
+        write_atomically(path, text.as_bytes())?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

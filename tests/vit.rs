@@ -191,6 +191,105 @@ fn sparse_graphs_run_the_same_weights() {
     assert!(mixed.max_abs_diff(&complete) > 1e-3 && mixed.max_abs_diff(&knn) > 1e-3);
 }
 
+/// Google's `.npz` naming (written by the fixture script and checked there with timm's own
+/// `_load_weights`) maps to the same model, hence timm's logits.
+#[test]
+fn google_npz_gives_timm_logits() {
+    let path = format!("{}/tiny_token.npz", dir());
+    let map = patchgraph::infer::load_checkpoint(&path).unwrap();
+    let vit = Vit::load(config("tiny_token"), map, &path).unwrap();
+    assert_eq!(vit, Vit::load(config("tiny_token"), weights("tiny_token"), "st").unwrap());
+    let (images, out) = io("tiny_token");
+    assert_close("npz logits", &vit.forward(&images).unwrap(), &matrix(&out, "logits_f64"), MODEL_TOL);
+}
+
+/// `patchgraph infer` on a prepared tensor (the fixture's input batch) ranks timm's top class
+/// first for both images, with the probabilities of timm's logits, in its JSON output.
+#[test]
+fn infer_command_ranks_timm_classes() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_patchgraph"))
+        .args(["infer", "--checkpoint", &format!("{}/tiny_token.safetensors", dir())])
+        .args(["--config", &format!("{}/tiny_token.json", dir()), "--json", "--topk", "3"])
+        .arg(format!("{}/tiny_token.io.safetensors", dir()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (_, io_map) = io("tiny_token");
+    let logits = matrix(&io_map, "logits_f64");
+    let results = json["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    for (i, r) in results.iter().enumerate() {
+        let row = logits.row(i);
+        let best = (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+        let top = &r["top"][0];
+        assert_eq!(top["class"].as_u64().unwrap() as usize, best, "input {i}");
+        // softmax probability of the best class, from timm's logits
+        let z: f64 = row.iter().map(|v| ((*v - row[best]) as f64).exp()).sum();
+        let p = top["probability"].as_f64().unwrap();
+        assert!((p - 1.0 / z).abs() < 1e-4, "input {i}: {p} vs {}", 1.0 / z);
+        assert_eq!(r["top"].as_array().unwrap().len(), 3);
+    }
+}
+
+/// `--compare` on a sparse graph reports agreement in [0, 1], a non-negative KL and timings; a
+/// bad graph spec or a missing checkpoint is an error message, not a panic.
+#[test]
+fn infer_command_compares_and_reports_errors() {
+    let run = |extra: &[&str], ckpt: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_patchgraph"))
+            .args(["infer", "--checkpoint", ckpt, "--config", &format!("{}/avg_pool.json", dir())])
+            .args(extra)
+            .arg(format!("{}/avg_pool.io.safetensors", dir()))
+            .output()
+            .unwrap()
+    };
+    let ckpt = format!("{}/avg_pool.safetensors", dir());
+    let out = run(&["--graph", "knn:2", "--compare", "--json", "--runs", "1"], &ckpt);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = &json["compare"];
+    let agreement = c["top1_agreement"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&agreement));
+    assert!(c["mean_kl"].as_f64().unwrap() > 0.0, "a 2-NN graph changes the predictions");
+    assert!(c["complete_seconds"].as_f64().unwrap() > 0.0);
+    let bad = run(&["--graph", "knn"], &ckpt);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("graph spec"));
+    let missing = run(&[], "/nonexistent/model.safetensors");
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/model.safetensors"));
+}
+
+/// A prepared `.npy` input (bytes as `np.save` writes them) is read as `[C, H, W]`.
+#[test]
+fn npy_input_is_read_as_prepared_tensor() {
+    let (images, _) = io("tiny_token");
+    let img = &images[0];
+    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 32, 32), }";
+    let mut h = header.to_string();
+    while (10 + h.len() + 1) % 64 != 0 {
+        h.push(' ');
+    }
+    h.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(h.as_bytes());
+    bytes.extend(img.as_slice().iter().flat_map(|v| v.to_le_bytes()));
+    let path = std::env::temp_dir().join(format!("pg-input-{}.npy", std::process::id()));
+    std::fs::write(&path, &bytes).unwrap();
+    let pre = patchgraph::infer::Preprocess {
+        img_size: 32,
+        crop_pct: 0.875,
+        interpolation: patchgraph::image::Interpolation::Bicubic,
+        normalization: patchgraph::image::Normalization::inception(),
+    };
+    let inputs = patchgraph::infer::load_inputs(&[&path], &pre).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(inputs.len(), 1);
+    assert_eq!(inputs[0].image.as_slice(), img.as_slice());
+}
+
 /// A fresh model saves and reloads to the same model, and its config is the one asked for.
 #[test]
 fn fresh_model_round_trips() {

@@ -208,6 +208,20 @@ enum NpyError {
     DType(String),
 }
 
+/// Reads one `.npy` array (the format `np.save` writes) as a float tensor; integer arrays are
+/// converted to f32. `what` names the source in errors.
+pub fn read_npy(bytes: &[u8], what: &str) -> Result<Tensor> {
+    let array = parse_npy(bytes).map_err(|e| match e {
+        NpyError::Format(reason) => Error::Format { path: what.to_string(), reason },
+        NpyError::DType(dtype) => Error::DType { name: what.to_string(), dtype, expected: READABLE.to_string() },
+    })?;
+    let data = match array.values {
+        Values::Float(data) => data,
+        Values::Int(data) => data.into_iter().map(|v| v as f32).collect(),
+    };
+    Ok(Tensor { shape: array.shape, data })
+}
+
 enum Values {
     Float(Vec<f32>),
     Int(Vec<i64>),

@@ -11,6 +11,9 @@
 //! | `fknn:K:D`, `fknn-cos:K:D` | ViG: feature k-NN (L2 / cosine) with dilation `D` (default 1), self included |
 //! | `random:K:SEED` | `K` random sources per patch (seed defaults to 0) |
 //!
+//! Aliases: `grid:4` and `grid:8` are `grid4:1` and `grid8:1`; `knn-feature:K:dilation=D` is
+//! `fknn:K:D`. [`GraphSpec`]'s `Display` writes the canonical form.
+//!
 //! With a class token, [`GraphSpec::build`] prepends it as node 0 linked both ways to every
 //! patch (with its self-loop), as in timm's token order; `complete` stays one complete graph.
 //!
@@ -21,6 +24,9 @@
 //! assert_eq!(g.in_degree(0), 4); // a corner: itself and 3 neighbours
 //! assert_eq!(spec.to_string(), "grid8:1");
 //! assert!("grid9".parse::<GraphSpec>().is_err());
+//! assert_eq!("grid:8".parse::<GraphSpec>().unwrap().to_string(), "grid8:1");
+//! assert_eq!("knn-feature:9:dilation=2".parse::<GraphSpec>().unwrap().to_string(), "fknn:9:2");
+//! assert!("grid:5".parse::<GraphSpec>().is_err());
 //! ```
 
 use super::{Graph, KnnOptions, Metric, Neighbourhood, WindowKind};
@@ -105,6 +111,17 @@ impl FromStr for GraphSpec {
                 metric: if name == "fknn" { Metric::L2 } else { Metric::Cosine },
             },
             "random" => GraphSpec::Random { degree: parse_num(s, a, None)?, seed: parse_num(s, b, Some(0))? },
+            // Aliases: `grid:4` / `grid:8` (radius 1) and `knn-feature:K[:dilation=D]`.
+            "grid" => match a {
+                Some("4") => GraphSpec::Grid { neighbourhood: Neighbourhood::Four, radius: 1 },
+                Some("8") => GraphSpec::Grid { neighbourhood: Neighbourhood::Eight, radius: 1 },
+                _ => return Err(Error::invalid("graph spec", format!("`{s}`: expected grid:4 or grid:8"))),
+            },
+            "knn-feature" => GraphSpec::FeatureKnn {
+                k: parse_num(s, a, None)?,
+                dilation: parse_num(s, b.map(|d| d.strip_prefix("dilation=").unwrap_or(d)), Some(1))?,
+                metric: Metric::L2,
+            },
             _ => {
                 return Err(Error::invalid(
                     "graph spec",
@@ -114,7 +131,7 @@ impl FromStr for GraphSpec {
                 ));
             }
         };
-        let takes_b = matches!(spec, GraphSpec::FeatureKnn { .. } | GraphSpec::Random { .. });
+        let takes_b = matches!(spec, GraphSpec::FeatureKnn { .. } | GraphSpec::Random { .. }) && name != "grid";
         if (matches!(spec, GraphSpec::Complete) && a.is_some()) || (!takes_b && b.is_some()) {
             return Err(Error::invalid("graph spec", format!("`{s}` has too many `:` fields")));
         }

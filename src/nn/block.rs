@@ -141,12 +141,24 @@ impl Block {
         x: &Matrix,
         options: &ForwardOptions<'_>,
     ) -> Result<(Matrix, Option<AttentionWeights>)> {
-        let a = self.attn.forward_with(graph, &self.norm1.forward(x)?, options)?;
         let mut x = x.clone();
-        residual(&mut x, &a.out, self.ls1.as_deref());
-        let m = self.mlp.forward(&self.norm2.forward(&x)?)?;
-        residual(&mut x, &m, self.ls2.as_deref());
-        Ok((x, a.weights))
+        let weights = self.forward_in_place(graph, &mut x, options)?;
+        Ok((x, weights))
+    }
+
+    /// Forward updating `x` in place (no copy of the residual stream); returns the attention
+    /// weights when `options.weights` asks for them.
+    pub fn forward_in_place(
+        &self,
+        graph: &Graph,
+        x: &mut Matrix,
+        options: &ForwardOptions<'_>,
+    ) -> Result<Option<AttentionWeights>> {
+        let a = self.attn.forward_with(graph, &self.norm1.forward(x)?, options)?;
+        residual(x, &a.out, self.ls1.as_deref());
+        let m = self.mlp.forward(&self.norm2.forward(x)?)?;
+        residual(x, &m, self.ls2.as_deref());
+        Ok(a.weights)
     }
 }
 

@@ -48,23 +48,39 @@ impl LayerNorm {
         map.insert(format!("{prefix}.bias"), vec![self.bias.len()], self.bias.clone())
     }
 
-    /// Normalises every row of `x` `[N x D]`.
+    /// Normalises every row of `x` `[N x D]` (rows in parallel; each row's arithmetic is fixed,
+    /// so the bits do not depend on the thread count).
     pub fn forward(&self, x: &Matrix) -> Result<Matrix> {
+        use rayon::prelude::*;
         let d = self.weight.len();
         x.expect_cols("layer norm input", d)?;
         let mut y = x.clone();
-        for n in 0..y.rows() {
-            let row = y.row_mut(n);
-            let mean = row.iter().sum::<f32>() / d as f32;
-            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
-            let inv = 1.0 / (var + self.eps).sqrt();
-            for ((v, w), b) in row.iter_mut().zip(&self.weight).zip(&self.bias) {
-                *v = (*v - mean) * inv * w + b;
-            }
+        if d == 0 {
+            return Ok(y);
         }
+        let rows_per_task = (ROWS_PER_TASK_ELEMENTS / d).max(1);
+        y.as_mut_slice().par_chunks_mut(rows_per_task * d).for_each(|rows| {
+            for row in rows.chunks_exact_mut(d) {
+                self.normalize_row(row);
+            }
+        });
         Ok(y)
     }
+
+    /// `row = (row - mean) / sqrt(var + eps) * weight + bias`, biased variance, in f32.
+    fn normalize_row(&self, row: &mut [f32]) {
+        let d = row.len() as f32;
+        let mean = row.iter().sum::<f32>() / d;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d;
+        let inv = 1.0 / (var + self.eps).sqrt();
+        for ((v, w), b) in row.iter_mut().zip(&self.weight).zip(&self.bias) {
+            *v = (*v - mean) * inv * w + b;
+        }
+    }
 }
+
+/// About this many elements per rayon task.
+const ROWS_PER_TASK_ELEMENTS: usize = 1 << 14;
 
 #[cfg(test)]
 mod tests {

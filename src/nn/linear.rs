@@ -30,10 +30,52 @@ pub struct Linear {
 /// GEMMs below this many multiply-adds run on one thread (rayon's overhead dominates).
 const PARALLEL_FLOPS: usize = 1 << 20;
 
+/// Output columns per task of a split GEMM (a multiple of the 16-lane AVX-512 width).
+const COLUMN_BLOCK: usize = 128;
+
 /// faer parallelism for an `[m x k] x [k x n]` product on the current rayon pool.
 pub(crate) fn gemm_par(m: usize, k: usize, n: usize) -> Par {
     if m * k * n >= PARALLEL_FLOPS && rayon::current_num_threads() > 1 { Par::rayon(0) } else { Par::Seq }
 }
+
+/// `y (+)= x w^T` with `y [m x n]` row-major, `x [m x k]`, `w [n x k]`.
+///
+/// Large products are split into blocks of [`COLUMN_BLOCK`] output columns, one rayon task per
+/// block, each a sequential faer GEMM: no spin barrier inside the GEMM (faer's parallel GEMM
+/// synchronises its threads at every packed panel, which costs most of a small product and
+/// stalls when the machine is shared), and `x` is packed by every task but `w`'s rows only once.
+/// The blocks are the same on any thread count, so the bits are too.
+pub(crate) fn gemm_xwt(y: &mut Matrix, accum: Accum, x: faer::MatRef<'_, f32>, w: faer::MatRef<'_, f32>) {
+    use rayon::prelude::*;
+    let (m, k, n) = (x.nrows(), x.ncols(), w.nrows());
+    if m * k * n < PARALLEL_FLOPS || n <= COLUMN_BLOCK || rayon::current_num_threads() == 1 {
+        // One block, or the same blocks in sequence (identical arithmetic per column block).
+        for n0 in (0..n).step_by(COLUMN_BLOCK.max(1)) {
+            let width = COLUMN_BLOCK.min(n - n0);
+            let yb = y.as_faer_mut().subcols_mut(n0, width);
+            matmul(yb, accum, x, w.subrows(n0, width).transpose(), 1.0, Par::Seq);
+        }
+        return;
+    }
+    let cols = y.cols();
+    let y_ptr = SendPtr(y.as_mut_slice().as_mut_ptr());
+    (0..n.div_ceil(COLUMN_BLOCK)).into_par_iter().for_each(|b| {
+        let n0 = b * COLUMN_BLOCK;
+        let width = COLUMN_BLOCK.min(n - n0);
+        let y_ptr = &y_ptr;
+        // SAFETY: `y` is a live row-major `[m x cols]` buffer borrowed mutably for this whole
+        // call; task `b` writes only columns `n0 .. n0 + width` of it, disjoint from every other
+        // task's columns, and the view's strides (row stride `cols`, column stride 1) stay inside
+        // the buffer for `m` rows.
+        let yb = unsafe { faer::MatMut::from_raw_parts_mut(y_ptr.0.add(n0), m, width, cols as isize, 1) };
+        matmul(yb, accum, x, w.subrows(n0, width).transpose(), 1.0, Par::Seq);
+    });
+}
+
+/// A raw pointer that rayon tasks may share (each writes a disjoint part; see `gemm_xwt`).
+struct SendPtr(*mut f32);
+// SAFETY: the pointer is only dereferenced through disjoint column blocks (see `gemm_xwt`).
+unsafe impl Sync for SendPtr {}
 
 impl Linear {
     /// From a weight `[out x in]` and an optional bias `[out]`.
@@ -101,16 +143,25 @@ impl Linear {
                 format!("{outputs}"),
             ));
         }
-        let mut y = Matrix::zeros(x.rows(), outputs);
         let par = gemm_par(x.rows(), self.in_dim(), outputs);
         let w = self.weight.as_faer().subrows(0, outputs);
-        matmul(y.as_faer_mut(), Accum::Replace, x.as_faer(), w.transpose(), 1.0, par);
-        if let Some(b) = &self.bias {
-            for n in 0..y.rows() {
-                for (v, bb) in y.row_mut(n).iter_mut().zip(b) {
-                    *v += bb;
+        // y starts as the bias broadcast to every row and the GEMM accumulates onto it: one pass
+        // over y instead of zeroing it and adding the bias afterwards.
+        let mut y = match &self.bias {
+            Some(b) => {
+                let mut data = Vec::with_capacity(x.rows() * outputs);
+                for _ in 0..x.rows() {
+                    data.extend_from_slice(&b[..outputs]);
                 }
+                Matrix::from_vec(x.rows(), outputs, data)?
             }
+            None => Matrix::zeros(x.rows(), outputs),
+        };
+        let accum = if self.bias.is_some() { Accum::Add } else { Accum::Replace };
+        if split_gemm() {
+            gemm_xwt(&mut y, accum, x.as_faer(), w);
+        } else {
+            matmul(y.as_faer_mut(), accum, x.as_faer(), w.transpose(), 1.0, par);
         }
         Ok(y)
     }
@@ -165,6 +216,11 @@ impl Linear {
             (s + self.bias.as_ref().map_or(0.0, |b| b[o] as f64)) as f32
         }))
     }
+}
+
+/// Temporary switch for measuring: `PATCHGRAPH_FAER_PAR=1` uses faer's own parallel GEMM.
+fn split_gemm() -> bool {
+    std::env::var_os("PATCHGRAPH_FAER_PAR").is_none()
 }
 
 #[cfg(test)]

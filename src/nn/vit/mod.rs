@@ -275,9 +275,7 @@ impl Vit {
                 },
             };
             let fo = ForwardOptions { path: options.path, weights: options.weights, ..Default::default() };
-            let (y, w) = block.forward_returning_weights(&graph, &x, &fo)?;
-            x = y;
-            weights.extend(w);
+            weights.extend(block.forward_in_place(&graph, &mut x, &fo)?);
         }
         if let Some(n) = &self.norm {
             x = n.forward(&x)?;
