@@ -5,6 +5,7 @@
 //!   destination is reduced by one thread, in edge order).
 //! - [`dense`]: complete graphs and batches of them, per (block, head, query tile), key/value
 //!   tiles streamed with an online softmax, score and output tiles by faer GEMM; O(N d) memory.
+//! - [`gemm`]: the linear layers' GEMM `y (+)= x w^T`, parallel over fixed column blocks.
 //! - [`simd`]: the vector primitives both use (pulp, runtime AVX-512 / AVX2+FMA / scalar
 //!   dispatch), each beside its scalar reference.
 //!
@@ -18,5 +19,6 @@
 //! ```
 
 pub mod dense;
+pub mod gemm;
 pub mod simd;
 pub mod sparse;

@@ -15,8 +15,7 @@ use super::Init;
 use crate::checkpoint::TensorMap;
 use crate::error::{Error, Result};
 use crate::tensor::Matrix;
-use faer::linalg::matmul::matmul;
-use faer::{Accum, Par};
+use faer::Accum;
 
 /// A fully connected layer.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,56 +25,6 @@ pub struct Linear {
     /// `[out]`, if any.
     pub bias: Option<Vec<f32>>,
 }
-
-/// GEMMs below this many multiply-adds run on one thread (rayon's overhead dominates).
-const PARALLEL_FLOPS: usize = 1 << 20;
-
-/// Output columns per task of a split GEMM (a multiple of the 16-lane AVX-512 width).
-const COLUMN_BLOCK: usize = 128;
-
-/// faer parallelism for an `[m x k] x [k x n]` product on the current rayon pool.
-pub(crate) fn gemm_par(m: usize, k: usize, n: usize) -> Par {
-    if m * k * n >= PARALLEL_FLOPS && rayon::current_num_threads() > 1 { Par::rayon(0) } else { Par::Seq }
-}
-
-/// `y (+)= x w^T` with `y [m x n]` row-major, `x [m x k]`, `w [n x k]`.
-///
-/// Large products are split into blocks of [`COLUMN_BLOCK`] output columns, one rayon task per
-/// block, each a sequential faer GEMM: no spin barrier inside the GEMM (faer's parallel GEMM
-/// synchronises its threads at every packed panel, which costs most of a small product and
-/// stalls when the machine is shared), and `x` is packed by every task but `w`'s rows only once.
-/// The blocks are the same on any thread count, so the bits are too.
-pub(crate) fn gemm_xwt(y: &mut Matrix, accum: Accum, x: faer::MatRef<'_, f32>, w: faer::MatRef<'_, f32>) {
-    use rayon::prelude::*;
-    let (m, k, n) = (x.nrows(), x.ncols(), w.nrows());
-    if m * k * n < PARALLEL_FLOPS || n <= COLUMN_BLOCK || rayon::current_num_threads() == 1 {
-        // One block, or the same blocks in sequence (identical arithmetic per column block).
-        for n0 in (0..n).step_by(COLUMN_BLOCK.max(1)) {
-            let width = COLUMN_BLOCK.min(n - n0);
-            let yb = y.as_faer_mut().subcols_mut(n0, width);
-            matmul(yb, accum, x, w.subrows(n0, width).transpose(), 1.0, Par::Seq);
-        }
-        return;
-    }
-    let cols = y.cols();
-    let y_ptr = SendPtr(y.as_mut_slice().as_mut_ptr());
-    (0..n.div_ceil(COLUMN_BLOCK)).into_par_iter().for_each(|b| {
-        let n0 = b * COLUMN_BLOCK;
-        let width = COLUMN_BLOCK.min(n - n0);
-        let y_ptr = &y_ptr;
-        // SAFETY: `y` is a live row-major `[m x cols]` buffer borrowed mutably for this whole
-        // call; task `b` writes only columns `n0 .. n0 + width` of it, disjoint from every other
-        // task's columns, and the view's strides (row stride `cols`, column stride 1) stay inside
-        // the buffer for `m` rows.
-        let yb = unsafe { faer::MatMut::from_raw_parts_mut(y_ptr.0.add(n0), m, width, cols as isize, 1) };
-        matmul(yb, accum, x, w.subrows(n0, width).transpose(), 1.0, Par::Seq);
-    });
-}
-
-/// A raw pointer that rayon tasks may share (each writes a disjoint part; see `gemm_xwt`).
-struct SendPtr(*mut f32);
-// SAFETY: the pointer is only dereferenced through disjoint column blocks (see `gemm_xwt`).
-unsafe impl Sync for SendPtr {}
 
 impl Linear {
     /// From a weight `[out x in]` and an optional bias `[out]`.
@@ -143,7 +92,6 @@ impl Linear {
                 format!("{outputs}"),
             ));
         }
-        let par = gemm_par(x.rows(), self.in_dim(), outputs);
         let w = self.weight.as_faer().subrows(0, outputs);
         // y starts as the bias broadcast to every row and the GEMM accumulates onto it: one pass
         // over y instead of zeroing it and adding the bias afterwards.
@@ -158,11 +106,7 @@ impl Linear {
             None => Matrix::zeros(x.rows(), outputs),
         };
         let accum = if self.bias.is_some() { Accum::Add } else { Accum::Replace };
-        if split_gemm() {
-            gemm_xwt(&mut y, accum, x.as_faer(), w);
-        } else {
-            matmul(y.as_faer_mut(), accum, x.as_faer(), w.transpose(), 1.0, par);
-        }
+        crate::kernels::gemm::xwt_into(y.as_mut_slice(), accum, x.as_faer(), w);
         Ok(y)
     }
 
@@ -218,22 +162,27 @@ impl Linear {
     }
 }
 
-/// Temporary switch for measuring: `PATCHGRAPH_FAER_PAR=1` uses faer's own parallel GEMM.
-fn split_gemm() -> bool {
-    std::env::var_os("PATCHGRAPH_FAER_PAR").is_none()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// The faer path equals the plain loops at sizes around the SIMD widths, on one and on
-    /// several threads (large enough that the GEMM runs in parallel), with the same bits.
+    /// several threads (the last two large enough that the GEMM runs as parallel column blocks),
+    /// with the same bits.
     #[test]
     fn forward_matches_reference_around_simd_widths() {
         let pools: Vec<_> =
             [1, 2].iter().map(|&t| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap()).collect();
-        for (n, i, o) in [(15, 16, 17), (16, 17, 15), (17, 15, 16), (63, 64, 65), (65, 63, 64), (300, 65, 63)] {
+        for (n, i, o) in [
+            (15, 16, 17),
+            (16, 17, 15),
+            (17, 15, 16),
+            (63, 64, 65),
+            (65, 63, 64),
+            (300, 65, 63),
+            (300, 65, 200),
+            (257, 96, 193),
+        ] {
             let mut init = Init::new((n * i * o) as u64);
             let lin = Linear::torch_init(&mut init, i, o, true);
             let x = Matrix::from_vec(n, i, init.normal(n * i, 1.0)).unwrap();

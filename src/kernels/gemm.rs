@@ -1,0 +1,106 @@
+//! `xwt_into`: the GEMM of every linear layer, `y (+)= x w^T` (PyTorch's `[out, in]` weight),
+//! parallel over fixed blocks of output columns.
+//!
+//! ```text
+//! y [m x n] (row-major) (+)= x [m x k] w[n x k]^T      tasks: columns n0 .. n0 + 96, one faer GEMM each
+//! ```
+//!
+//! ```
+//! use faer::{Accum, MatRef};
+//! use patchgraph::kernels::gemm::xwt_into;
+//! let x = [1.0, 2.0, 3.0, 4.0]; // [2 x 2]
+//! let w = [1.0, 0.0, 1.0, 1.0, 0.0, 2.0]; // [3 x 2]
+//! let mut y = [0.0; 6];
+//! xwt_into(&mut y, Accum::Replace, MatRef::from_row_major_slice(&x, 2, 2), MatRef::from_row_major_slice(&w, 3, 2));
+//! assert_eq!(y, [1.0, 3.0, 4.0, 3.0, 7.0, 8.0]);
+//! ```
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+
+/// GEMMs below this many multiply-adds run on one thread (rayon's overhead dominates).
+const PARALLEL_FLOPS: usize = 1 << 20;
+
+/// Output columns per task of a split GEMM: one 96-wide micro-kernel panel of faer's AVX-512 f32
+/// GEMM (6 x 16 lanes), so no task runs the slower narrow edge kernels when the width is a
+/// multiple of 96 (every ViT width is: 192, 384, 576, 768, 1152, ..., 3072, 4096).
+const COLUMN_BLOCK: usize = 96;
+
+/// `y (+)= x w^T` with `y [m x n]` a row-major slice, `x [m x k]`, `w [n x k]`.
+///
+/// Large products are split into blocks of [`COLUMN_BLOCK`] output columns, one rayon task per
+/// block, each a sequential faer GEMM: no spin barrier inside the GEMM (faer's parallel GEMM
+/// synchronises its threads at every packed panel, which costs most of a small product and
+/// stalls when the machine is shared), and `x` is packed by every task but `w`'s rows only once.
+/// The blocks are the same on any thread count, so the bits are too.
+pub fn xwt_into(y: &mut [f32], accum: Accum, x: MatRef<'_, f32>, w: MatRef<'_, f32>) {
+    use rayon::prelude::*;
+    let (m, k, n) = (x.nrows(), x.ncols(), w.nrows());
+    assert_eq!(w.ncols(), k, "xwt_into: x is [{m} x {k}], w is [{} x {}]", w.nrows(), w.ncols());
+    assert_eq!(y.len(), m * n, "xwt_into: y holds {} values, not {m} x {n}", y.len());
+    if m * k * n < PARALLEL_FLOPS || n <= COLUMN_BLOCK || rayon::current_num_threads() == 1 {
+        // One block, or the same blocks in sequence (identical arithmetic per column block).
+        for n0 in (0..n).step_by(COLUMN_BLOCK.max(1)) {
+            let width = COLUMN_BLOCK.min(n - n0);
+            let yb = MatMut::from_row_major_slice_mut(&mut *y, m, n).subcols_mut(n0, width);
+            matmul(yb, accum, x, w.subrows(n0, width).transpose(), 1.0, Par::Seq);
+        }
+        return;
+    }
+    let cols = n;
+    let y_ptr = SendPtr(y.as_mut_ptr());
+    (0..n.div_ceil(COLUMN_BLOCK)).into_par_iter().for_each(|b| {
+        let n0 = b * COLUMN_BLOCK;
+        let width = COLUMN_BLOCK.min(n - n0);
+        let y_ptr = &y_ptr;
+        // SAFETY: `y` is a live row-major `[m x cols]` buffer borrowed mutably for this whole
+        // call; task `b` writes only columns `n0 .. n0 + width` of it, disjoint from every other
+        // task's columns, and the view's strides (row stride `cols`, column stride 1) stay inside
+        // the buffer for `m` rows.
+        let yb = unsafe { MatMut::from_raw_parts_mut(y_ptr.0.add(n0), m, width, cols as isize, 1) };
+        matmul(yb, accum, x, w.subrows(n0, width).transpose(), 1.0, Par::Seq);
+    });
+}
+
+/// A raw pointer that rayon tasks may share (each writes a disjoint part; see `xwt_into`).
+struct SendPtr(*mut f32);
+// SAFETY: the pointer is only dereferenced through disjoint column blocks (see `xwt_into`).
+unsafe impl Sync for SendPtr {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The column blocks (several, and a partial last one) on 1 and 2 threads equal a plain
+    /// f64 triple loop, with the same bits on both thread counts; `Accum::Add` adds onto `y`.
+    #[test]
+    fn blocks_match_the_triple_loop_on_any_thread_count() {
+        for (m, k, n) in [(5, 3, 4), (200, 64, 97), (300, 65, 200), (64, 96, 576)] {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.1).collect();
+            let want: Vec<f64> = (0..m * n)
+                .map(|e| (0..k).map(|c| x[(e / n) * k + c] as f64 * w[(e % n) * k + c] as f64).sum::<f64>() + 1.0)
+                .collect();
+            let outs: Vec<Vec<f32>> = [1, 2]
+                .iter()
+                .map(|&t| {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
+                    let mut y = vec![1.0f32; m * n];
+                    pool.install(|| {
+                        xwt_into(
+                            &mut y,
+                            Accum::Add,
+                            MatRef::from_row_major_slice(&x, m, k),
+                            MatRef::from_row_major_slice(&w, n, k),
+                        )
+                    });
+                    y
+                })
+                .collect();
+            for (got, want) in outs[0].iter().zip(&want) {
+                assert!((*got as f64 - want).abs() <= 1e-4 * want.abs().max(1.0), "{m}x{k}x{n}: {got} vs {want}");
+            }
+            assert_eq!(outs[0], outs[1], "{m}x{k}x{n}: depends on the thread count");
+        }
+    }
+}
