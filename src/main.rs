@@ -19,6 +19,9 @@
 //! patchgraph infer --checkpoint FILE (--config FILE | --arch NAME) INPUT... [--topk 5]
 //!                  [--labels FILE] [--graph SPEC[,SPEC...]] [--compare] [--json]
 //! ```
+//! `patchgraph convert --checkpoint FILE (--config FILE | --arch NAME) --out FILE.safetensors`
+//! writes a Google `.npz` (or a resampled timm checkpoint) as a timm-named safetensors file.
+//!
 //! `infer` classifies images (timm's eval transform) or prepared tensors (`.npy`,
 //! `.safetensors`) with a timm safetensors or Google `.npz` ViT checkpoint, on the complete graph
 //! or any other; `--compare` reports top-1 agreement, KL divergence and speed-up against the
@@ -100,6 +103,24 @@ enum Command {
         /// Time whole ViT forwards of these architectures instead (e.g. vit_tiny_patch16_224).
         #[arg(long, value_delimiter = ',')]
         vit: Vec<String>,
+    },
+    /// Convert a ViT checkpoint (Google .npz or timm safetensors) to a timm-named safetensors file.
+    Convert {
+        /// Checkpoint to read: a Google ViT `.npz` or a timm `.safetensors`.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Model config as JSON (timm's argument names).
+        #[arg(long, conflicts_with = "arch", required_unless_present = "arch")]
+        config: Option<PathBuf>,
+        /// Architecture name (vit_base_patch16_224, ViT-B_16, ...).
+        #[arg(long)]
+        arch: Option<String>,
+        /// Resample the position embedding to this input side.
+        #[arg(long)]
+        img_size: Option<usize>,
+        /// The safetensors file to write (timm's names; `timm.create_model(...)` + `load_state_dict` reads it).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Classify images with a ViT checkpoint (timm safetensors or Google .npz).
     Infer {
@@ -228,6 +249,21 @@ fn run(cli: Cli) -> Result<()> {
                     bench_vit(&vit, &batches, runs, json.as_deref())
                 }
             })
+        }
+        Command::Convert { checkpoint, config, arch, img_size, out } => {
+            let mut config = match (&config, &arch) {
+                (Some(path), _) => VitConfig::from_json_file(path)?,
+                (None, Some(name)) => VitConfig::arch(name)?,
+                (None, None) => return Err(Error::invalid("convert", "give --config FILE or --arch NAME")),
+            };
+            if let Some(size) = img_size {
+                config.img_size = size;
+            }
+            let (vit, notes) = load_vit(&checkpoint, config)?;
+            notes.iter().for_each(|n| println!("adapted: {n}"));
+            vit.save_safetensors(&out)?;
+            println!("wrote {} (timm names; config in its metadata)", out.display());
+            Ok(())
         }
         Command::Infer {
             checkpoint,
