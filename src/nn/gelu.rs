@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! gelu(x) = x/2 * (1 + erf(x / sqrt 2))      elementwise, [N x D] -> [N x D]
+//! gelu'(x) = Phi(x) + x phi(x)                gelu_backward: dx = dy * gelu'(x)
 //! ```
 //!
 //! ```
@@ -14,6 +15,20 @@
 #[inline]
 pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// Backward of [`gelu_inplace`]: `dx = dy * gelu'(x)` with the pre-activation `x`,
+/// `gelu'(x) = Phi(x) + x phi(x) = (1 + erf(x / sqrt 2)) / 2 + x exp(-x^2 / 2) / sqrt(2 pi)`.
+pub fn gelu_backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
+    // x [n] (what gelu_inplace received), dy [n] -> dx [n]
+    x.iter()
+        .zip(dy)
+        .map(|(&x, &d)| {
+            let cdf = 0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
+            let pdf = (-0.5 * x * x).exp() * 0.398_942_3; // 1 / sqrt(2 pi)
+            d * (cdf + x * pdf)
+        })
+        .collect()
 }
 
 /// Elements per rayon task of [`gelu_inplace`].

@@ -85,6 +85,64 @@ impl LayerNorm {
     }
 }
 
+/// Gradients of a [`LayerNorm`]'s parameters, accumulated by [`LayerNorm::backward`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerNormGrads {
+    /// `dL/dweight` `[D]`.
+    pub weight: Vec<f32>,
+    /// `dL/dbias` `[D]`.
+    pub bias: Vec<f32>,
+}
+
+impl LayerNormGrads {
+    /// Zero gradients for a `[D]` norm.
+    pub fn zeros(dim: usize) -> LayerNormGrads {
+        LayerNormGrads { weight: vec![0.0; dim], bias: vec![0.0; dim] }
+    }
+}
+
+impl LayerNorm {
+    /// Backward of [`LayerNorm::forward`]. With `xhat = (x - mean) * inv`, `inv = 1/sqrt(var + eps)`
+    /// recomputed per row from the forward input `x`, and `g = dy * weight`:
+    ///
+    /// ```text
+    /// dweight += sum_rows dy * xhat      dbias += sum_rows dy
+    /// dx = inv * (g - mean(g) - xhat * mean(g * xhat))          (means over the row's D values)
+    /// ```
+    pub fn backward(&self, x: &Matrix, dy: &Matrix, grads: &mut LayerNormGrads) -> Result<Matrix> {
+        // x [N x D], dy [N x D] -> dx [N x D]
+        let d = self.weight.len();
+        x.expect_cols("layer norm backward input", d)?;
+        dy.expect_shape("layer norm backward dy", x.rows(), d)?;
+        let mut dx = Matrix::zeros(x.rows(), d);
+        let mut g = vec![0.0f32; d];
+        let mut xhat = vec![0.0f32; d];
+        for n in 0..x.rows() {
+            let row = x.row(n);
+            // the forward's `mean`, `var`, `inv` (same arithmetic as normalize_row)
+            let mean = lane_sum(row, |v| v) / d as f32;
+            let var = lane_sum(row, |v| (v - mean) * (v - mean)) / d as f32;
+            let inv = 1.0 / (var + self.eps).sqrt();
+            let (mut mean_g, mut mean_gx) = (0.0f32, 0.0f32);
+            for j in 0..d {
+                xhat[j] = (row[j] - mean) * inv;
+                let dyj = dy.get(n, j);
+                grads.weight[j] += dyj * xhat[j];
+                grads.bias[j] += dyj;
+                g[j] = dyj * self.weight[j];
+                mean_g += g[j];
+                mean_gx += g[j] * xhat[j];
+            }
+            mean_g /= d as f32;
+            mean_gx /= d as f32;
+            for (j, o) in dx.row_mut(n).iter_mut().enumerate() {
+                *o = inv * (g[j] - mean_g - xhat[j] * mean_gx);
+            }
+        }
+        Ok(dx)
+    }
+}
+
 /// About this many elements per rayon task.
 const ROWS_PER_TASK_ELEMENTS: usize = 1 << 15;
 

@@ -17,6 +17,25 @@ use crate::error::{Error, Result};
 use crate::tensor::Matrix;
 use faer::Accum;
 
+/// Gradients of a [`Linear`]'s parameters (same shapes), accumulated by [`Linear::backward`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinearGrads {
+    /// `dL/dW` `[out x in]`.
+    pub weight: Matrix,
+    /// `dL/db` `[out]`, if the layer has a bias.
+    pub bias: Option<Vec<f32>>,
+}
+
+impl LinearGrads {
+    /// Zero gradients for `layer`.
+    pub fn zeros(layer: &Linear) -> LinearGrads {
+        LinearGrads {
+            weight: Matrix::zeros(layer.out_dim(), layer.in_dim()),
+            bias: layer.bias.as_ref().map(|b| vec![0.0; b.len()]),
+        }
+    }
+}
+
 /// A fully connected layer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Linear {
@@ -150,6 +169,40 @@ impl Linear {
                 Linear::from_parts(Matrix::from_vec(n, self.in_dim(), rows)?, bias)
             })
             .collect()
+    }
+
+    /// Backward of [`Linear::forward`] (`y = x W^T + b`): given the forward input `x [N x in]`
+    /// and `dy = dL/dy [N x out]`, returns `dx = dy W [N x in]` and accumulates
+    /// `dW += dy^T x [out x in]`, `db += sum_n dy_n [out]` into `grads`.
+    pub fn backward(&self, x: &Matrix, dy: &Matrix, grads: &mut LinearGrads) -> Result<Matrix> {
+        // x [N x in], dy [N x out], W [out x in]
+        x.expect_cols("linear backward input", self.in_dim())?;
+        dy.expect_shape("linear backward dy", x.rows(), self.out_dim())?;
+        grads.weight.expect_shape("linear weight gradient", self.out_dim(), self.in_dim())?;
+        // dx = dy W:   dx [N x in] = dy [N x out] (W^T [in x out])^T
+        let mut dx = Matrix::zeros(x.rows(), self.in_dim());
+        crate::kernels::gemm::xwt_into(
+            dx.as_mut_slice(),
+            Accum::Replace,
+            dy.as_faer(),
+            self.weight.as_faer().transpose(),
+        );
+        // dW += dy^T x:  dW [out x in] += dy^T [out x N] (x^T [in x N])^T
+        crate::kernels::gemm::xwt_into(
+            grads.weight.as_mut_slice(),
+            Accum::Add,
+            dy.as_faer().transpose(),
+            x.as_faer().transpose(),
+        );
+        // db += sum_n dy_n
+        if let Some(db) = &mut grads.bias {
+            for n in 0..dy.rows() {
+                for (g, d) in db.iter_mut().zip(dy.row(n)) {
+                    *g += d;
+                }
+            }
+        }
+        Ok(dx)
     }
 
     /// The plain triple loop (f64 accumulation): the oracle for [`Linear::forward`].

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! x [N x D] -> fc1 -> [N x hidden] -> gelu -> fc2 -> [N x D]
+//! dx <- fc1.backward <- gelu_backward <- fc2.backward <- dy          (Mlp::backward)
 //! ```
 //!
 //! ```
@@ -11,10 +12,26 @@
 //! assert_eq!(y.shape(), (3, 4));
 //! ```
 
-use super::{Init, Linear, gelu_inplace};
+use super::{Init, Linear, LinearGrads, gelu_backward, gelu_inplace};
 use crate::checkpoint::TensorMap;
 use crate::error::Result;
 use crate::tensor::Matrix;
+
+/// Gradients of an [`Mlp`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct MlpGrads {
+    /// Of `fc1`.
+    pub fc1: LinearGrads,
+    /// Of `fc2`.
+    pub fc2: LinearGrads,
+}
+
+impl MlpGrads {
+    /// Zero gradients for `mlp`.
+    pub fn zeros(mlp: &Mlp) -> MlpGrads {
+        MlpGrads { fc1: LinearGrads::zeros(&mlp.fc1), fc2: LinearGrads::zeros(&mlp.fc2) }
+    }
+}
 
 /// Two linear layers with an exact GELU between them.
 #[derive(Clone, Debug, PartialEq)]
@@ -50,5 +67,17 @@ impl Mlp {
         let mut h = self.fc1.forward(x)?;
         gelu_inplace(h.as_mut_slice());
         self.fc2.forward(&h)
+    }
+
+    /// Backward of [`Mlp::forward`], recomputing `h = fc1(x)` and `a = gelu(h)`:
+    /// `da = fc2.backward(a, dy)`, `dh = gelu_backward(h, da)`, `dx = fc1.backward(x, dh)`.
+    pub fn backward(&self, x: &Matrix, dy: &Matrix, grads: &mut MlpGrads) -> Result<Matrix> {
+        // x [N x D] -> h [N x hidden] -> a [N x hidden] -> y [N x D]
+        let h = self.fc1.forward(x)?; // h = fc1(x)
+        let mut a = h.clone();
+        gelu_inplace(a.as_mut_slice()); // a = gelu(h)
+        let da = self.fc2.backward(&a, dy, &mut grads.fc2)?; // y = fc2(a)
+        let dh = Matrix::from_vec(h.rows(), h.cols(), gelu_backward(h.as_slice(), da.as_slice()))?;
+        self.fc1.backward(x, &dh, &mut grads.fc1)
     }
 }
