@@ -25,11 +25,13 @@
 //! assert!(fast.out.max_abs_diff(&oracle.out) < 1e-5);
 //! ```
 
+mod backward;
 mod dispatch;
 mod inputs;
 mod reference;
 pub(crate) mod score;
 
+pub use backward::{AttentionGrads, attend_backward, attend_backward_reference};
 pub use dispatch::{DENSE_DENSITY, Path, attend};
 pub use inputs::{AttentionInputs, AttentionOutput, Dims};
 pub use reference::attend_reference;
