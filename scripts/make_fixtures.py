@@ -46,7 +46,7 @@ Install the dependencies (outside the repo; CPU is enough)::
 
 Run from the repository root::
 
-    /tmp/pgvenv/bin/python scripts/make_fixtures.py [--only layers|vit]
+    /tmp/pgvenv/bin/python scripts/make_fixtures.py [--only layers|vit|grad]
 
 Then optionally verify the files independently with numpy::
 
@@ -900,11 +900,44 @@ def print_vit(rows, npz_rows, notes):
         print(f"note: {n}")
 
 
+VIT_GRAD_CASES = ("tiny_token", "avg_pool", "layer_scale_no_embed_class")
+VIT_GRAD_SMOOTHING = 0.1
+
+
+def vit_grad_cases():
+    """`--only grad`: for each of VIT_GRAD_CASES, timm's model with the fixture's weights, in
+    float64, on the fixture's input batch with targets (3, 7) mod classes: the cross-entropy with
+    label smoothing 0.1 (mean over the batch) and the gradient of every parameter, written to
+    tests/fixtures/vit/NAME.grad.safetensors as `loss` [1], `targets` [B] (int64) and
+    `grad.<parameter name>` (float64, timm's names and shapes)."""
+    from safetensors.torch import load_file
+
+    torch.set_grad_enabled(True)
+    for name in VIT_GRAD_CASES:
+        cfg = json.load(open(os.path.join(VIT_DIR, f"{name}.json")))
+        m = build_vit(cfg)
+        m.load_state_dict(load_file(os.path.join(VIT_DIR, f"{name}.safetensors")), strict=True)
+        m = m.double().eval()
+        x = load_file(os.path.join(VIT_DIR, f"{name}.io.safetensors"))["input"].double()
+        targets = torch.tensor([3, 7], dtype=torch.int64)[: x.shape[0]] % cfg["num_classes"]
+        loss = torch.nn.functional.cross_entropy(m(x), targets, label_smoothing=VIT_GRAD_SMOOTHING)
+        loss.backward()
+        tensors = OrderedDict(loss=loss.detach().reshape(1), targets=targets)
+        for pname, p in m.named_parameters():
+            tensors[f"grad.{pname}"] = p.grad.detach()
+        path = os.path.join(VIT_DIR, f"{name}.grad.safetensors")
+        save_st(path, tensors, vit_meta(cfg, 0, loss="F.cross_entropy(label_smoothing=0.1), float64",
+                                         weights_from=f"{name}.safetensors", input_from=f"{name}.io.safetensors"))
+        print(f"{path}: loss {loss.item():.6f}, {len(tensors) - 2} gradients, {os.path.getsize(path)} bytes")
+    torch.set_grad_enabled(False)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--only", choices=("layers", "vit"), default=None,
+    ap.add_argument("--only", choices=("layers", "vit", "grad"), default=None,
                     help="layers: tests/fixtures/*.safetensors, its README.md and the image fixtures; "
-                         "vit: tests/fixtures/vit/ only (default: both)")
+                         "vit: tests/fixtures/vit/ only; grad: the ViT gradient fixtures "
+                         "tests/fixtures/vit/*.grad.safetensors (default: layers and vit)")
     args = ap.parse_args()
     os.makedirs(OUT_DIR, exist_ok=True)
     torch.set_grad_enabled(False)
@@ -922,6 +955,8 @@ def main():
                 print(f"    {k:24s} {dt:8s} {shp}")
     if args.only in (None, "vit"):
         print_vit(*vit_cases())
+    if args.only == "grad":
+        vit_grad_cases()
     print("versions:", json.dumps(VERSIONS))
 
 

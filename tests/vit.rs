@@ -323,3 +323,36 @@ fn fresh_model_round_trips() {
     let again = Vit::load(c, vit.state_dict().unwrap(), "state_dict").unwrap();
     assert_eq!(again, vit);
 }
+
+/// The whole model's loss and every parameter gradient against PyTorch's autograd (float64, on
+/// timm's model with the fixture's weights and input; `scripts/make_fixtures.py --only grad`):
+/// token pooling, average pooling with fc_norm, LayerScale with `no_embed_class`. Tolerance:
+/// `1e-4` of each gradient tensor's largest magnitude, `1e-5` relative for the loss.
+#[test]
+fn gradients_match_pytorch_autograd() {
+    for name in ["tiny_token", "avg_pool", "layer_scale_no_embed_class"] {
+        let vit = Vit::load(config(name), weights(name), name).unwrap();
+        let (images, _) = io(name);
+        let mut reference = TensorMap::load_safetensors(format!("{}/{name}.grad.safetensors", dir())).unwrap();
+        let (_, targets) = reference.take_ints("targets").unwrap();
+        let targets: Vec<usize> = targets.into_iter().map(|t| t as usize).collect();
+        let (loss, grads) = vit.loss_and_grads(&images, &targets, 0.1, &VitOptions::default()).unwrap();
+        let want_loss = reference.get("loss").unwrap().data[0];
+        assert!((loss - want_loss).abs() <= 1e-5 * want_loss.abs(), "{name}: loss {loss} vs {want_loss}");
+        let ours = grads.to_tensor_map().unwrap();
+        let theirs: Vec<(String, Vec<usize>)> = reference
+            .shapes()
+            .filter_map(|(n, s)| n.strip_prefix("grad.").map(|p| (p.to_string(), s.to_vec())))
+            .collect();
+        let our_names: Vec<(String, Vec<usize>)> = ours.shapes().map(|(n, s)| (n.to_string(), s.to_vec())).collect();
+        assert_eq!(our_names, theirs, "{name}: gradient names and shapes");
+        for (param, _) in &theirs {
+            let want = &reference.get(&format!("grad.{param}")).unwrap().data;
+            let got = &ours.get(param).unwrap().data;
+            let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let diff = got.iter().zip(want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(scale > 0.0, "{name}: {param}: PyTorch's gradient is zero, the test would be blind");
+            assert!(diff <= 1e-4 * scale, "{name}: {param}: max diff {diff:e} > 1e-4 * {scale:e}");
+        }
+    }
+}

@@ -15,7 +15,10 @@
 //! assert_eq!(y.shape(), (5, 16));
 //! ```
 
-use super::{AttentionConfig, AttentionWeights, ForwardOptions, GraphAttention, Init, LayerNorm, Mlp};
+use super::{
+    AttentionConfig, AttentionGrads, AttentionWeights, ForwardOptions, GraphAttention, Init, LayerNorm, LayerNormGrads,
+    Mlp, MlpGrads,
+};
 use crate::checkpoint::TensorMap;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
@@ -159,6 +162,100 @@ impl Block {
         let m = self.mlp.forward(&self.norm2.forward(x)?)?;
         residual(x, &m, self.ls2.as_deref());
         Ok(a.weights)
+    }
+}
+
+/// Gradients of a [`Block`]'s parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockGrads {
+    /// Of `norm1`.
+    pub norm1: LayerNormGrads,
+    /// Of `attn`.
+    pub attn: AttentionGrads,
+    /// Of `ls1` (when present).
+    pub ls1: Option<Vec<f32>>,
+    /// Of `norm2`.
+    pub norm2: LayerNormGrads,
+    /// Of `mlp`.
+    pub mlp: MlpGrads,
+    /// Of `ls2` (when present).
+    pub ls2: Option<Vec<f32>>,
+}
+
+impl Block {
+    /// Zero gradients shaped like this block's parameters.
+    pub fn zero_grads(&self) -> BlockGrads {
+        let d = self.norm1.weight.len();
+        BlockGrads {
+            norm1: LayerNormGrads::zeros(d),
+            attn: self.attn.zero_grads(),
+            ls1: self.ls1.as_ref().map(|_| vec![0.0; d]),
+            norm2: LayerNormGrads::zeros(d),
+            mlp: MlpGrads::zeros(&self.mlp),
+            ls2: self.ls2.as_ref().map(|_| vec![0.0; d]),
+        }
+    }
+
+    /// Backward of [`Block::forward`], recomputing its intermediates from the block input `x`:
+    ///
+    /// ```text
+    /// h1 = norm1(x); a = attn(h1); x1 = x + ls1 a      dx  = dx1 + norm1.backward(x, attn.backward(h1, ls1 dx1))
+    /// h2 = norm2(x1); m = mlp(h2); y = x1 + ls2 m      dx1 = dy + norm2.backward(x1, mlp.backward(h2, ls2 dy))
+    ///                                                  dls1 = sum dx1 a,  dls2 = sum dy m
+    /// ```
+    pub fn backward(&self, graph: &Graph, x: &Matrix, dy: &Matrix, grads: &mut BlockGrads) -> Result<Matrix> {
+        // x, dy [N x D]
+        let h1 = self.norm1.forward(x)?;
+        let a = self.attn.forward(graph, &h1)?;
+        let mut x1 = x.clone();
+        residual(&mut x1, &a, self.ls1.as_deref());
+        let h2 = self.norm2.forward(&x1)?;
+        // y = x1 + ls2 m
+        let dm = scaled(dy, self.ls2.as_deref());
+        if let (Some(g), Some(_)) = (grads.ls2.as_mut(), self.ls2.as_ref()) {
+            let m = self.mlp.forward(&h2)?;
+            column_dot_add(g, dy, &m);
+        }
+        let dh2 = self.mlp.backward(&h2, &dm, &mut grads.mlp)?;
+        let mut dx1 = self.norm2.backward(&x1, &dh2, &mut grads.norm2)?;
+        add_into(&mut dx1, dy);
+        // x1 = x + ls1 a
+        if let (Some(g), Some(_)) = (grads.ls1.as_mut(), self.ls1.as_ref()) {
+            column_dot_add(g, &dx1, &a);
+        }
+        let da = scaled(&dx1, self.ls1.as_deref());
+        let dh1 = self.attn.backward(graph, &h1, &da, &mut grads.attn)?;
+        let mut dx = self.norm1.backward(x, &dh1, &mut grads.norm1)?;
+        add_into(&mut dx, &dx1);
+        Ok(dx)
+    }
+}
+
+/// `gamma * y` row by row (a copy of `y` when `gamma` is absent).
+fn scaled(y: &Matrix, gamma: Option<&[f32]>) -> Matrix {
+    let mut out = y.clone();
+    if let Some(g) = gamma {
+        let d = y.cols();
+        for (i, v) in out.as_mut_slice().iter_mut().enumerate() {
+            *v *= g[i % d];
+        }
+    }
+    out
+}
+
+/// `g[c] += sum_n a[n, c] b[n, c]`.
+fn column_dot_add(g: &mut [f32], a: &Matrix, b: &Matrix) {
+    for n in 0..a.rows() {
+        for ((gc, x), y) in g.iter_mut().zip(a.row(n)).zip(b.row(n)) {
+            *gc += x * y;
+        }
+    }
+}
+
+/// `x += y`.
+fn add_into(x: &mut Matrix, y: &Matrix) {
+    for (a, b) in x.as_mut_slice().iter_mut().zip(y.as_slice()) {
+        *a += b;
     }
 }
 

@@ -23,7 +23,7 @@
 //! assert_eq!(y.shape(), (5, 8)); // 2 heads x 4 channels, concatenated
 //! ```
 
-use super::{Init, Linear};
+use super::{Init, Linear, LinearGrads};
 use crate::attention::{AttentionInputs, Path, Score, attend};
 use crate::checkpoint::TensorMap;
 use crate::error::{Error, Result, ensure_finite};
@@ -235,6 +235,20 @@ enum Params {
         qkvs: Linear,
         lin_beta: Option<Linear>,
     },
+}
+
+/// Gradients of a [`GraphAttention`]'s parameters (see [`GraphAttention::backward`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttentionGrads {
+    /// timm's `qkv` and `proj`.
+    Timm {
+        /// Of `qkv`.
+        qkv: LinearGrads,
+        /// Of `proj`.
+        proj: LinearGrads,
+    },
+    /// A configuration whose layer backward is not written yet.
+    Unsupported,
 }
 
 /// Options of [`GraphAttention::forward_with`].
@@ -510,6 +524,71 @@ impl GraphAttention {
         };
         let weights = attended.weights.map(|values| AttentionWeights { graph: g.into_owned(), values });
         Ok(LayerOutput { out, weights })
+    }
+
+    /// Backward of [`GraphAttention::forward`] for the timm configuration (the ViT layer),
+    /// recomputing the forward (`qkv`, attention with its log-sum-exp) from `x`:
+    ///
+    /// ```text
+    /// qkv = x Wqkv^T + b           dx   = qkv.backward(x, [dq | dk | dv])
+    /// a   = attend(q, k, v)         dq, dk, dv = attend_backward(.., da)
+    /// y   = a Wproj^T + b          da   = proj.backward(a, dy)
+    /// ```
+    ///
+    /// The PyG configurations (GAT, GATv2, TransformerConv) have their attention backward in
+    /// [`crate::attention::attend_backward`] but not yet the layer's; they return an error.
+    pub fn backward(&self, graph: &Graph, x: &Matrix, dy: &Matrix, grads: &mut AttentionGrads) -> Result<Matrix> {
+        // x [N x D], dy [N x D]
+        x.expect_shape("attention backward x", graph.num_nodes(), self.config.in_dim())?;
+        let (Params::Timm { qkv, proj }, AttentionGrads::Timm { qkv: g_qkv, proj: g_proj }) = (&self.params, grads)
+        else {
+            return Err(Error::invalid(
+                "GraphAttention::backward",
+                format!("the layer backward exists for the timm configuration only, not {:?}", self.config),
+            ));
+        };
+        let d = self.config.in_dim();
+        let heads = self.config.heads();
+        let score = self.score();
+        let y_qkv = qkv.forward(x)?; // qkv = x Wqkv^T + b
+        let inputs = AttentionInputs::new(
+            column_block(&y_qkv, 0, d)?,
+            column_block(&y_qkv, d, d)?,
+            column_block(&y_qkv, 2 * d, d)?,
+            heads,
+        );
+        let a = attend(graph, &score, &inputs, Path::Auto, false)?; // a = attend(q, k, v)
+        let da = proj.backward(&a.out, dy, g_proj)?; // y = a Wproj^T + b
+        let g = crate::attention::attend_backward(graph, &score, &inputs, &a.log_sum_exp, &da)?;
+        let dqkv = Matrix::from_fn(x.rows(), 3 * d, |n, c| match c / d {
+            0 => g.query.get(n, c),
+            1 => g.key.get(n, c - d),
+            _ => g.value.get(n, c - 2 * d),
+        });
+        qkv.backward(x, &dqkv, g_qkv)
+    }
+
+    /// Zero gradients shaped like this layer's parameters.
+    pub fn zero_grads(&self) -> AttentionGrads {
+        match &self.params {
+            Params::Timm { qkv, proj } => {
+                AttentionGrads::Timm { qkv: LinearGrads::zeros(qkv), proj: LinearGrads::zeros(proj) }
+            }
+            _ => AttentionGrads::Unsupported,
+        }
+    }
+
+    /// Applies `f(parameter, gradient)` to every parameter tensor and its gradient, in a fixed
+    /// order (for optimisers).
+    pub fn visit_params(&mut self, grads: &AttentionGrads, f: &mut dyn FnMut(&mut [f32], &[f32])) {
+        if let (Params::Timm { qkv, proj }, AttentionGrads::Timm { qkv: gq, proj: gp }) = (&mut self.params, grads) {
+            for (l, g) in [(qkv, gq), (proj, gp)] {
+                f(l.weight.as_mut_slice(), g.weight.as_slice());
+                if let (Some(b), Some(gb)) = (l.bias.as_mut(), g.bias.as_ref()) {
+                    f(b, gb);
+                }
+            }
+        }
     }
 
     /// Concatenated heads `[N x H*C]` -> `[N x H*C]` (concat) or their mean `[N x C]`, plus bias.

@@ -22,12 +22,14 @@ mod loss;
 mod mlp;
 mod vit;
 
-pub use block::{Block, BlockConfig};
+pub use block::{Block, BlockConfig, BlockGrads};
 pub use gelu::{gelu, gelu_backward, gelu_inplace};
-pub use graph_attention::{AttentionConfig, AttentionWeights, ForwardOptions, GraphAttention, LayerOutput};
+pub use graph_attention::{
+    AttentionConfig, AttentionGrads, AttentionWeights, ForwardOptions, GraphAttention, LayerOutput,
+};
 pub use init::Init;
 pub use layer_norm::{LayerNorm, LayerNormGrads};
 pub use linear::{Linear, LinearGrads};
 pub use loss::CrossEntropy;
 pub use mlp::{Mlp, MlpGrads};
-pub use vit::{GlobalPool, Vit, VitConfig, VitOptions, VitOutput, resample_pos_embed};
+pub use vit::{GlobalPool, Vit, VitConfig, VitGrads, VitOptions, VitOutput, resample_pos_embed};

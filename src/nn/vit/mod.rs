@@ -35,9 +35,11 @@
 //! assert_eq!(logits.row(0), logits.row(1));
 //! ```
 
+mod backward;
 mod config;
 mod pos_embed;
 
+pub use backward::VitGrads;
 pub use config::{GlobalPool, VitConfig};
 pub use pos_embed::resample_pos_embed;
 
@@ -244,7 +246,7 @@ impl Vit {
     pub fn forward_with(&self, images: &[ChwImage], options: &VitOptions) -> Result<VitOutput> {
         let cfg = &self.config;
         let specs = self.layer_specs(&options.graphs)?;
-        let (b, t, g, d) = (images.len(), cfg.num_tokens(), cfg.grid(), cfg.embed_dim);
+        let (b, t, d) = (images.len(), cfg.num_tokens(), cfg.embed_dim);
         if b == 0 {
             return Err(Error::invalid("ViT input", "no images"));
         }
@@ -252,28 +254,7 @@ impl Vit {
         let mut static_graphs: Vec<(GraphSpec, Graph)> = Vec::new();
         let mut weights = Vec::new();
         for (block, spec) in self.blocks.iter().zip(&specs) {
-            let graph = match spec {
-                GraphSpec::FeatureKnn { .. } => {
-                    let h = block.norm1.forward(&x)?;
-                    let per_image = (0..b)
-                        .map(|i| {
-                            let start = i * t + cfg.prefix_tokens();
-                            let patches = Matrix::from_fn(g * g, d, |r, c| h.get(start + r, c));
-                            spec.build(g, g, Some(&patches), cfg.class_token)
-                        })
-                        .collect::<Result<Vec<_>>>()?;
-                    Graph::disjoint_union(&per_image)?
-                }
-                _ => match static_graphs.iter().find(|(s, _)| s == spec) {
-                    Some((_, graph)) => graph.clone(),
-                    None => {
-                        let one = spec.build(g, g, None, cfg.class_token)?;
-                        let graph = Graph::disjoint_union(&vec![one; b])?;
-                        static_graphs.push((spec.clone(), graph.clone()));
-                        graph
-                    }
-                },
-            };
+            let graph = self.layer_graph(block, spec, &x, b, &mut static_graphs)?;
             let fo = ForwardOptions { path: options.path, weights: options.weights, ..Default::default() };
             weights.extend(block.forward_in_place(&graph, &mut x, &fo)?);
         }
@@ -308,6 +289,42 @@ impl Vit {
         Ok(VitOutput { logits, pre_logits: pooled, weights })
     }
 
+    /// The batch graph of one layer: static specs built once per forward (cached in `cache`),
+    /// feature k-NN rebuilt from this layer's `norm1` features of the patch tokens.
+    pub(crate) fn layer_graph(
+        &self,
+        block: &Block,
+        spec: &GraphSpec,
+        x: &Matrix,
+        b: usize,
+        cache: &mut Vec<(GraphSpec, Graph)>,
+    ) -> Result<Graph> {
+        let cfg = &self.config;
+        let (t, g, d) = (cfg.num_tokens(), cfg.grid(), cfg.embed_dim);
+        match spec {
+            GraphSpec::FeatureKnn { .. } => {
+                let h = block.norm1.forward(x)?;
+                let per_image = (0..b)
+                    .map(|i| {
+                        let start = i * t + cfg.prefix_tokens();
+                        let patches = Matrix::from_fn(g * g, d, |r, c| h.get(start + r, c));
+                        spec.build(g, g, Some(&patches), cfg.class_token)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Graph::disjoint_union(&per_image)
+            }
+            _ => match cache.iter().find(|(s, _)| s == spec) {
+                Some((_, graph)) => Ok(graph.clone()),
+                None => {
+                    let one = spec.build(g, g, None, cfg.class_token)?;
+                    let graph = Graph::disjoint_union(&vec![one; b])?;
+                    cache.push((spec.clone(), graph.clone()));
+                    Ok(graph)
+                }
+            },
+        }
+    }
+
     /// The graph spec of each layer.
     fn layer_specs(&self, graphs: &[GraphSpec]) -> Result<Vec<GraphSpec>> {
         let depth = self.config.depth;
@@ -321,8 +338,14 @@ impl Vit {
 
     /// Patch embedding, class token and position embedding: `[B*T x D]` tokens.
     pub fn embed(&self, images: &[ChwImage]) -> Result<Matrix> {
+        let patches = self.patches(images)?;
+        self.embed_patches(&patches, images.len())
+    }
+
+    /// The patch rows of every image, checked: `[B*G^2 x C*P*P]`.
+    pub fn patches(&self, images: &[ChwImage]) -> Result<Matrix> {
         let cfg = &self.config;
-        let (t, g, d, prefix) = (cfg.num_tokens(), cfg.grid(), cfg.embed_dim, cfg.prefix_tokens());
+        let g = cfg.grid();
         let cpp = cfg.in_chans * cfg.patch_size * cfg.patch_size;
         let mut patches = Matrix::zeros(images.len() * g * g, cpp);
         for (i, image) in images.iter().enumerate() {
@@ -338,10 +361,17 @@ impl Vit {
             let p = patchify(image, cfg.patch_size)?;
             patches.as_mut_slice()[i * g * g * cpp..(i + 1) * g * g * cpp].copy_from_slice(p.as_slice());
         }
-        let x = self.patch_embed.forward(&patches)?;
+        Ok(patches)
+    }
+
+    /// Tokens `[B*T x D]` from patch rows: patch embedding, class token, position embedding.
+    pub fn embed_patches(&self, patches: &Matrix, batch: usize) -> Result<Matrix> {
+        let cfg = &self.config;
+        let (t, g, d, prefix) = (cfg.num_tokens(), cfg.grid(), cfg.embed_dim, cfg.prefix_tokens());
+        let x = self.patch_embed.forward(patches)?;
         let pos_offset = if cfg.no_embed_class { 0 } else { prefix };
-        let mut tokens = Matrix::zeros(images.len() * t, d);
-        for i in 0..images.len() {
+        let mut tokens = Matrix::zeros(batch * t, d);
+        for i in 0..batch {
             if let Some(cls) = &self.cls_token {
                 let row = tokens.row_mut(i * t);
                 row.copy_from_slice(cls);

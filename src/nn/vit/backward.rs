@@ -1,0 +1,222 @@
+//! The ViT's backward: the loss of a batch and the gradient of every parameter, under timm's
+//! names, each step quoting the forward line it differentiates.
+//!
+//! ```text
+//! tokens = embed(patches)            d patch_embed, d cls_token, d pos_embed (summed over the batch)
+//! x_{l+1} = block_l(x_l)              dx_l = block_l.backward(x_l, dx_{l+1})   (inputs x_l kept)
+//! xn = norm(x_L)                      dx_L = norm.backward(x_L, dxn)
+//! pooled = row 0 | mean of patches    dxn[row 0] = dpooled | dxn[patch rows] = dpooled / G^2
+//! pn = fc_norm(pooled)                dpooled = fc_norm.backward(pooled, dpn)
+//! logits = head(pn)                   dpn = head.backward(pn, dlogits)
+//! loss = CE(logits, targets)          dlogits = (softmax - q) / B
+//! ```
+//!
+//! ```
+//! use patchgraph::image::ChwImage;
+//! use patchgraph::nn::{Init, Vit, VitConfig, VitOptions};
+//! let mut c = VitConfig::tiny(8, 4, 3);
+//! (c.embed_dim, c.depth, c.num_heads) = (8, 1, 2);
+//! let vit = Vit::new(c, &mut Init::new(0)).unwrap();
+//! let x = ChwImage::from_fn(3, 8, 8, |c, y, x| (c + y + x) as f32 * 0.1).unwrap();
+//! let (loss, grads) = vit.loss_and_grads(&[x], &[2], 0.1, &VitOptions::default()).unwrap();
+//! assert!(loss > 0.0);
+//! assert!(grads.to_tensor_map().unwrap().contains("blocks.0.attn.qkv.weight"));
+//! ```
+
+use super::{GlobalPool, Vit, VitOptions};
+use crate::checkpoint::TensorMap;
+use crate::error::Result;
+use crate::graph::{Graph, GraphSpec};
+use crate::image::ChwImage;
+use crate::nn::{AttentionGrads, BlockGrads, CrossEntropy, LayerNormGrads, LinearGrads};
+use crate::tensor::Matrix;
+
+/// Gradients of every [`Vit`] parameter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VitGrads {
+    /// `patch_embed.proj` as a linear layer `[D x C*P*P]`.
+    pub patch_embed: LinearGrads,
+    /// `cls_token` `[D]`.
+    pub cls_token: Option<Vec<f32>>,
+    /// `pos_embed` `[T' x D]`.
+    pub pos_embed: Matrix,
+    /// Per block.
+    pub blocks: Vec<BlockGrads>,
+    /// `norm`.
+    pub norm: Option<LayerNormGrads>,
+    /// `fc_norm`.
+    pub fc_norm: Option<LayerNormGrads>,
+    /// `head`.
+    pub head: Option<LinearGrads>,
+    /// Shapes for naming: (D, C, P).
+    dims: (usize, usize, usize),
+}
+
+impl VitGrads {
+    /// The gradients under timm's parameter names and shapes (as `model.named_parameters()`).
+    pub fn to_tensor_map(&self) -> Result<TensorMap> {
+        let mut m = TensorMap::default();
+        let (d, c, p) = self.dims;
+        let lin = |m: &mut TensorMap, name: &str, g: &LinearGrads, shape: Vec<usize>| -> Result<()> {
+            m.insert(format!("{name}.weight"), shape, g.weight.as_slice().to_vec())?;
+            if let Some(b) = &g.bias {
+                m.insert(format!("{name}.bias"), vec![b.len()], b.clone())?;
+            }
+            Ok(())
+        };
+        let ln = |m: &mut TensorMap, name: &str, g: &LayerNormGrads| -> Result<()> {
+            m.insert(format!("{name}.weight"), vec![g.weight.len()], g.weight.clone())?;
+            m.insert(format!("{name}.bias"), vec![g.bias.len()], g.bias.clone())
+        };
+        lin(&mut m, "patch_embed.proj", &self.patch_embed, vec![d, c, p, p])?;
+        if let Some(cls) = &self.cls_token {
+            m.insert("cls_token", vec![1, 1, d], cls.clone())?;
+        }
+        m.insert("pos_embed", vec![1, self.pos_embed.rows(), d], self.pos_embed.as_slice().to_vec())?;
+        for (i, b) in self.blocks.iter().enumerate() {
+            let pre = format!("blocks.{i}.");
+            ln(&mut m, &format!("{pre}norm1"), &b.norm1)?;
+            if let AttentionGrads::Timm { qkv, proj } = &b.attn {
+                lin(&mut m, &format!("{pre}attn.qkv"), qkv, vec![qkv.weight.rows(), qkv.weight.cols()])?;
+                lin(&mut m, &format!("{pre}attn.proj"), proj, vec![proj.weight.rows(), proj.weight.cols()])?;
+            }
+            ln(&mut m, &format!("{pre}norm2"), &b.norm2)?;
+            for (name, g) in [("mlp.fc1", &b.mlp.fc1), ("mlp.fc2", &b.mlp.fc2)] {
+                lin(&mut m, &format!("{pre}{name}"), g, vec![g.weight.rows(), g.weight.cols()])?;
+            }
+            for (name, g) in [("ls1.gamma", &b.ls1), ("ls2.gamma", &b.ls2)] {
+                if let Some(g) = g {
+                    m.insert(format!("{pre}{name}"), vec![g.len()], g.clone())?;
+                }
+            }
+        }
+        if let Some(g) = &self.norm {
+            ln(&mut m, "norm", g)?;
+        }
+        if let Some(g) = &self.fc_norm {
+            ln(&mut m, "fc_norm", g)?;
+        }
+        if let Some(g) = &self.head {
+            lin(&mut m, "head", g, vec![g.weight.rows(), g.weight.cols()])?;
+        }
+        Ok(m)
+    }
+}
+
+impl Vit {
+    /// Zero gradients shaped like the model's parameters.
+    pub fn zero_grads(&self) -> VitGrads {
+        let cfg = self.config();
+        VitGrads {
+            patch_embed: LinearGrads::zeros(&self.patch_embed),
+            cls_token: self.cls_token.as_ref().map(|c| vec![0.0; c.len()]),
+            pos_embed: Matrix::zeros(self.pos_embed.rows(), self.pos_embed.cols()),
+            blocks: self.blocks.iter().map(|b| b.zero_grads()).collect(),
+            norm: self.norm.as_ref().map(|n| LayerNormGrads::zeros(n.weight.len())),
+            fc_norm: self.fc_norm.as_ref().map(|n| LayerNormGrads::zeros(n.weight.len())),
+            head: self.head.as_ref().map(LinearGrads::zeros),
+            dims: (cfg.embed_dim, cfg.in_chans, cfg.patch_size),
+        }
+    }
+
+    /// The mean cross-entropy (label smoothing `smoothing`) of `images` against `targets`, and
+    /// the gradient of every parameter (see the module docs).
+    pub fn loss_and_grads(
+        &self,
+        images: &[ChwImage],
+        targets: &[usize],
+        smoothing: f32,
+        options: &VitOptions,
+    ) -> Result<(f32, VitGrads)> {
+        let cfg = self.config().clone();
+        let specs = self.layer_specs(&options.graphs)?;
+        let (b, t, g, d, prefix) = (images.len(), cfg.num_tokens(), cfg.grid(), cfg.embed_dim, cfg.prefix_tokens());
+        if b == 0 {
+            return Err(crate::Error::invalid("ViT input", "no images"));
+        }
+        let mut grads = self.zero_grads();
+        // ---- forward, keeping each block's input and graph
+        let patches = self.patches(images)?;
+        let mut x = self.embed_patches(&patches, b)?;
+        let mut cache: Vec<(GraphSpec, Graph)> = Vec::new();
+        let mut layer_inputs = Vec::with_capacity(self.blocks.len());
+        for (block, spec) in self.blocks.iter().zip(&specs) {
+            let graph = self.layer_graph(block, spec, &x, b, &mut cache)?;
+            let next = block.forward(&graph, &x)?;
+            layer_inputs.push((std::mem::replace(&mut x, next), graph));
+        }
+        let xn = match &self.norm {
+            Some(n) => n.forward(&x)?,
+            None => x.clone(),
+        };
+        let pooled = match cfg.global_pool {
+            GlobalPool::Token => Matrix::from_fn(b, d, |i, c| xn.get(i * t, c)),
+            GlobalPool::Avg => Matrix::from_fn(b, d, |i, c| {
+                (prefix..t).map(|r| xn.get(i * t + r, c)).sum::<f32>() / (t - prefix) as f32
+            }),
+        };
+        let pn = match &self.fc_norm {
+            Some(n) => n.forward(&pooled)?,
+            None => pooled.clone(),
+        };
+        let logits = match &self.head {
+            Some(h) => h.forward(&pn)?,
+            None => pn.clone(),
+        };
+        // ---- backward
+        let (loss, dlogits) = CrossEntropy { smoothing }.forward_backward(&logits, targets)?; // loss = CE(logits)
+        let dpn = match (&self.head, &mut grads.head) {
+            (Some(h), Some(gh)) => h.backward(&pn, &dlogits, gh)?, // logits = head(pn)
+            _ => dlogits,
+        };
+        let dpooled = match (&self.fc_norm, &mut grads.fc_norm) {
+            (Some(n), Some(gn)) => n.backward(&pooled, &dpn, gn)?, // pn = fc_norm(pooled)
+            _ => dpn,
+        };
+        let mut dxn = Matrix::zeros(b * t, d);
+        for i in 0..b {
+            match cfg.global_pool {
+                GlobalPool::Token => dxn.row_mut(i * t).copy_from_slice(dpooled.row(i)), // pooled = xn[row 0]
+                GlobalPool::Avg => {
+                    let inv = 1.0 / (t - prefix) as f32; // pooled = mean of the patch rows
+                    for r in prefix..t {
+                        for (o, v) in dxn.row_mut(i * t + r).iter_mut().zip(dpooled.row(i)) {
+                            *o = v * inv;
+                        }
+                    }
+                }
+            }
+        }
+        let mut dx = match (&self.norm, &mut grads.norm) {
+            (Some(n), Some(gn)) => n.backward(&x, &dxn, gn)?, // xn = norm(x_L)
+            _ => dxn,
+        };
+        for ((block, (x_l, graph)), gb) in self.blocks.iter().zip(&layer_inputs).zip(grads.blocks.iter_mut()).rev() {
+            dx = block.backward(graph, x_l, &dx, gb)?; // x_{l+1} = block_l(x_l)
+        }
+        // tokens[i*t + prefix + r] = patch_embed(patches)[i*G^2 + r] + pos[off + r]; tokens[i*t] = cls + pos[0]
+        let pos_offset = if cfg.no_embed_class { 0 } else { prefix };
+        let mut dpatch = Matrix::zeros(b * g * g, d);
+        for i in 0..b {
+            if let Some(gc) = &mut grads.cls_token {
+                for (a, v) in gc.iter_mut().zip(dx.row(i * t)) {
+                    *a += v;
+                }
+                if !cfg.no_embed_class {
+                    for (a, v) in grads.pos_embed.row_mut(0).iter_mut().zip(dx.row(i * t)) {
+                        *a += v;
+                    }
+                }
+            }
+            for r in 0..g * g {
+                let src = dx.row(i * t + prefix + r);
+                dpatch.row_mut(i * g * g + r).copy_from_slice(src);
+                for (a, v) in grads.pos_embed.row_mut(pos_offset + r).iter_mut().zip(src) {
+                    *a += v;
+                }
+            }
+        }
+        self.patch_embed.backward(&patches, &dpatch, &mut grads.patch_embed)?;
+        Ok((loss, grads))
+    }
+}
