@@ -18,6 +18,7 @@
 pub mod attention;
 pub mod bench;
 pub mod checkpoint;
+pub mod data;
 pub mod error;
 pub mod graph;
 pub mod image;
