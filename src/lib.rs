@@ -26,6 +26,7 @@ pub mod infer;
 pub mod kernels;
 pub mod nn;
 pub mod tensor;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use graph::{Graph, Topology};

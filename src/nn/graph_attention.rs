@@ -578,14 +578,15 @@ impl GraphAttention {
         }
     }
 
-    /// Applies `f(parameter, gradient)` to every parameter tensor and its gradient, in a fixed
-    /// order (for optimisers).
-    pub fn visit_params(&mut self, grads: &AttentionGrads, f: &mut dyn FnMut(&mut [f32], &[f32])) {
+    /// Calls `f(slot, parameter, gradient, decay)` for every parameter tensor in a fixed order
+    /// (timm: slots 0 `qkv.weight`, 1 `qkv.bias`, 2 `proj.weight`, 3 `proj.bias`; `decay` for
+    /// the weight matrices only), for optimisers.
+    pub fn visit_params(&mut self, grads: &AttentionGrads, f: &mut dyn FnMut(usize, &mut [f32], &[f32], bool)) {
         if let (Params::Timm { qkv, proj }, AttentionGrads::Timm { qkv: gq, proj: gp }) = (&mut self.params, grads) {
-            for (l, g) in [(qkv, gq), (proj, gp)] {
-                f(l.weight.as_mut_slice(), g.weight.as_slice());
+            for (slot, (l, g)) in [(qkv, gq), (proj, gp)].into_iter().enumerate() {
+                f(2 * slot, l.weight.as_mut_slice(), g.weight.as_slice(), true);
                 if let (Some(b), Some(gb)) = (l.bias.as_mut(), g.bias.as_ref()) {
-                    f(b, gb);
+                    f(2 * slot + 1, b, gb, false);
                 }
             }
         }

@@ -103,7 +103,68 @@ impl VitGrads {
     }
 }
 
+/// One parameter tensor and its gradient, for an optimiser: `decay` follows timm's rule
+/// (weight decay for weight matrices only; not for biases, norms, LayerScale, `pos_embed`,
+/// `cls_token`).
+type Visit<'f> = dyn FnMut(usize, &mut [f32], &[f32], bool) + 'f;
+
+fn visit_linear(slot: &mut usize, l: &mut crate::nn::Linear, g: &LinearGrads, f: &mut Visit<'_>) {
+    f(*slot, l.weight.as_mut_slice(), g.weight.as_slice(), true);
+    *slot += 1;
+    if let (Some(b), Some(gb)) = (l.bias.as_mut(), g.bias.as_ref()) {
+        f(*slot, b, gb, false);
+    }
+    *slot += 1;
+}
+
+fn visit_norm(slot: &mut usize, n: &mut crate::nn::LayerNorm, g: &LayerNormGrads, f: &mut Visit<'_>) {
+    f(*slot, &mut n.weight, &g.weight, false);
+    f(*slot + 1, &mut n.bias, &g.bias, false);
+    *slot += 2;
+}
+
 impl Vit {
+    /// Calls `f(slot, parameter, gradient, decay)` for every parameter tensor, in a fixed order
+    /// (`slot` numbers the tensors, for optimiser state).
+    pub fn visit_params_mut(&mut self, grads: &VitGrads, f: &mut Visit<'_>) {
+        let mut slot = 0;
+        visit_linear(&mut slot, &mut self.patch_embed, &grads.patch_embed, f);
+        if let (Some(c), Some(gc)) = (self.cls_token.as_mut(), grads.cls_token.as_ref()) {
+            f(slot, c, gc, false);
+        }
+        slot += 1;
+        f(slot, self.pos_embed.as_mut_slice(), grads.pos_embed.as_slice(), false);
+        slot += 1;
+        for (b, gb) in self.blocks.iter_mut().zip(&grads.blocks) {
+            visit_norm(&mut slot, &mut b.norm1, &gb.norm1, f);
+            let base = slot;
+            b.attn.visit_params(&gb.attn, &mut |local, p, g, decay| f(base + local, p, g, decay));
+            slot += 4;
+            for (ls, g) in [(&mut b.ls1, &gb.ls1), (&mut b.ls2, &gb.ls2)] {
+                if let (Some(p), Some(g)) = (ls.as_mut(), g.as_ref()) {
+                    f(slot, p, g, false);
+                }
+                slot += 1;
+            }
+            visit_norm(&mut slot, &mut b.norm2, &gb.norm2, f);
+            visit_linear(&mut slot, &mut b.mlp.fc1, &gb.mlp.fc1, f);
+            visit_linear(&mut slot, &mut b.mlp.fc2, &gb.mlp.fc2, f);
+        }
+        if let (Some(n), Some(g)) = (self.norm.as_mut(), grads.norm.as_ref()) {
+            visit_norm(&mut slot, n, g, f);
+        } else {
+            slot += 2;
+        }
+        if let (Some(n), Some(g)) = (self.fc_norm.as_mut(), grads.fc_norm.as_ref()) {
+            visit_norm(&mut slot, n, g, f);
+        } else {
+            slot += 2;
+        }
+        if let (Some(h), Some(g)) = (self.head.as_mut(), grads.head.as_ref()) {
+            visit_linear(&mut slot, h, g, f);
+        }
+    }
+
     /// Zero gradients shaped like the model's parameters.
     pub fn zero_grads(&self) -> VitGrads {
         let cfg = self.config();
