@@ -237,6 +237,9 @@ enum Params {
     },
 }
 
+/// An optimiser's view of one parameter tensor: `f(slot, parameter, gradient, decay)`.
+pub type ParamVisitor<'f> = dyn FnMut(usize, &mut [f32], &[f32], bool) + 'f;
+
 /// Gradients of a [`GraphAttention`]'s parameters (see [`GraphAttention::backward`]).
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttentionGrads {
@@ -581,7 +584,7 @@ impl GraphAttention {
     /// Calls `f(slot, parameter, gradient, decay)` for every parameter tensor in a fixed order
     /// (timm: slots 0 `qkv.weight`, 1 `qkv.bias`, 2 `proj.weight`, 3 `proj.bias`; `decay` for
     /// the weight matrices only), for optimisers.
-    pub fn visit_params(&mut self, grads: &AttentionGrads, f: &mut dyn FnMut(usize, &mut [f32], &[f32], bool)) {
+    pub fn visit_params(&mut self, grads: &AttentionGrads, f: &mut ParamVisitor<'_>) {
         if let (Params::Timm { qkv, proj }, AttentionGrads::Timm { qkv: gq, proj: gp }) = (&mut self.params, grads) {
             for (slot, (l, g)) in [(qkv, gq), (proj, gp)].into_iter().enumerate() {
                 f(2 * slot, l.weight.as_mut_slice(), g.weight.as_slice(), true);

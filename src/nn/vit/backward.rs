@@ -106,7 +106,7 @@ impl VitGrads {
 /// One parameter tensor and its gradient, for an optimiser: `decay` follows timm's rule
 /// (weight decay for weight matrices only; not for biases, norms, LayerScale, `pos_embed`,
 /// `cls_token`).
-type Visit<'f> = dyn FnMut(usize, &mut [f32], &[f32], bool) + 'f;
+type Visit<'f> = crate::nn::ParamVisitor<'f>;
 
 fn visit_linear(slot: &mut usize, l: &mut crate::nn::Linear, g: &LinearGrads, f: &mut Visit<'_>) {
     f(*slot, l.weight.as_mut_slice(), g.weight.as_slice(), true);
