@@ -29,10 +29,13 @@
 
 use clap::{Parser, Subcommand};
 use patchgraph::bench::{Case, GraphKind, MemoryProbe, Record, crossover, run_case};
+use patchgraph::checkpoint::TensorMap;
+use patchgraph::data::{ImageDataset, Split, load_mnist};
 use patchgraph::graph::GraphSpec;
 use patchgraph::image::{ChwImage, ImageTransform, Interpolation, Normalization, patch_grid, patchify};
 use patchgraph::infer::{Preprocess, compare, load_inputs, load_labels, load_vit, predict, top_k};
 use patchgraph::nn::{Init, Vit, VitConfig, VitOptions};
+use patchgraph::train::{AdamW, BatchProgress, EpochMetrics, TrainConfig, train_vit};
 use patchgraph::{Error, Graph, Result};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
@@ -103,6 +106,60 @@ enum Command {
         /// Time whole ViT forwards of these architectures instead (e.g. vit_tiny_patch16_224).
         #[arg(long, value_delimiter = ',')]
         vit: Vec<String>,
+    },
+    /// Train a ViT with any attention graph on an MNIST-format dataset (IDX files, raw or gzipped).
+    Train {
+        /// Directory with {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (MNIST, Fashion-MNIST).
+        #[arg(long)]
+        data: PathBuf,
+        /// Model family (vit; the GAT and ViG families are not built yet).
+        #[arg(long, default_value = "vit")]
+        model: String,
+        /// Attention graph, one spec or one per layer, comma-separated (complete, grid8:1, window:7, knn:8, fknn:8:1 ...).
+        #[arg(long, default_value = "complete")]
+        graph: String,
+        /// Patch side in pixels.
+        #[arg(long, default_value_t = 4)]
+        patch: usize,
+        /// Width D.
+        #[arg(long, default_value_t = 64)]
+        dim: usize,
+        /// Blocks.
+        #[arg(long, default_value_t = 4)]
+        depth: usize,
+        /// Attention heads.
+        #[arg(long, default_value_t = 4)]
+        heads: usize,
+        /// Epochs.
+        #[arg(long, default_value_t = 10)]
+        epochs: usize,
+        /// Batch size.
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        /// Peak learning rate (AdamW, warm-up 1 epoch, cosine to 1e-5).
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f32,
+        /// Weight decay (weight matrices only).
+        #[arg(long, default_value_t = 0.05)]
+        weight_decay: f32,
+        /// Label smoothing.
+        #[arg(long, default_value_t = 0.1)]
+        smoothing: f32,
+        /// Seed of the initialisation, shuffling and augmentation.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Use only the first N training images.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Output directory: metrics.csv, metrics.json, checkpoint.safetensors (timm names), optimizer.safetensors.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue from the checkpoint and optimiser state in --out.
+        #[arg(long)]
+        resume: bool,
+        /// rayon threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Convert a ViT checkpoint (Google .npz or timm safetensors) to a timm-named safetensors file.
     Convert {
@@ -249,6 +306,51 @@ fn run(cli: Cli) -> Result<()> {
                     bench_vit(&vit, &batches, runs, json.as_deref())
                 }
             })
+        }
+        Command::Train {
+            data,
+            model,
+            graph,
+            patch,
+            dim,
+            depth,
+            heads,
+            epochs,
+            batch,
+            lr,
+            weight_decay,
+            smoothing,
+            seed,
+            limit,
+            out,
+            resume,
+            threads,
+        } => {
+            if model != "vit" {
+                return Err(Error::invalid(
+                    "--model",
+                    format!("`{model}`: only `vit` is built so far (GAT and ViG families: issue #5)"),
+                ));
+            }
+            let graphs = graph.split(',').map(|s| s.trim().parse()).collect::<Result<Vec<GraphSpec>>>()?;
+            let train_set = load_mnist(&data, Split::Train)?;
+            let test_set = load_mnist(&data, Split::Test)?;
+            let (c, h, _) = train_set.shape();
+            let mut vit_config = VitConfig::tiny(h, patch, train_set.classes.max(test_set.classes));
+            (vit_config.in_chans, vit_config.embed_dim, vit_config.depth, vit_config.num_heads) =
+                (c, dim, depth, heads);
+            let config = TrainConfig {
+                epochs,
+                batch_size: batch,
+                lr,
+                weight_decay,
+                smoothing,
+                seed,
+                limit,
+                graphs,
+                ..TrainConfig::mnist()
+            };
+            thread_pool(threads)?.install(|| train(vit_config, config, &train_set, &test_set, out.as_deref(), resume))
         }
         Command::Convert { checkpoint, config, arch, img_size, out } => {
             let mut config = match (&config, &arch) {
@@ -409,6 +511,119 @@ fn infer(a: &InferArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `patchgraph train`: the loop with a progress bar, metrics files and checkpoints.
+fn train(
+    vit_config: VitConfig,
+    config: TrainConfig,
+    train_set: &ImageDataset,
+    test_set: &ImageDataset,
+    out: Option<&Path>,
+    resume: bool,
+) -> Result<()> {
+    vit_config.validate()?;
+    let mut vit = Vit::new(vit_config.clone(), &mut Init::new(config.seed))?;
+    let mut opt = AdamW::new(config.lr, config.weight_decay);
+    let mut history: Vec<serde_json::Value> = Vec::new();
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+        if resume {
+            let ckpt = dir.join("checkpoint.safetensors");
+            let map = TensorMap::load_safetensors(&ckpt)?;
+            let saved: VitConfig =
+                map.metadata().get("patchgraph_vit_config").and_then(|s| serde_json::from_str(s).ok()).ok_or_else(
+                    || Error::Format {
+                        path: ckpt.display().to_string(),
+                        reason: "no ViT config in its metadata".into(),
+                    },
+                )?;
+            vit = Vit::load(saved, map, &ckpt.display().to_string())?;
+            let opt_path = dir.join("optimizer.safetensors");
+            opt.load_state(TensorMap::load_safetensors(&opt_path)?, &opt_path.display().to_string())?;
+            let metrics = dir.join("metrics.json");
+            let text =
+                std::fs::read_to_string(&metrics).map_err(|source| Error::Io { path: metrics.clone(), source })?;
+            history = serde_json::from_str(&text)
+                .map_err(|e| Error::Format { path: metrics.display().to_string(), reason: e.to_string() })?;
+            println!("resuming after epoch {} (step {})", history.len(), opt.steps());
+        }
+    }
+    let start_epoch = history.len();
+    println!(
+        "train: ViT D={} depth={} heads={} patch={} on {} images ({} test), graph {}, {} rayon threads",
+        vit.config().embed_dim,
+        vit.config().depth,
+        vit.config().num_heads,
+        vit.config().patch_size,
+        config.limit.map_or(train_set.len(), |l| l.min(train_set.len())),
+        test_set.len(),
+        if config.graphs.is_empty() {
+            "complete".to_string()
+        } else {
+            config.graphs.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(",")
+        },
+        rayon::current_num_threads()
+    );
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
+            .map_err(|e| Error::invalid("progress bar", e.to_string()))?
+            .progress_chars("=> "),
+    );
+    let mut on_batch = |p: BatchProgress| {
+        bar.set_length(p.batches as u64);
+        bar.set_prefix(p.epoch.to_string());
+        bar.set_position(p.batch as u64);
+        bar.set_message(format!("loss {:.4} acc {:.3} {:.0} img/s", p.loss, p.accuracy, p.images_per_second));
+    };
+    let mut on_epoch = |m: &EpochMetrics| -> Result<()> {
+        bar.suspend(|| {
+            println!(
+                "epoch {:>3}: train loss {:.4} acc {:.4} | test loss {:.4} acc {:.4} | lr {:.2e} | {:.0} img/s, {:.1} s",
+                m.epoch, m.train_loss, m.train_accuracy, m.test_loss, m.test_accuracy, m.lr, m.images_per_second, m.seconds
+            )
+        });
+        if let Some(dir) = out {
+            history.push(serde_json::to_value(m).map_err(|e| Error::invalid("metrics", e.to_string()))?);
+            write_metrics(dir, &history)?;
+        }
+        Ok(())
+    };
+    let metrics =
+        train_vit(&mut vit, &mut opt, train_set, test_set, &config, start_epoch, &mut on_batch, &mut on_epoch)?;
+    bar.finish_and_clear();
+    if let Some(dir) = out {
+        vit.save_safetensors(dir.join("checkpoint.safetensors"))?;
+        opt.state_dict()?.save_safetensors(dir.join("optimizer.safetensors"))?;
+        println!(
+            "wrote {}/{{metrics.csv, metrics.json, checkpoint.safetensors, optimizer.safetensors}}",
+            dir.display()
+        );
+    }
+    if let Some(last) = metrics.last() {
+        println!(
+            "test accuracy {:.4} ({} of {} images)",
+            last.test_accuracy,
+            (last.test_accuracy * test_set.len() as f32).round(),
+            test_set.len()
+        );
+    }
+    Ok(())
+}
+
+/// metrics.json (every epoch) and metrics.csv, each written whole through a rename.
+fn write_metrics(dir: &Path, history: &[serde_json::Value]) -> Result<()> {
+    let json = serde_json::to_string_pretty(history).map_err(|e| Error::invalid("metrics", e.to_string()))?;
+    write_atomically(&dir.join("metrics.json"), json.as_bytes())?;
+    let cols =
+        ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "images_per_second", "seconds"];
+    let mut csv = cols.join(",") + "\n";
+    for row in history {
+        csv += &cols.iter().map(|c| row[c].to_string()).collect::<Vec<_>>().join(",");
+        csv += "\n";
+    }
+    write_atomically(&dir.join("metrics.csv"), csv.as_bytes())
 }
 
 /// Times whole ViT forwards (seeded random weights, random normal images) per arch and batch.

@@ -15,9 +15,11 @@
 //!                   da += ds_e lrelu(z)
 //! ```
 //!
-//! [`attend_backward`] runs in two parallel passes, each deterministic: per destination
-//! (probabilities recomputed from the forward's log-sum-exp, `ds`, `dq`), then per source over
-//! its outgoing edges in edge order (`dk`, `dv`). [`attend_backward_reference`] is the f64 oracle.
+//! [`attend_backward`] sends complete graphs with self-loops (dot score, no bias) to a dense
+//! backward, GEMMs per (block, head) with the probabilities recomputed from the forward's
+//! log-sum-exp; every other graph to two parallel edge passes, each deterministic: per
+//! destination (probabilities, `ds`, `dq`), then per source over its outgoing edges in edge
+//! order (`dk`, `dv`). [`attend_backward_reference`] is the f64 oracle.
 //!
 //! ```
 //! use patchgraph::{Graph, Matrix};
@@ -40,6 +42,7 @@
 use super::{AttentionInputs, Score};
 use crate::error::{Error, Result};
 use crate::graph::Graph;
+use crate::kernels::simd;
 use crate::tensor::Matrix;
 use rayon::prelude::*;
 
@@ -52,12 +55,15 @@ pub struct AttentionGrads {
     pub key: Matrix,
     /// `dL/dvalue` `[N x H*dv]`.
     pub value: Matrix,
-    /// `dL/dbias` `[E x H]` (the edge-softmax gradient `ds`; returned whether or not the inputs
-    /// had a bias).
+    /// `dL/dbias` `[E x H]` (the edge-softmax gradient `ds`) when the inputs had a bias; empty
+    /// otherwise.
     pub bias: Vec<f32>,
     /// `dL/da` `[H*d]` for [`Score::GatV2`], empty otherwise.
     pub attention: Vec<f32>,
 }
+
+/// One dense task's result: block, head, and its `dq`, `dk`, `dv` rows.
+type DenseTaskGrads = (usize, usize, faer::Mat<f32>, faer::Mat<f32>, faer::Mat<f32>);
 
 /// Destinations per task of the first pass (fixed: the same partial sums on any thread count).
 const NODES_PER_TASK: usize = 64;
@@ -68,7 +74,111 @@ fn lrelu_grad(z: f32, slope: f32) -> f32 {
 }
 
 /// The fast backward. `log_sum_exp` `[N x H]` is the forward's ([`super::AttentionOutput`]).
+/// Complete graphs with self-loops (ViT batches) and the dot score without a bias go to the
+/// dense backward (GEMMs per block and head); everything else to the two edge passes.
 pub fn attend_backward(
+    graph: &Graph,
+    score: &Score,
+    inputs: &AttentionInputs<'_>,
+    log_sum_exp: &[f32],
+    dout: &Matrix,
+) -> Result<AttentionGrads> {
+    match (graph.complete_self_loops(), score, inputs.bias) {
+        (Some(true), Score::Dot { scale }, None) => dense_backward(graph, *scale, inputs, log_sum_exp, dout),
+        _ => sparse_backward(graph, score, inputs, log_sum_exp, dout),
+    }
+}
+
+/// Dense backward for complete blocks with self-loops, dot score, no bias; per (block, head),
+/// FlashAttention's backward with the probabilities recomputed from the log-sum-exp:
+///
+/// ```text
+/// S = scale Q K^T,  P = exp(S - lse) (rows renormalised)      [m x m], held transposed
+/// dV = P^T dO,  dP = dO V^T,  dS = P * (dP - rowsum(P * dP))
+/// dQ = scale dS K,  dK = scale dS^T Q
+/// ```
+fn dense_backward(
+    graph: &Graph,
+    scale: f32,
+    inputs: &AttentionInputs<'_>,
+    log_sum_exp: &[f32],
+    dout: &Matrix,
+) -> Result<AttentionGrads> {
+    use faer::linalg::matmul::matmul;
+    use faer::{Accum, Mat, Par};
+    let dims = inputs.validate(graph, &Score::Dot { scale })?;
+    let (n, h_count, dk, dv) = (dims.nodes, dims.heads, dims.key_dim, dims.value_dim);
+    dout.expect_shape("attention backward dout", n, h_count * dv)?;
+    if log_sum_exp.len() != n * h_count {
+        return Err(Error::shape(
+            "attention log-sum-exp",
+            format!("[{n} x {h_count}]"),
+            format!("{}", log_sum_exp.len()),
+        ));
+    }
+    let blocks = graph.blocks();
+    let tasks: Vec<(usize, usize)> =
+        (0..blocks.len().saturating_sub(1)).flat_map(|b| (0..h_count).map(move |h| (b, h))).collect();
+    let (q, k, v) = (inputs.query.as_faer(), inputs.key.as_faer(), inputs.value.as_faer());
+    let g = dout.as_faer();
+    let parts: Vec<DenseTaskGrads> = tasks
+        .into_par_iter()
+        .map(|(b, h)| {
+            let (base, m) = (blocks[b], blocks[b + 1] - blocks[b]);
+            let qb = q.submatrix(base, h * dk, m, dk);
+            let kb = k.submatrix(base, h * dk, m, dk);
+            let vb = v.submatrix(base, h * dv, m, dv);
+            let gb = g.submatrix(base, h * dv, m, dv);
+            // Transposed, so that one query's row is one contiguous column (faer is column-major):
+            // Pt = S^T = scale K Q^T ; column i: exp(S_i. - lse_i), renormalised
+            let mut pt = Mat::<f32>::zeros(m, m);
+            matmul(pt.as_mut(), Accum::Replace, kb, qb.transpose(), scale, Par::Seq);
+            for i in 0..m {
+                let col = pt.col_as_slice_mut(i);
+                let sum = simd::exp_sub_sum(col, log_sum_exp[(base + i) * h_count + h]);
+                simd::scale(col, if sum > 0.0 { 1.0 / sum } else { 0.0 });
+            }
+            // dV = P^T dO = Pt dO
+            let mut dv_b = Mat::<f32>::zeros(m, dv);
+            matmul(dv_b.as_mut(), Accum::Replace, pt.as_ref(), gb, 1.0, Par::Seq);
+            // dPt = V dO^T ; dSt = Pt * (dPt - colsum(Pt * dPt))
+            let mut dst = Mat::<f32>::zeros(m, m);
+            matmul(dst.as_mut(), Accum::Replace, vb, gb.transpose(), 1.0, Par::Seq);
+            for i in 0..m {
+                let p_col = pt.col_as_slice(i);
+                let d = simd::dot(p_col, dst.col_as_slice(i));
+                for (x, p) in dst.col_as_slice_mut(i).iter_mut().zip(p_col) {
+                    *x = p * (*x - d);
+                }
+            }
+            // dQ = scale dS K = scale dSt^T K ; dK = scale dS^T Q = scale dSt Q
+            let mut dq_b = Mat::<f32>::zeros(m, dk);
+            matmul(dq_b.as_mut(), Accum::Replace, dst.as_ref().transpose(), kb, scale, Par::Seq);
+            let mut dk_b = Mat::<f32>::zeros(m, dk);
+            matmul(dk_b.as_mut(), Accum::Replace, dst.as_ref(), qb, scale, Par::Seq);
+            (b, h, dq_b, dk_b, dv_b)
+        })
+        .collect();
+    let mut dq = Matrix::zeros(n, h_count * dk);
+    let mut dk_m = Matrix::zeros(n, h_count * dk);
+    let mut dv_m = Matrix::zeros(n, h_count * dv);
+    for (b, h, dq_b, dk_b, dv_b) in parts {
+        let base = blocks[b];
+        for i in 0..dq_b.nrows() {
+            for c in 0..dk {
+                dq.row_mut(base + i)[h * dk + c] = dq_b[(i, c)];
+                dk_m.row_mut(base + i)[h * dk + c] = dk_b[(i, c)];
+            }
+            for c in 0..dv {
+                dv_m.row_mut(base + i)[h * dv + c] = dv_b[(i, c)];
+            }
+        }
+    }
+    Ok(AttentionGrads { query: dq, key: dk_m, value: dv_m, bias: Vec::new(), attention: Vec::new() })
+}
+
+/// The two edge passes (any graph, any score, with or without a bias).
+fn sparse_backward(
     graph: &Graph,
     score: &Score,
     inputs: &AttentionInputs<'_>,
@@ -217,7 +327,8 @@ pub fn attend_backward(
                 }
             }
         });
-    Ok(AttentionGrads { query: dq, key: dk_m, value: dv_m, bias: ds_all, attention })
+    let bias = if inputs.bias.is_some() { ds_all } else { Vec::new() };
+    Ok(AttentionGrads { query: dq, key: dk_m, value: dv_m, bias, attention })
 }
 
 /// Outgoing edges per source, as `(edge id, destination)` in edge-id order (a counting sort of
@@ -329,7 +440,7 @@ pub fn attend_backward_reference(
         query: Matrix::from_vec(n, h_count * dk, to32(dq))?,
         key: Matrix::from_vec(n, h_count * dk, to32(dkk))?,
         value: Matrix::from_vec(n, h_count * dv, to32(dvv))?,
-        bias: to32(db),
+        bias: if inputs.bias.is_some() { to32(db) } else { Vec::new() },
         attention: to32(da),
     })
 }

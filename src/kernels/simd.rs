@@ -326,6 +326,57 @@ impl WithSimd for GeluInplace<'_> {
     }
 }
 
+/// `out[i] = dy[i] * gelu'(x[i])`, `gelu'(x) = (1 + erf(x / sqrt 2)) / 2 + x exp(-x^2 / 2) / sqrt(2 pi)`:
+/// the backward of [`gelu_inplace`]. All three slices have the same length.
+pub fn gelu_backward(x: &[f32], dy: &[f32], out: &mut [f32]) {
+    dispatch(GeluBackward { x, dy, out })
+}
+
+/// Scalar reference of [`gelu_backward`]: `libm::erff` and `f32::exp`.
+pub fn gelu_backward_scalar(x: &[f32], dy: &[f32], out: &mut [f32]) {
+    for ((o, &x), &d) in out.iter_mut().zip(x).zip(dy) {
+        let cdf = 0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
+        *o = d * (cdf + x * (-0.5 * x * x).exp() * INV_SQRT_2PI);
+    }
+}
+
+/// `1 / sqrt(2 pi)`.
+const INV_SQRT_2PI: f32 = 0.398_942_3;
+
+struct GeluBackward<'a> {
+    x: &'a [f32],
+    dy: &'a [f32],
+    out: &'a mut [f32],
+}
+
+#[inline(always)]
+fn gelu_grad_v<S: Simd>(simd: S, x: S::f32s, dy: S::f32s) -> S::f32s {
+    let s = |c: f32| simd.splat_f32s(c);
+    let cdf =
+        simd.mul_f32s(s(0.5), simd.add_f32s(s(1.0), erf_v(simd, simd.mul_f32s(x, s(std::f32::consts::FRAC_1_SQRT_2)))));
+    let pdf = simd.mul_f32s(exp_v(simd, simd.mul_f32s(s(-0.5), simd.mul_f32s(x, x))), s(INV_SQRT_2PI));
+    simd.mul_f32s(dy, simd.mul_add_e_f32s(x, pdf, cdf))
+}
+
+impl WithSimd for GeluBackward<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let n = self.out.len().min(self.x.len()).min(self.dy.len());
+        let (xh, xt) = S::as_simd_f32s(&self.x[..n]);
+        let (dh, dt) = S::as_simd_f32s(&self.dy[..n]);
+        let (oh, ot) = S::as_mut_simd_f32s(&mut self.out[..n]);
+        for ((o, x), d) in oh.iter_mut().zip(xh).zip(dh) {
+            *o = gelu_grad_v(simd, *x, *d);
+        }
+        if !ot.is_empty() {
+            let g = gelu_grad_v(simd, simd.partial_load_f32s(xt), simd.partial_load_f32s(dt));
+            simd.partial_store_f32s(ot, g);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // scale, dot, axpy
 
@@ -718,6 +769,31 @@ mod tests {
             gelu_inplace_scalar(&mut b);
             for ((u, v), x) in a.iter().zip(&b).zip(&x) {
                 assert!((u - v).abs() <= 6e-7 * x.abs().max(1.0), "n = {n}: {u} vs {v} at {x}");
+            }
+        }
+    }
+
+    /// The SIMD GELU derivative against the scalar reference (libm erf, f32 exp) at lengths
+    /// around the widths and on a sweep of [-10, 10], on every level.
+    #[test]
+    fn gelu_backward_matches_scalar() {
+        let mut rng = Rng(5);
+        let mut cases: Vec<Vec<f32>> =
+            [0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65].iter().map(|&n| rng.vec(n, -6.0, 6.0)).collect();
+        cases.push((-(10 << 8)..=(10 << 8)).map(|i| i as f32 / 256.0).collect());
+        for x in cases {
+            let dy: Vec<f32> = (0..x.len()).map(|i| 1.0 - (i % 7) as f32 * 0.3).collect();
+            let mut want = vec![0.0; x.len()];
+            gelu_backward_scalar(&x, &dy, &mut want);
+            for level in levels() {
+                let mut got = vec![0.0; x.len()];
+                match level {
+                    None => gelu_backward(&x, &dy, &mut got),
+                    Some(l) => run_at(l, GeluBackward { x: &x, dy: &dy, out: &mut got }).unwrap(),
+                }
+                for ((g, w), (xi, di)) in got.iter().zip(&want).zip(x.iter().zip(&dy)) {
+                    assert!((g - w).abs() <= 1e-6 * di.abs().max(1.0), "{level:?}: x = {xi}: {g} vs {w}");
+                }
             }
         }
     }

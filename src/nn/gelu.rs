@@ -18,17 +18,17 @@ pub fn gelu(x: f32) -> f32 {
 }
 
 /// Backward of [`gelu_inplace`]: `dx = dy * gelu'(x)` with the pre-activation `x`,
-/// `gelu'(x) = Phi(x) + x phi(x) = (1 + erf(x / sqrt 2)) / 2 + x exp(-x^2 / 2) / sqrt(2 pi)`.
+/// `gelu'(x) = Phi(x) + x phi(x) = (1 + erf(x / sqrt 2)) / 2 + x exp(-x^2 / 2) / sqrt(2 pi)`
+/// (SIMD, in parallel over fixed chunks).
 pub fn gelu_backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
+    use rayon::prelude::*;
     // x [n] (what gelu_inplace received), dy [n] -> dx [n]
-    x.iter()
-        .zip(dy)
-        .map(|(&x, &d)| {
-            let cdf = 0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
-            let pdf = (-0.5 * x * x).exp() * 0.398_942_3; // 1 / sqrt(2 pi)
-            d * (cdf + x * pdf)
-        })
-        .collect()
+    let mut dx = vec![0.0f32; x.len().min(dy.len())];
+    dx.par_chunks_mut(CHUNK).enumerate().for_each(|(c, out)| {
+        let start = c * CHUNK;
+        crate::kernels::simd::gelu_backward(&x[start..start + out.len()], &dy[start..start + out.len()], out);
+    });
+    dx
 }
 
 /// Elements per rayon task of [`gelu_inplace`].

@@ -77,6 +77,48 @@ impl AdamW {
     }
 }
 
+impl AdamW {
+    /// The optimiser state as named tensors (`adamw.m.{slot}`, `adamw.v.{slot}`) with the step
+    /// count and hyper-parameters in the metadata, for resuming.
+    pub fn state_dict(&self) -> crate::Result<crate::checkpoint::TensorMap> {
+        let mut map = crate::checkpoint::TensorMap::default();
+        for (slot, (m, v)) in self.moments.iter().enumerate() {
+            map.insert(format!("adamw.m.{slot}"), vec![m.len()], m.clone())?;
+            map.insert(format!("adamw.v.{slot}"), vec![v.len()], v.clone())?;
+        }
+        map.set_metadata("adamw.step", self.step.to_string());
+        map.set_metadata("adamw.slots", self.moments.len().to_string());
+        Ok(map)
+    }
+
+    /// Restores [`AdamW::state_dict`]'s state (hyper-parameters stay as set).
+    pub fn load_state(&mut self, mut map: crate::checkpoint::TensorMap, what: &str) -> crate::Result<()> {
+        let meta = |key: &str| -> crate::Result<u64> {
+            map.metadata().get(key).and_then(|v| v.parse().ok()).ok_or_else(|| crate::Error::Format {
+                path: what.to_string(),
+                reason: format!("optimiser state without a `{key}` metadata entry"),
+            })
+        };
+        let (step, slots) = (meta("adamw.step")?, meta("adamw.slots")? as usize);
+        let mut moments = Vec::with_capacity(slots);
+        for slot in 0..slots {
+            let m = map.take_any(&format!("adamw.m.{slot}"))?.data;
+            let v = map.take_any(&format!("adamw.v.{slot}"))?.data;
+            if m.len() != v.len() {
+                return Err(crate::Error::Format {
+                    path: what.to_string(),
+                    reason: format!("slot {slot}: m and v differ in size"),
+                });
+            }
+            moments.push((m, v));
+        }
+        map.finish()?;
+        self.step = step;
+        self.moments = moments;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +143,8 @@ mod tests {
         opt.update(1, &mut b, &[-0.1], false);
         assert!((b[0] - (0.99 - 0.002_663_4)).abs() < 2e-6, "{}", b[0]);
         assert_eq!(opt.steps(), 2);
+        let mut again = AdamW::new(0.01, 0.1);
+        again.load_state(opt.state_dict().unwrap(), "state").unwrap();
+        assert_eq!(again, opt);
     }
 }

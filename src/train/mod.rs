@@ -1,4 +1,5 @@
-//! Training: the optimiser (more of the training loop lands with issue #5).
+//! Training: [`AdamW`], the warm-up + cosine [`CosineSchedule`], gradient clipping, and the
+//! loop [`train_vit`] with its [`TrainConfig`].
 //!
 //! ```
 //! use patchgraph::train::AdamW;
@@ -7,5 +8,9 @@
 //! ```
 
 mod adamw;
+mod schedule;
+mod trainer;
 
 pub use adamw::AdamW;
+pub use schedule::{CosineSchedule, clip_grad_norm};
+pub use trainer::{BatchProgress, EpochMetrics, TrainConfig, evaluate, train_vit};

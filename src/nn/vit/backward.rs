@@ -53,6 +53,46 @@ pub struct VitGrads {
 }
 
 impl VitGrads {
+    /// Every gradient tensor, mutable (for clipping).
+    pub fn slices_mut(&mut self) -> Vec<&mut [f32]> {
+        let mut out: Vec<&mut [f32]> = Vec::new();
+        fn lin<'a>(out: &mut Vec<&'a mut [f32]>, g: &'a mut LinearGrads) {
+            out.push(g.weight.as_mut_slice());
+            if let Some(b) = g.bias.as_mut() {
+                out.push(b);
+            }
+        }
+        fn ln<'a>(out: &mut Vec<&'a mut [f32]>, g: &'a mut LayerNormGrads) {
+            out.push(&mut g.weight);
+            out.push(&mut g.bias);
+        }
+        lin(&mut out, &mut self.patch_embed);
+        if let Some(c) = self.cls_token.as_mut() {
+            out.push(c);
+        }
+        out.push(self.pos_embed.as_mut_slice());
+        for b in &mut self.blocks {
+            ln(&mut out, &mut b.norm1);
+            if let AttentionGrads::Timm { qkv, proj } = &mut b.attn {
+                lin(&mut out, qkv);
+                lin(&mut out, proj);
+            }
+            for g in [&mut b.ls1, &mut b.ls2].into_iter().flatten() {
+                out.push(g);
+            }
+            ln(&mut out, &mut b.norm2);
+            lin(&mut out, &mut b.mlp.fc1);
+            lin(&mut out, &mut b.mlp.fc2);
+        }
+        for g in [&mut self.norm, &mut self.fc_norm].into_iter().flatten() {
+            ln(&mut out, g);
+        }
+        if let Some(h) = self.head.as_mut() {
+            lin(&mut out, h);
+        }
+        out
+    }
+
     /// The gradients under timm's parameter names and shapes (as `model.named_parameters()`).
     pub fn to_tensor_map(&self) -> Result<TensorMap> {
         let mut m = TensorMap::default();
@@ -189,6 +229,17 @@ impl Vit {
         smoothing: f32,
         options: &VitOptions,
     ) -> Result<(f32, VitGrads)> {
+        self.loss_grads_logits(images, targets, smoothing, options).map(|(l, g, _)| (l, g))
+    }
+
+    /// [`Vit::loss_and_grads`], also returning the forward's logits `[B x K]` (for accuracy).
+    pub fn loss_grads_logits(
+        &self,
+        images: &[ChwImage],
+        targets: &[usize],
+        smoothing: f32,
+        options: &VitOptions,
+    ) -> Result<(f32, VitGrads, Matrix)> {
         let cfg = self.config().clone();
         let specs = self.layer_specs(&options.graphs)?;
         let (b, t, g, d, prefix) = (images.len(), cfg.num_tokens(), cfg.grid(), cfg.embed_dim, cfg.prefix_tokens());
@@ -226,6 +277,7 @@ impl Vit {
         };
         // ---- backward
         let (loss, dlogits) = CrossEntropy { smoothing }.forward_backward(&logits, targets)?; // loss = CE(logits)
+        let logits = logits.clone();
         let dpn = match (&self.head, &mut grads.head) {
             (Some(h), Some(gh)) => h.backward(&pn, &dlogits, gh)?, // logits = head(pn)
             _ => dlogits,
@@ -278,6 +330,6 @@ impl Vit {
             }
         }
         self.patch_embed.backward(&patches, &dpatch, &mut grads.patch_embed)?;
-        Ok((loss, grads))
+        Ok((loss, grads, logits))
     }
 }
