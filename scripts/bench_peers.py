@@ -312,6 +312,40 @@ def main() -> None:
                 del x
             del model
 
+    # 5. Training throughput of the small MNIST ViT (issue #5): forward + backward + AdamW.
+    if wanted("train_vit_mnist", args.only):
+        with warnings.catch_warnings(record=True) as w_timm:
+            warnings.simplefilter("always")
+            import functools
+            from timm.models.vision_transformer import VisionTransformer
+        caught += list(w_timm)
+        torch.manual_seed(0)
+        model = VisionTransformer(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=4,
+                                  num_heads=4, norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6)).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+        loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+        b = 128
+        x = torch.randn(b, 1, 28, 28, generator=gen)
+        y = torch.randint(0, 10, (b,), generator=gen)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+
+        with torch.enable_grad():
+            if args.quick:
+                ms, min_ms, calls = time_call(step, 0.0, min_calls=5, warmup=2)
+            else:
+                ms, min_ms, calls = time_call(step, args.min_time, min_calls=20, warmup=3)
+        record("torch", "train_vit_mnist", b, 50, None, ms, min_ms, calls, None, images_per_s=1e3 * b / ms,
+               model="VisionTransformer(28, patch 4, in 1, D 64, depth 4, heads 4, 10 classes)",
+               step="zero_grad + CE(label_smoothing=0.1) + backward + clip_grad_norm_(1.0) + AdamW.step")
+        print(f"#   train_vit_mnist B={b}: {ms:.2f} ms/step, {1e3 * b / ms:.1f} images/s", flush=True)
+        del model, opt
+
     print()
     seen = set()
     for w in caught:

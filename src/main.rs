@@ -106,6 +106,10 @@ enum Command {
         /// Time whole ViT forwards of these architectures instead (e.g. vit_tiny_patch16_224).
         #[arg(long, value_delimiter = ',')]
         vit: Vec<String>,
+        /// Time training steps (forward, backward, clipping, AdamW) of the small MNIST ViT
+        /// (28 x 28, patch 4, D 64, depth 4, heads 4) at each of --batches instead.
+        #[arg(long)]
+        train: bool,
     },
     /// Train a ViT with any attention graph on an MNIST-format dataset (IDX files, raw or gzipped).
     Train {
@@ -298,15 +302,28 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { sizes, ks, batches, scores, heads, head_dim, runs, threads, no_crossover, json, vit } => {
-            thread_pool(threads)?.install(|| {
-                if vit.is_empty() {
-                    bench(&sizes, &ks, &batches, &scores, heads, head_dim, runs, !no_crossover, json.as_deref())
-                } else {
-                    bench_vit(&vit, &batches, runs, json.as_deref())
-                }
-            })
-        }
+        Command::Bench {
+            sizes,
+            ks,
+            batches,
+            scores,
+            heads,
+            head_dim,
+            runs,
+            threads,
+            no_crossover,
+            json,
+            vit,
+            train,
+        } => thread_pool(threads)?.install(|| {
+            if train {
+                bench_train(&batches, runs)
+            } else if vit.is_empty() {
+                bench(&sizes, &ks, &batches, &scores, heads, head_dim, runs, !no_crossover, json.as_deref())
+            } else {
+                bench_vit(&vit, &batches, runs, json.as_deref())
+            }
+        }),
         Command::Train {
             data,
             model,
@@ -624,6 +641,38 @@ fn write_metrics(dir: &Path, history: &[serde_json::Value]) -> Result<()> {
         csv += "\n";
     }
     write_atomically(&dir.join("metrics.csv"), csv.as_bytes())
+}
+
+/// Times training steps of the small MNIST ViT on random digits-shaped inputs.
+fn bench_train(batches: &[usize], runs: usize) -> Result<()> {
+    println!(
+        "patchgraph bench --train: {} rayon threads, median of {runs} steps after 2 warm-ups",
+        rayon::current_num_threads()
+    );
+    let mut c = VitConfig::tiny(28, 4, 10);
+    (c.in_chans, c.embed_dim, c.depth, c.num_heads) = (1, 64, 4, 4);
+    for &b in batches {
+        let mut vit = Vit::new(c.clone(), &mut Init::new(0))?;
+        let mut opt = AdamW::new(1e-3, 0.05);
+        let mut init = Init::new(1);
+        let images = (0..b).map(|_| ChwImage::new(1, 28, 28, init.normal(784, 1.0))).collect::<Result<Vec<_>>>()?;
+        let targets: Vec<usize> = (0..b).map(|i| i % 10).collect();
+        let mut step = || -> Result<f64> {
+            let t = std::time::Instant::now();
+            let (_, mut grads) = vit.loss_and_grads(&images, &targets, 0.1, &VitOptions::default())?;
+            patchgraph::train::clip_grad_norm(&mut grads.slices_mut(), 1.0);
+            opt.begin_step();
+            vit.visit_params_mut(&grads, &mut |slot, p, g, decay| opt.update(slot, p, g, decay));
+            Ok(t.elapsed().as_secs_f64() * 1e3)
+        };
+        step()?;
+        step()?;
+        let mut times = (0..runs.max(1)).map(|_| step()).collect::<Result<Vec<_>>>()?;
+        times.sort_by(f64::total_cmp);
+        let ms = times[times.len() / 2];
+        println!("train_vit_mnist B={b}: {ms:.2} ms/step, {:.1} images/s", 1e3 * b as f64 / ms);
+    }
+    Ok(())
 }
 
 /// Times whole ViT forwards (seeded random weights, random normal images) per arch and batch.
