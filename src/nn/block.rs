@@ -16,8 +16,8 @@
 //! ```
 
 use super::{
-    AttentionConfig, AttentionGrads, AttentionWeights, ForwardOptions, GraphAttention, Init, LayerNorm, LayerNormGrads,
-    Mlp, MlpGrads,
+    AttentionCache, AttentionConfig, AttentionGrads, AttentionWeights, ForwardOptions, GraphAttention, Init, LayerNorm,
+    LayerNormGrads, Mlp, MlpGrads,
 };
 use crate::checkpoint::TensorMap;
 use crate::error::{Error, Result};
@@ -196,39 +196,72 @@ impl Block {
         }
     }
 
-    /// Backward of [`Block::forward`], recomputing its intermediates from the block input `x`:
+    /// Backward of [`Block::forward`], recomputing its intermediates from the block input `x`
+    /// (see [`Block::backward_cached`] for the formulas).
+    pub fn backward(&self, graph: &Graph, x: &Matrix, dy: &Matrix, grads: &mut BlockGrads) -> Result<Matrix> {
+        let (_, cache) = self.forward_cached(graph, x)?;
+        self.backward_cached(graph, x, &cache, dy, grads)
+    }
+
+    /// Forward keeping the intermediates the backward needs: `x [N x D] -> (y, cache)`.
+    pub fn forward_cached(&self, graph: &Graph, x: &Matrix) -> Result<(Matrix, BlockCache)> {
+        let h1 = self.norm1.forward(x)?; // h1 = norm1(x)
+        let (a, attn) = self.attn.forward_cached(graph, &h1)?; // a = attn(h1)
+        let mut x1 = x.clone();
+        residual(&mut x1, &a, self.ls1.as_deref()); // x1 = x + ls1 a
+        let h2 = self.norm2.forward(&x1)?; // h2 = norm2(x1)
+        let (m, mlp_h, mlp_a) = self.mlp.forward_cached(&h2)?; // m = mlp(h2)
+        let mut y = x1.clone();
+        residual(&mut y, &m, self.ls2.as_deref()); // y = x1 + ls2 m
+        Ok((y, BlockCache { h1, attn, a, x1, h2, m, mlp_h, mlp_a }))
+    }
+
+    /// Backward from [`Block::forward_cached`]'s cache:
     ///
     /// ```text
     /// h1 = norm1(x); a = attn(h1); x1 = x + ls1 a      dx  = dx1 + norm1.backward(x, attn.backward(h1, ls1 dx1))
     /// h2 = norm2(x1); m = mlp(h2); y = x1 + ls2 m      dx1 = dy + norm2.backward(x1, mlp.backward(h2, ls2 dy))
     ///                                                  dls1 = sum dx1 a,  dls2 = sum dy m
     /// ```
-    pub fn backward(&self, graph: &Graph, x: &Matrix, dy: &Matrix, grads: &mut BlockGrads) -> Result<Matrix> {
-        // x, dy [N x D]
-        let h1 = self.norm1.forward(x)?;
-        let a = self.attn.forward(graph, &h1)?;
-        let mut x1 = x.clone();
-        residual(&mut x1, &a, self.ls1.as_deref());
-        let h2 = self.norm2.forward(&x1)?;
+    pub fn backward_cached(
+        &self,
+        graph: &Graph,
+        x: &Matrix,
+        cache: &BlockCache,
+        dy: &Matrix,
+        grads: &mut BlockGrads,
+    ) -> Result<Matrix> {
         // y = x1 + ls2 m
-        let dm = scaled(dy, self.ls2.as_deref());
-        if let (Some(g), Some(_)) = (grads.ls2.as_mut(), self.ls2.as_ref()) {
-            let m = self.mlp.forward(&h2)?;
-            column_dot_add(g, dy, &m);
+        if let Some(g) = grads.ls2.as_mut() {
+            column_dot_add(g, dy, &cache.m);
         }
-        let dh2 = self.mlp.backward(&h2, &dm, &mut grads.mlp)?;
-        let mut dx1 = self.norm2.backward(&x1, &dh2, &mut grads.norm2)?;
+        let dm = scaled(dy, self.ls2.as_deref());
+        let dh2 = self.mlp.backward_cached(&cache.h2, &cache.mlp_h, &cache.mlp_a, &dm, &mut grads.mlp)?; // m = mlp(h2)
+        let mut dx1 = self.norm2.backward(&cache.x1, &dh2, &mut grads.norm2)?; // h2 = norm2(x1)
         add_into(&mut dx1, dy);
         // x1 = x + ls1 a
-        if let (Some(g), Some(_)) = (grads.ls1.as_mut(), self.ls1.as_ref()) {
-            column_dot_add(g, &dx1, &a);
+        if let Some(g) = grads.ls1.as_mut() {
+            column_dot_add(g, &dx1, &cache.a);
         }
         let da = scaled(&dx1, self.ls1.as_deref());
-        let dh1 = self.attn.backward(graph, &h1, &da, &mut grads.attn)?;
-        let mut dx = self.norm1.backward(x, &dh1, &mut grads.norm1)?;
+        let dh1 = self.attn.backward_cached(graph, &cache.h1, &cache.attn, &da, &mut grads.attn)?; // a = attn(h1)
+        let mut dx = self.norm1.backward(x, &dh1, &mut grads.norm1)?; // h1 = norm1(x)
         add_into(&mut dx, &dx1);
         Ok(dx)
     }
+}
+
+/// The intermediates of one block's forward that its backward reads.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockCache {
+    h1: Matrix,
+    attn: AttentionCache,
+    a: Matrix,
+    x1: Matrix,
+    h2: Matrix,
+    m: Matrix,
+    mlp_h: Matrix,
+    mlp_a: Matrix,
 }
 
 /// `gamma * y` row by row (a copy of `y` when `gamma` is absent).

@@ -240,6 +240,17 @@ enum Params {
 /// An optimiser's view of one parameter tensor: `f(slot, parameter, gradient, decay)`.
 pub type ParamVisitor<'f> = dyn FnMut(usize, &mut [f32], &[f32], bool) + 'f;
 
+/// What the timm layer's backward needs from its forward ([`GraphAttention::forward_cached`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttentionCache {
+    /// `x Wqkv^T + b` `[N x 3D]`.
+    pub qkv: Matrix,
+    /// The attended values before `proj` `[N x D]`.
+    pub attended: Matrix,
+    /// `[N x H]`.
+    pub log_sum_exp: Vec<f32>,
+}
+
 /// Gradients of a [`GraphAttention`]'s parameters (see [`GraphAttention::backward`]).
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttentionGrads {
@@ -541,34 +552,69 @@ impl GraphAttention {
     /// The PyG configurations (GAT, GATv2, TransformerConv) have their attention backward in
     /// [`crate::attention::attend_backward`] but not yet the layer's; they return an error.
     pub fn backward(&self, graph: &Graph, x: &Matrix, dy: &Matrix, grads: &mut AttentionGrads) -> Result<Matrix> {
+        let (_, cache) = self.forward_cached(graph, x)?;
+        self.backward_cached(graph, x, &cache, dy, grads)
+    }
+
+    /// The timm layer's forward, keeping what its backward needs (`qkv` output, attended
+    /// values, log-sum-exp): `x [N x D] -> ([N x D], cache)`.
+    pub fn forward_cached(&self, graph: &Graph, x: &Matrix) -> Result<(Matrix, AttentionCache)> {
+        x.expect_shape("attention input x", graph.num_nodes(), self.config.in_dim())?;
+        let Params::Timm { qkv, proj } = &self.params else {
+            return Err(self.no_layer_backward());
+        };
+        let d = self.config.in_dim();
+        let qkv_out = qkv.forward(x)?; // qkv = x Wqkv^T + b
+        let inputs = AttentionInputs::new(
+            column_block(&qkv_out, 0, d)?,
+            column_block(&qkv_out, d, d)?,
+            column_block(&qkv_out, 2 * d, d)?,
+            self.config.heads(),
+        );
+        let a = attend(graph, &self.score(), &inputs, Path::Auto, false)?; // a = attend(q, k, v)
+        let y = proj.forward(&a.out)?; // y = a Wproj^T + b
+        Ok((y, AttentionCache { qkv: qkv_out, attended: a.out, log_sum_exp: a.log_sum_exp }))
+    }
+
+    /// Backward from [`GraphAttention::forward_cached`]'s cache (no recomputation).
+    pub fn backward_cached(
+        &self,
+        graph: &Graph,
+        x: &Matrix,
+        cache: &AttentionCache,
+        dy: &Matrix,
+        grads: &mut AttentionGrads,
+    ) -> Result<Matrix> {
         // x [N x D], dy [N x D]
         x.expect_shape("attention backward x", graph.num_nodes(), self.config.in_dim())?;
         let (Params::Timm { qkv, proj }, AttentionGrads::Timm { qkv: g_qkv, proj: g_proj }) = (&self.params, grads)
         else {
-            return Err(Error::invalid(
-                "GraphAttention::backward",
-                format!("the layer backward exists for the timm configuration only, not {:?}", self.config),
-            ));
+            return Err(self.no_layer_backward());
         };
         let d = self.config.in_dim();
-        let heads = self.config.heads();
-        let score = self.score();
-        let y_qkv = qkv.forward(x)?; // qkv = x Wqkv^T + b
         let inputs = AttentionInputs::new(
-            column_block(&y_qkv, 0, d)?,
-            column_block(&y_qkv, d, d)?,
-            column_block(&y_qkv, 2 * d, d)?,
-            heads,
+            column_block(&cache.qkv, 0, d)?,
+            column_block(&cache.qkv, d, d)?,
+            column_block(&cache.qkv, 2 * d, d)?,
+            self.config.heads(),
         );
-        let a = attend(graph, &score, &inputs, Path::Auto, false)?; // a = attend(q, k, v)
-        let da = proj.backward(&a.out, dy, g_proj)?; // y = a Wproj^T + b
-        let g = crate::attention::attend_backward(graph, &score, &inputs, &a.log_sum_exp, &da)?;
-        let dqkv = Matrix::from_fn(x.rows(), 3 * d, |n, c| match c / d {
-            0 => g.query.get(n, c),
-            1 => g.key.get(n, c - d),
-            _ => g.value.get(n, c - 2 * d),
-        });
+        let da = proj.backward(&cache.attended, dy, g_proj)?; // y = a Wproj^T + b
+        let g = crate::attention::attend_backward(graph, &self.score(), &inputs, &cache.log_sum_exp, &da)?;
+        let mut dqkv = Matrix::zeros(x.rows(), 3 * d); // qkv = x Wqkv^T + b, q | k | v columns
+        for n in 0..x.rows() {
+            let row = dqkv.row_mut(n);
+            row[..d].copy_from_slice(g.query.row(n));
+            row[d..2 * d].copy_from_slice(g.key.row(n));
+            row[2 * d..].copy_from_slice(g.value.row(n));
+        }
         qkv.backward(x, &dqkv, g_qkv)
+    }
+
+    fn no_layer_backward(&self) -> Error {
+        Error::invalid(
+            "GraphAttention backward",
+            format!("the layer backward exists for the timm configuration only, not {:?}", self.config),
+        )
     }
 
     /// Zero gradients shaped like this layer's parameters.

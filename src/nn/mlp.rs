@@ -72,12 +72,30 @@ impl Mlp {
     /// Backward of [`Mlp::forward`], recomputing `h = fc1(x)` and `a = gelu(h)`:
     /// `da = fc2.backward(a, dy)`, `dh = gelu_backward(h, da)`, `dx = fc1.backward(x, dh)`.
     pub fn backward(&self, x: &Matrix, dy: &Matrix, grads: &mut MlpGrads) -> Result<Matrix> {
-        // x [N x D] -> h [N x hidden] -> a [N x hidden] -> y [N x D]
+        let (_, h, a) = self.forward_cached(x)?;
+        self.backward_cached(x, &h, &a, dy, grads)
+    }
+
+    /// Forward returning `(y, h, a)`: the output, `h = fc1(x)` and `a = gelu(h)`.
+    pub fn forward_cached(&self, x: &Matrix) -> Result<(Matrix, Matrix, Matrix)> {
         let h = self.fc1.forward(x)?; // h = fc1(x)
         let mut a = h.clone();
         gelu_inplace(a.as_mut_slice()); // a = gelu(h)
-        let da = self.fc2.backward(&a, dy, &mut grads.fc2)?; // y = fc2(a)
-        let dh = Matrix::from_vec(h.rows(), h.cols(), gelu_backward(h.as_slice(), da.as_slice()))?;
-        self.fc1.backward(x, &dh, &mut grads.fc1)
+        Ok((self.fc2.forward(&a)?, h, a)) // y = fc2(a)
+    }
+
+    /// Backward from [`Mlp::forward_cached`]'s `h` and `a`.
+    pub fn backward_cached(
+        &self,
+        x: &Matrix,
+        h: &Matrix,
+        a: &Matrix,
+        dy: &Matrix,
+        grads: &mut MlpGrads,
+    ) -> Result<Matrix> {
+        // x [N x D] -> h [N x hidden] -> a [N x hidden] -> y [N x D]
+        let da = self.fc2.backward(a, dy, &mut grads.fc2)?; // y = fc2(a)
+        let dh = Matrix::from_vec(h.rows(), h.cols(), gelu_backward(h.as_slice(), da.as_slice()))?; // a = gelu(h)
+        self.fc1.backward(x, &dh, &mut grads.fc1) // h = fc1(x)
     }
 }

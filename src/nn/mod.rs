@@ -22,10 +22,11 @@ mod loss;
 mod mlp;
 mod vit;
 
-pub use block::{Block, BlockConfig, BlockGrads};
+pub use block::{Block, BlockCache, BlockConfig, BlockGrads};
 pub use gelu::{gelu, gelu_backward, gelu_inplace};
 pub use graph_attention::{
-    AttentionConfig, AttentionGrads, AttentionWeights, ForwardOptions, GraphAttention, LayerOutput, ParamVisitor,
+    AttentionCache, AttentionConfig, AttentionGrads, AttentionWeights, ForwardOptions, GraphAttention, LayerOutput,
+    ParamVisitor,
 };
 pub use init::Init;
 pub use layer_norm::{LayerNorm, LayerNormGrads};

@@ -254,8 +254,8 @@ impl Vit {
         let mut layer_inputs = Vec::with_capacity(self.blocks.len());
         for (block, spec) in self.blocks.iter().zip(&specs) {
             let graph = self.layer_graph(block, spec, &x, b, &mut cache)?;
-            let next = block.forward(&graph, &x)?;
-            layer_inputs.push((std::mem::replace(&mut x, next), graph));
+            let (next, block_cache) = block.forward_cached(&graph, &x)?;
+            layer_inputs.push((std::mem::replace(&mut x, next), graph, block_cache));
         }
         let xn = match &self.norm {
             Some(n) => n.forward(&x)?,
@@ -304,8 +304,8 @@ impl Vit {
             (Some(n), Some(gn)) => n.backward(&x, &dxn, gn)?, // xn = norm(x_L)
             _ => dxn,
         };
-        for ((block, (x_l, graph)), gb) in self.blocks.iter().zip(&layer_inputs).zip(grads.blocks.iter_mut()).rev() {
-            dx = block.backward(graph, x_l, &dx, gb)?; // x_{l+1} = block_l(x_l)
+        for ((block, (x_l, graph, c)), gb) in self.blocks.iter().zip(&layer_inputs).zip(grads.blocks.iter_mut()).rev() {
+            dx = block.backward_cached(graph, x_l, c, &dx, gb)?; // x_{l+1} = block_l(x_l)
         }
         // tokens[i*t + prefix + r] = patch_embed(patches)[i*G^2 + r] + pos[off + r]; tokens[i*t] = cls + pos[0]
         let pos_offset = if cfg.no_embed_class { 0 } else { prefix };
