@@ -15,6 +15,7 @@
 use crate::checkpoint::TensorMap;
 use crate::error::Result;
 use crate::tensor::Matrix;
+use rayon::prelude::*;
 
 /// Layer normalisation with an affine transform.
 #[derive(Clone, Debug, PartialEq)]
@@ -51,7 +52,6 @@ impl LayerNorm {
     /// Normalises every row of `x` `[N x D]` (rows in parallel; each row's arithmetic is fixed,
     /// so the bits do not depend on the thread count).
     pub fn forward(&self, x: &Matrix) -> Result<Matrix> {
-        use rayon::prelude::*;
         let d = self.weight.len();
         x.expect_cols("layer norm input", d)?;
         let mut y = x.clone();
@@ -115,28 +115,47 @@ impl LayerNorm {
         x.expect_cols("layer norm backward input", d)?;
         dy.expect_shape("layer norm backward dy", x.rows(), d)?;
         let mut dx = Matrix::zeros(x.rows(), d);
-        let mut g = vec![0.0f32; d];
-        let mut xhat = vec![0.0f32; d];
-        for n in 0..x.rows() {
-            let row = x.row(n);
-            // the forward's `mean`, `var`, `inv` (same arithmetic as normalize_row)
-            let mean = lane_sum(row, |v| v) / d as f32;
-            let var = lane_sum(row, |v| (v - mean) * (v - mean)) / d as f32;
-            let inv = 1.0 / (var + self.eps).sqrt();
-            let (mut mean_g, mut mean_gx) = (0.0f32, 0.0f32);
+        if d == 0 {
+            return Ok(dx);
+        }
+        let rows_per_task = (ROWS_PER_TASK_ELEMENTS / d).max(1);
+        // Rows in parallel over fixed chunks; each chunk's dweight/dbias partial sums are added
+        // in chunk order (the same bits on any thread count).
+        let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
+            .as_mut_slice()
+            .par_chunks_mut(rows_per_task * d)
+            .enumerate()
+            .map(|(c, dx_rows)| {
+                let (mut dw, mut db) = (vec![0.0f32; d], vec![0.0f32; d]);
+                let mut g = vec![0.0f32; d];
+                let mut xhat = vec![0.0f32; d];
+                for (r, dx_row) in dx_rows.chunks_exact_mut(d).enumerate() {
+                    let n = c * rows_per_task + r;
+                    let row = x.row(n);
+                    let dy_row = dy.row(n);
+                    // the forward's `mean`, `var`, `inv` (same arithmetic as normalize_row)
+                    let mean = lane_sum(row, |v| v) / d as f32;
+                    let var = lane_sum(row, |v| (v - mean) * (v - mean)) / d as f32;
+                    let inv = 1.0 / (var + self.eps).sqrt();
+                    for j in 0..d {
+                        xhat[j] = (row[j] - mean) * inv;
+                        dw[j] += dy_row[j] * xhat[j];
+                        db[j] += dy_row[j];
+                        g[j] = dy_row[j] * self.weight[j];
+                    }
+                    let mean_g = lane_sum(&g, |v| v) / d as f32;
+                    let mean_gx = lane_sum2(&g, &xhat) / d as f32;
+                    for (j, o) in dx_row.iter_mut().enumerate() {
+                        *o = inv * (g[j] - mean_g - xhat[j] * mean_gx);
+                    }
+                }
+                (dw, db)
+            })
+            .collect();
+        for (dw, db) in partials {
             for j in 0..d {
-                xhat[j] = (row[j] - mean) * inv;
-                let dyj = dy.get(n, j);
-                grads.weight[j] += dyj * xhat[j];
-                grads.bias[j] += dyj;
-                g[j] = dyj * self.weight[j];
-                mean_g += g[j];
-                mean_gx += g[j] * xhat[j];
-            }
-            mean_g /= d as f32;
-            mean_gx /= d as f32;
-            for (j, o) in dx.row_mut(n).iter_mut().enumerate() {
-                *o = inv * (g[j] - mean_g - xhat[j] * mean_gx);
+                grads.weight[j] += dw[j];
+                grads.bias[j] += db[j];
             }
         }
         Ok(dx)
@@ -160,6 +179,30 @@ fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     }
     for (a, v) in acc.iter_mut().zip(tail) {
         *a += f(*v);
+    }
+    let mut width = 16;
+    while width > 1 {
+        width /= 2;
+        for i in 0..width {
+            acc[i] += acc[i + width];
+        }
+    }
+    acc[0]
+}
+
+/// `sum_i a[i] * b[i]` with [`lane_sum`]'s 16 partial sums and fixed pairwise reduction.
+#[inline(always)]
+fn lane_sum2(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ta, tb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    for (i, (x, y)) in ta.iter().zip(tb).enumerate() {
+        acc[i] += x * y;
     }
     let mut width = 16;
     while width > 1 {

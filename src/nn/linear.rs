@@ -16,6 +16,7 @@ use crate::checkpoint::TensorMap;
 use crate::error::{Error, Result};
 use crate::tensor::Matrix;
 use faer::Accum;
+use rayon::prelude::*;
 
 /// Gradients of a [`Linear`]'s parameters (same shapes), accumulated by [`Linear::backward`].
 #[derive(Clone, Debug, PartialEq)]
@@ -35,6 +36,9 @@ impl LinearGrads {
         }
     }
 }
+
+/// Rows per task of the weight-gradient reduction in [`Linear::backward`].
+const GRAD_ROWS: usize = 512;
 
 /// A fully connected layer.
 #[derive(Clone, Debug, PartialEq)]
@@ -187,18 +191,37 @@ impl Linear {
             dy.as_faer(),
             self.weight.as_faer().transpose(),
         );
-        // dW += dy^T x:  dW [out x in] += dy^T [out x N] (x^T [in x N])^T
-        crate::kernels::gemm::xwt_into(
-            grads.weight.as_mut_slice(),
-            Accum::Add,
-            dy.as_faer().transpose(),
-            x.as_faer().transpose(),
-        );
-        // db += sum_n dy_n
-        if let Some(db) = &mut grads.bias {
-            for n in 0..dy.rows() {
-                for (g, d) in db.iter_mut().zip(dy.row(n)) {
-                    *g += d;
+        // dW += dy^T x and db += sum_n dy_n, over fixed chunks of rows in parallel, partial sums
+        // added in chunk order (the same bits on any thread count)
+        let (out, inp) = (self.out_dim(), self.in_dim());
+        let chunks: Vec<(usize, usize)> =
+            (0..x.rows()).step_by(GRAD_ROWS).map(|r| (r, (r + GRAD_ROWS).min(x.rows()))).collect();
+        let partials: Vec<(Matrix, Vec<f32>)> = chunks
+            .into_par_iter()
+            .map(|(r0, r1)| {
+                let mut dw = Matrix::zeros(out, inp);
+                let dyc = dy.as_faer().subrows(r0, r1 - r0);
+                let xc = x.as_faer().subrows(r0, r1 - r0);
+                // dW_c [out x in] = dy_c^T [out x rows] x_c [rows x in]
+                faer::linalg::matmul::matmul(dw.as_faer_mut(), Accum::Replace, dyc.transpose(), xc, 1.0, faer::Par::Seq);
+                let mut db = vec![0.0f32; if grads.bias.is_some() { out } else { 0 }];
+                if !db.is_empty() {
+                    for n in r0..r1 {
+                        for (g, d) in db.iter_mut().zip(dy.row(n)) {
+                            *g += d;
+                        }
+                    }
+                }
+                (dw, db)
+            })
+            .collect();
+        for (dw, db) in partials {
+            for (g, v) in grads.weight.as_mut_slice().iter_mut().zip(dw.as_slice()) {
+                *g += v;
+            }
+            if let Some(gb) = &mut grads.bias {
+                for (g, v) in gb.iter_mut().zip(&db) {
+                    *g += v;
                 }
             }
         }
