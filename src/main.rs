@@ -34,7 +34,7 @@ use patchgraph::data::{ImageDataset, Split, load_mnist};
 use patchgraph::graph::GraphSpec;
 use patchgraph::image::{ChwImage, ImageTransform, Interpolation, Normalization, patch_grid, patchify};
 use patchgraph::infer::{Preprocess, compare, load_inputs, load_labels, load_vit, predict, top_k};
-use patchgraph::nn::{Init, Vit, VitConfig, VitOptions};
+use patchgraph::nn::{GlobalPool, Init, Vit, VitConfig, VitOptions};
 use patchgraph::train::{AdamW, BatchProgress, EpochMetrics, TrainConfig, train_vit};
 use patchgraph::{Error, Graph, Result};
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -152,6 +152,15 @@ enum Command {
         /// Seed of the initialisation, shuffling and augmentation.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Pooling before the head: token (class token) or avg (mean of the patch tokens).
+        #[arg(long, default_value = "token")]
+        pool: String,
+        /// Random-crop augmentation: zero padding in pixels (0: none).
+        #[arg(long, default_value_t = 2)]
+        pad_crop: usize,
+        /// Warm-up length in epochs.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f32,
         /// Use only the first N training images.
         #[arg(long)]
         limit: Option<usize>,
@@ -338,6 +347,9 @@ fn run(cli: Cli) -> Result<()> {
             weight_decay,
             smoothing,
             seed,
+            pool,
+            pad_crop,
+            warmup,
             limit,
             out,
             resume,
@@ -356,6 +368,11 @@ fn run(cli: Cli) -> Result<()> {
             let mut vit_config = VitConfig::tiny(h, patch, train_set.classes.max(test_set.classes));
             (vit_config.in_chans, vit_config.embed_dim, vit_config.depth, vit_config.num_heads) =
                 (c, dim, depth, heads);
+            vit_config.global_pool = match pool.as_str() {
+                "token" => GlobalPool::Token,
+                "avg" => GlobalPool::Avg,
+                other => return Err(Error::invalid("--pool", format!("`{other}`: expected token or avg"))),
+            };
             let config = TrainConfig {
                 epochs,
                 batch_size: batch,
@@ -365,6 +382,8 @@ fn run(cli: Cli) -> Result<()> {
                 seed,
                 limit,
                 graphs,
+                pad_crop,
+                warmup_epochs: warmup,
                 ..TrainConfig::mnist()
             };
             thread_pool(threads)?.install(|| train(vit_config, config, &train_set, &test_set, out.as_deref(), resume))

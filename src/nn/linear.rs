@@ -203,7 +203,14 @@ impl Linear {
                 let dyc = dy.as_faer().subrows(r0, r1 - r0);
                 let xc = x.as_faer().subrows(r0, r1 - r0);
                 // dW_c [out x in] = dy_c^T [out x rows] x_c [rows x in]
-                faer::linalg::matmul::matmul(dw.as_faer_mut(), Accum::Replace, dyc.transpose(), xc, 1.0, faer::Par::Seq);
+                faer::linalg::matmul::matmul(
+                    dw.as_faer_mut(),
+                    Accum::Replace,
+                    dyc.transpose(),
+                    xc,
+                    1.0,
+                    faer::Par::Seq,
+                );
                 let mut db = vec![0.0f32; if grads.bias.is_some() { out } else { 0 }];
                 if !db.is_empty() {
                     for n in r0..r1 {
