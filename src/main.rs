@@ -167,7 +167,8 @@ enum Command {
         /// Output directory: metrics.csv, metrics.json, checkpoint.safetensors (timm names), optimizer.safetensors.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Continue from the checkpoint and optimiser state in --out.
+        /// Continue from the checkpoint and optimiser state in --out (give the same arguments, with
+        /// the same --epochs: the schedule spans them).
         #[arg(long)]
         resume: bool,
         /// rayon threads (default: all cores).
