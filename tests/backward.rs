@@ -400,3 +400,91 @@ proptest! {
         prop_assert_eq!(&runs[0], &runs[1]);
     }
 }
+
+// ----- GATConv layer ----------------------------------------------------------------------
+
+use patchgraph::nn::{AttentionConfig, AttentionGrads, GraphAttention};
+
+/// `sum(r * y)` of PyG's GATConv in f64: `wh = x W^T`, per-head `s = a . wh`, softmax of
+/// `LeakyReLU(d_i + s_j)` over `graph` (already with its self-loops), heads concatenated or
+/// averaged, plus bias.
+#[allow(clippy::too_many_arguments)]
+fn gat_loss64(
+    g: &Graph,
+    x: &[f64],
+    w: &[f64],
+    a_src: &[f64],
+    a_dst: &[f64],
+    bias: &[f64],
+    heads: usize,
+    c: usize,
+    concat: bool,
+    r: &[f32],
+) -> f64 {
+    let n = g.num_nodes();
+    let wh = linear64(x, n, w, None, heads * c);
+    let dotp =
+        |a: &[f64], i: usize, h: usize| (0..c).map(|k| wh[i * heads * c + h * c + k] * a[h * c + k]).sum::<f64>();
+    let lrelu = |z: f64| if z >= 0.0 { z } else { 0.2 * z };
+    let width = if concat { heads * c } else { c };
+    let mut loss = 0.0;
+    for i in 0..n {
+        let mut y = vec![0.0f64; width];
+        for h in 0..heads {
+            let s: Vec<f64> = g.incoming(i).map(|j| lrelu(dotp(a_dst, i, h) + dotp(a_src, j, h))).collect();
+            if s.is_empty() {
+                continue;
+            }
+            let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = s.iter().map(|v| (v - m).exp()).sum();
+            for (t, j) in g.incoming(i).enumerate() {
+                let p = (s[t] - m).exp() / z;
+                for k in 0..c {
+                    let v = p * wh[j * heads * c + h * c + k];
+                    if concat { y[h * c + k] += v } else { y[k] += v / heads as f64 }
+                }
+            }
+        }
+        for k in 0..width {
+            loss += (y[k] + bias[k]) * r[i * width + k] as f64;
+        }
+    }
+    loss
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// GATConv's layer backward (lin, att_src, att_dst, bias and dx) against central differences
+    /// of the f64 layer, concatenated and averaged heads, on random graphs (PyG's self-loops).
+    #[test]
+    fn gat_layer_backward((n, edges) in arb_graph(), heads in 1usize..3, c in 1usize..4, f in 1usize..5, concat in any::<bool>(), seed in 0u64..1000) {
+        let mut init = Init::new(seed);
+        let (src, dst): (Vec<usize>, Vec<usize>) = edges.iter().cloned().unzip();
+        let g = Graph::from_edge_index(n, &src, &dst).unwrap();
+        let config = AttentionConfig::Gat { in_channels: f, out_channels: c, heads, concat, negative_slope: 0.2, add_self_loops: true, bias: true };
+        let mut layer = GraphAttention::new(config, &mut init).unwrap();
+        // non-zero bias and attention vectors
+        let mut grads = layer.zero_grads();
+        let mut k = 0;
+        layer.visit_params(&grads.clone(), &mut |_, p, _, _| { for v in p.iter_mut() { k += 1; *v += 0.3 * ((k * 7 % 11) as f32 - 5.0) / 5.0; } });
+        let x = random(&mut init, n * f, 1.0);
+        let width = if concat { heads * c } else { c };
+        let r = random(&mut init, n * width, 1.0);
+        let xm = Matrix::from_vec(n, f, x.clone()).unwrap();
+        let dx = layer.backward(&g, &xm, &Matrix::from_vec(n, width, r.clone()).unwrap(), &mut grads).unwrap();
+        // the layer's parameters, read back through the visitor in slot order
+        let mut params: Vec<Vec<f32>> = vec![Vec::new(); 4];
+        layer.visit_params(&grads, &mut |slot, p, _, _| params[slot] = p.to_vec());
+        let AttentionGrads::Gat { lin, att_src, att_dst, bias } = &grads else { panic!("GAT grads") };
+        let gs = layer.attention_graph(&g).into_owned();
+        let (w, a_s, a_d, b) = (f64s(&params[0]), f64s(&params[1]), f64s(&params[2]), f64s(&params[3]));
+        let x64 = f64s(&x);
+        let loss = |x: &[f64], w: &[f64], a_s: &[f64], a_d: &[f64], b: &[f64]| gat_loss64(&gs, x, w, a_s, a_d, b, heads, c, concat, &r);
+        close("dx", dx.as_slice(), &fd(&x, |v| loss(v, &w, &a_s, &a_d, &b)));
+        close("dW", lin.weight.as_slice(), &fd(&params[0], |v| loss(&x64, v, &a_s, &a_d, &b)));
+        close("datt_src", att_src, &fd(&params[1], |v| loss(&x64, &w, v, &a_d, &b)));
+        close("datt_dst", att_dst, &fd(&params[2], |v| loss(&x64, &w, &a_s, v, &b)));
+        close("dbias", bias.as_ref().unwrap(), &fd(&params[3], |v| loss(&x64, &w, &a_s, &a_d, v)));
+    }
+}

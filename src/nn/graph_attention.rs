@@ -261,7 +261,18 @@ pub enum AttentionGrads {
         /// Of `proj`.
         proj: LinearGrads,
     },
-    /// A configuration whose layer backward is not written yet.
+    /// PyG `GATConv`'s `lin`, `att_src`, `att_dst`, `bias`.
+    Gat {
+        /// Of `lin`.
+        lin: LinearGrads,
+        /// Of `att_src` `[H*C]`.
+        att_src: Vec<f32>,
+        /// Of `att_dst` `[H*C]`.
+        att_dst: Vec<f32>,
+        /// Of `bias`, if any.
+        bias: Option<Vec<f32>>,
+    },
+    /// A configuration whose layer backward is not written yet (GATv2Conv, TransformerConv).
     Unsupported,
 }
 
@@ -549,9 +560,13 @@ impl GraphAttention {
     /// y   = a Wproj^T + b          da   = proj.backward(a, dy)
     /// ```
     ///
-    /// The PyG configurations (GAT, GATv2, TransformerConv) have their attention backward in
-    /// [`crate::attention::attend_backward`] but not yet the layer's; they return an error.
+    /// GATConv goes to [`GraphAttention::backward_gat`]. GATv2Conv and TransformerConv have their
+    /// attention backward in [`crate::attention::attend_backward`] but not yet the layer's; they
+    /// return an error.
     pub fn backward(&self, graph: &Graph, x: &Matrix, dy: &Matrix, grads: &mut AttentionGrads) -> Result<Matrix> {
+        if let Params::Gat { .. } = self.params {
+            return self.backward_gat(graph, x, dy, grads);
+        }
         let (_, cache) = self.forward_cached(graph, x)?;
         self.backward_cached(graph, x, &cache, dy, grads)
     }
@@ -623,14 +638,88 @@ impl GraphAttention {
             Params::Timm { qkv, proj } => {
                 AttentionGrads::Timm { qkv: LinearGrads::zeros(qkv), proj: LinearGrads::zeros(proj) }
             }
+            Params::Gat { lin, att_src, att_dst, bias } => AttentionGrads::Gat {
+                lin: LinearGrads::zeros(lin),
+                att_src: vec![0.0; att_src.len()],
+                att_dst: vec![0.0; att_dst.len()],
+                bias: bias.as_ref().map(|b| vec![0.0; b.len()]),
+            },
             _ => AttentionGrads::Unsupported,
         }
     }
 
+    /// Backward of the GATConv configuration (recomputing its forward from `x`):
+    ///
+    /// ```text
+    /// wh = x W^T                     dx = lin.backward(x, dwh)
+    /// s_i = a_src . wh_i (per head)  dwh += ds_i a_src,  da_src += sum_i ds_i wh_i    (same for dst)
+    /// o = attend(graph + self-loops, q = d_i, k = s_j, v = wh)    dq, dk, dv = attend_backward(.., do)
+    /// y = concat(o) | mean_h(o), + bias                            do = dy | dy / H broadcast; dbias = sum dy
+    /// ```
+    pub fn backward_gat(&self, graph: &Graph, x: &Matrix, dy: &Matrix, grads: &mut AttentionGrads) -> Result<Matrix> {
+        let (
+            Params::Gat { lin, att_src, att_dst, bias },
+            AttentionGrads::Gat { lin: g_lin, att_src: g_src, att_dst: g_dst, bias: g_bias },
+        ) = (&self.params, grads)
+        else {
+            return Err(self.no_layer_backward());
+        };
+        x.expect_shape("attention backward x", graph.num_nodes(), self.config.in_dim())?;
+        dy.expect_shape("attention backward dy", graph.num_nodes(), self.config.out_dim())?;
+        let (heads, c) = (self.config.heads(), self.config.head_dim());
+        let g = self.attention_graph(graph);
+        let wh = lin.forward(x)?; // wh = x W^T
+        let (alpha_src, alpha_dst) = (per_head_dot(&wh, att_src, heads), per_head_dot(&wh, att_dst, heads));
+        let inputs = AttentionInputs::new(&alpha_dst, &alpha_src, &wh, heads);
+        let a = attend(&g, &self.score(), &inputs, Path::Auto, false)?;
+        // y = concat(o) | mean_h(o), + bias
+        if let (Some(gb), Some(_)) = (g_bias.as_mut(), bias.as_ref()) {
+            for n in 0..dy.rows() {
+                for (acc, v) in gb.iter_mut().zip(dy.row(n)) {
+                    *acc += v;
+                }
+            }
+        }
+        let concat = matches!(self.config, AttentionConfig::Gat { concat: true, .. });
+        let d_out = if concat {
+            dy.clone()
+        } else {
+            Matrix::from_fn(dy.rows(), heads * c, |n, j| dy.get(n, j % c) / heads as f32)
+        };
+        let ga = crate::attention::attend_backward(&g, &self.score(), &inputs, &a.log_sum_exp, &d_out)?;
+        let mut dwh = ga.value;
+        for n in 0..wh.rows() {
+            for h in 0..heads {
+                let (ds, dd) = (ga.key.get(n, h), ga.query.get(n, h)); // d alpha_src, d alpha_dst
+                for j in h * c..(h + 1) * c {
+                    let w = wh.get(n, j);
+                    dwh.row_mut(n)[j] += ds * att_src[j] + dd * att_dst[j];
+                    g_src[j] += ds * w;
+                    g_dst[j] += dd * w;
+                }
+            }
+        }
+        lin.backward(x, &dwh, g_lin) // wh = x W^T
+    }
+
     /// Calls `f(slot, parameter, gradient, decay)` for every parameter tensor in a fixed order
-    /// (timm: slots 0 `qkv.weight`, 1 `qkv.bias`, 2 `proj.weight`, 3 `proj.bias`; `decay` for
-    /// the weight matrices only), for optimisers.
+    /// (timm: slots 0 `qkv.weight`, 1 `qkv.bias`, 2 `proj.weight`, 3 `proj.bias`; GAT: 0
+    /// `lin.weight`, 1 `att_src`, 2 `att_dst`, 3 `bias`; `decay` for the weight matrices only),
+    /// for optimisers.
     pub fn visit_params(&mut self, grads: &AttentionGrads, f: &mut ParamVisitor<'_>) {
+        if let (
+            Params::Gat { lin, att_src, att_dst, bias },
+            AttentionGrads::Gat { lin: gl, att_src: gs, att_dst: gd, bias: gb },
+        ) = (&mut self.params, grads)
+        {
+            f(0, lin.weight.as_mut_slice(), gl.weight.as_slice(), true);
+            f(1, att_src, gs, false);
+            f(2, att_dst, gd, false);
+            if let (Some(b), Some(g)) = (bias.as_mut(), gb.as_ref()) {
+                f(3, b, g, false);
+            }
+            return;
+        }
         if let (Params::Timm { qkv, proj }, AttentionGrads::Timm { qkv: gq, proj: gp }) = (&mut self.params, grads) {
             for (slot, (l, g)) in [(qkv, gq), (proj, gp)].into_iter().enumerate() {
                 f(2 * slot, l.weight.as_mut_slice(), g.weight.as_slice(), true);
