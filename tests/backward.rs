@@ -488,3 +488,95 @@ proptest! {
         close("dbias", bias.as_ref().unwrap(), &fd(&params[3], |v| loss(&x64, &w, &a_s, &a_d, v)));
     }
 }
+
+/// `sum(r * y)` of PyG's GATv2Conv in f64: `xl = x Wl^T + bl`, `xr = x Wr^T + br` (or `xl`),
+/// softmax over `graph` of `a . LeakyReLU(xr_i + xl_j)` per head, values `xl_j`, concatenated or
+/// averaged, plus bias.
+#[allow(clippy::too_many_arguments)]
+fn gatv2_loss64(
+    g: &Graph,
+    x: &[f64],
+    lin: [(&[f64], &[f64]); 2],
+    share: bool,
+    att: &[f64],
+    bias: &[f64],
+    heads: usize,
+    c: usize,
+    concat: bool,
+    r: &[f32],
+) -> f64 {
+    let n = g.num_nodes();
+    let xl = linear64(x, n, lin[0].0, Some(lin[0].1), heads * c);
+    let xr = if share { xl.clone() } else { linear64(x, n, lin[1].0, Some(lin[1].1), heads * c) };
+    let lrelu = |z: f64| if z >= 0.0 { z } else { 0.2 * z };
+    let width = if concat { heads * c } else { c };
+    let mut loss = 0.0;
+    for i in 0..n {
+        let mut y = vec![0.0f64; width];
+        for h in 0..heads {
+            let s: Vec<f64> = g
+                .incoming(i)
+                .map(|j| {
+                    (0..c)
+                        .map(|k| att[h * c + k] * lrelu(xr[(i * heads + h) * c + k] + xl[(j * heads + h) * c + k]))
+                        .sum()
+                })
+                .collect();
+            if s.is_empty() {
+                continue;
+            }
+            let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = s.iter().map(|v| (v - m).exp()).sum();
+            for (t, j) in g.incoming(i).enumerate() {
+                let p = (s[t] - m).exp() / z;
+                for k in 0..c {
+                    let v = p * xl[(j * heads + h) * c + k];
+                    if concat { y[h * c + k] += v } else { y[k] += v / heads as f64 }
+                }
+            }
+        }
+        for k in 0..width {
+            loss += (y[k] + bias[k]) * r[i * width + k] as f64;
+        }
+    }
+    loss
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// GATv2Conv's layer backward (lin_l, lin_r or shared, att, bias, dx) against central
+    /// differences of the f64 layer.
+    #[test]
+    fn gatv2_layer_backward((n, edges) in arb_graph(), heads in 1usize..3, c in 1usize..4, f in 1usize..5, concat in any::<bool>(), share in any::<bool>(), seed in 0u64..1000) {
+        let mut init = Init::new(seed);
+        let (src, dst): (Vec<usize>, Vec<usize>) = edges.iter().cloned().unzip();
+        let g = Graph::from_edge_index(n, &src, &dst).unwrap();
+        let config = AttentionConfig::GatV2 { in_channels: f, out_channels: c, heads, concat, negative_slope: 0.2, add_self_loops: true, bias: true, share_weights: share };
+        let mut layer = GraphAttention::new(config, &mut init).unwrap();
+        let mut grads = layer.zero_grads();
+        let mut k = 0;
+        layer.visit_params(&grads.clone(), &mut |_, p, _, _| { for v in p.iter_mut() { k += 1; *v += 0.3 * ((k * 7 % 11) as f32 - 5.0) / 5.0; } });
+        let x = random(&mut init, n * f, 1.0);
+        let width = if concat { heads * c } else { c };
+        let r = random(&mut init, n * width, 1.0);
+        let dx = layer.backward(&g, &Matrix::from_vec(n, f, x.clone()).unwrap(), &Matrix::from_vec(n, width, r.clone()).unwrap(), &mut grads).unwrap();
+        let mut params: Vec<Vec<f32>> = vec![Vec::new(); 6];
+        layer.visit_params(&grads, &mut |slot, p, _, _| params[slot] = p.to_vec());
+        let AttentionGrads::GatV2 { lin_l, lin_r, att, bias } = &grads else { panic!("GATv2 grads") };
+        let gs = layer.attention_graph(&g).into_owned();
+        let p64: Vec<Vec<f64>> = params.iter().map(|p| f64s(p)).collect();
+        let x64 = f64s(&x);
+        let loss = |x: &[f64], p: &[Vec<f64>]| gatv2_loss64(&gs, x, [(&p[0], &p[1]), (&p[2], &p[3])], share, &p[4], &p[5], heads, c, concat, &r);
+        let with = |slot: usize, v: &[f64]| { let mut p = p64.clone(); p[slot] = v.to_vec(); loss(&x64, &p) };
+        close("dx", dx.as_slice(), &fd(&x, |v| loss(v, &p64)));
+        close("dWl", lin_l.weight.as_slice(), &fd(&params[0], |v| with(0, v)));
+        close("dbl", lin_l.bias.as_ref().unwrap(), &fd(&params[1], |v| with(1, v)));
+        if let Some(lr) = lin_r {
+            close("dWr", lr.weight.as_slice(), &fd(&params[2], |v| with(2, v)));
+            close("dbr", lr.bias.as_ref().unwrap(), &fd(&params[3], |v| with(3, v)));
+        }
+        close("datt", att, &fd(&params[4], |v| with(4, v)));
+        close("dbias", bias.as_ref().unwrap(), &fd(&params[5], |v| with(5, v)));
+    }
+}

@@ -272,7 +272,18 @@ pub enum AttentionGrads {
         /// Of `bias`, if any.
         bias: Option<Vec<f32>>,
     },
-    /// A configuration whose layer backward is not written yet (GATv2Conv, TransformerConv).
+    /// PyG `GATv2Conv`'s `lin_l`, `lin_r` (absent with `share_weights`), `att`, `bias`.
+    GatV2 {
+        /// Of `lin_l`.
+        lin_l: LinearGrads,
+        /// Of `lin_r`.
+        lin_r: Option<LinearGrads>,
+        /// Of `att` `[H*C]`.
+        att: Vec<f32>,
+        /// Of `bias`, if any.
+        bias: Option<Vec<f32>>,
+    },
+    /// A configuration whose layer backward is not written yet (TransformerConv).
     Unsupported,
 }
 
@@ -560,12 +571,14 @@ impl GraphAttention {
     /// y   = a Wproj^T + b          da   = proj.backward(a, dy)
     /// ```
     ///
-    /// GATConv goes to [`GraphAttention::backward_gat`]. GATv2Conv and TransformerConv have their
-    /// attention backward in [`crate::attention::attend_backward`] but not yet the layer's; they
-    /// return an error.
+    /// GATConv goes to [`GraphAttention::backward_gat`], GATv2Conv to
+    /// [`GraphAttention::backward_gatv2`]. TransformerConv has its attention backward in
+    /// [`crate::attention::attend_backward`] but not yet the layer's; it returns an error.
     pub fn backward(&self, graph: &Graph, x: &Matrix, dy: &Matrix, grads: &mut AttentionGrads) -> Result<Matrix> {
-        if let Params::Gat { .. } = self.params {
-            return self.backward_gat(graph, x, dy, grads);
+        match self.params {
+            Params::Gat { .. } => return self.backward_gat(graph, x, dy, grads),
+            Params::GatV2 { .. } => return self.backward_gatv2(graph, x, dy, grads),
+            _ => {}
         }
         let (_, cache) = self.forward_cached(graph, x)?;
         self.backward_cached(graph, x, &cache, dy, grads)
@@ -644,7 +657,79 @@ impl GraphAttention {
                 att_dst: vec![0.0; att_dst.len()],
                 bias: bias.as_ref().map(|b| vec![0.0; b.len()]),
             },
+            Params::GatV2 { lin_l, lin_r, att, bias } => AttentionGrads::GatV2 {
+                lin_l: LinearGrads::zeros(lin_l),
+                lin_r: lin_r.as_ref().map(LinearGrads::zeros),
+                att: vec![0.0; att.len()],
+                bias: bias.as_ref().map(|b| vec![0.0; b.len()]),
+            },
             _ => AttentionGrads::Unsupported,
+        }
+    }
+
+    /// Backward of the GATv2Conv configuration (recomputing its forward from `x`):
+    ///
+    /// ```text
+    /// xl = lin_l(x), xr = lin_r(x) (or xl)      dx = lin_l.backward(x, dxl) + lin_r.backward(x, dxr)
+    /// o = attend(graph + self-loops, q = xr, k = xl, v = xl, a)    dxr = dq, dxl = dk + dv, da
+    /// y = concat(o) | mean_h(o), + bias                            do = dy | dy / H broadcast; dbias = sum dy
+    /// ```
+    pub fn backward_gatv2(&self, graph: &Graph, x: &Matrix, dy: &Matrix, grads: &mut AttentionGrads) -> Result<Matrix> {
+        let (
+            Params::GatV2 { lin_l, lin_r, bias, .. },
+            AttentionGrads::GatV2 { lin_l: g_l, lin_r: g_r, att: g_att, bias: g_bias },
+        ) = (&self.params, grads)
+        else {
+            return Err(self.no_layer_backward());
+        };
+        x.expect_shape("attention backward x", graph.num_nodes(), self.config.in_dim())?;
+        dy.expect_shape("attention backward dy", graph.num_nodes(), self.config.out_dim())?;
+        let (heads, c) = (self.config.heads(), self.config.head_dim());
+        let g = self.attention_graph(graph);
+        let xl = lin_l.forward(x)?;
+        let xr = match lin_r {
+            Some(l) => l.forward(x)?,
+            None => xl.clone(),
+        };
+        let score = self.score();
+        let inputs = AttentionInputs::new(&xr, &xl, &xl, heads);
+        let a = attend(&g, &score, &inputs, Path::Auto, false)?;
+        if let (Some(gb), Some(_)) = (g_bias.as_mut(), bias.as_ref()) {
+            for n in 0..dy.rows() {
+                for (acc, v) in gb.iter_mut().zip(dy.row(n)) {
+                    *acc += v;
+                }
+            }
+        }
+        let concat = matches!(self.config, AttentionConfig::GatV2 { concat: true, .. });
+        let d_out = if concat {
+            dy.clone()
+        } else {
+            Matrix::from_fn(dy.rows(), heads * c, |n, j| dy.get(n, j % c) / heads as f32)
+        };
+        let ga = crate::attention::attend_backward(&g, &score, &inputs, &a.log_sum_exp, &d_out)?;
+        for (acc, v) in g_att.iter_mut().zip(&ga.attention) {
+            *acc += v;
+        }
+        let mut dxl = ga.key;
+        for (k, v) in dxl.as_mut_slice().iter_mut().zip(ga.value.as_slice()) {
+            *k += v;
+        }
+        match (lin_r, g_r) {
+            (Some(l), Some(gr)) => {
+                let mut dx = lin_l.backward(x, &dxl, g_l)?;
+                let dxr = l.backward(x, &ga.query, gr)?;
+                for (a, b) in dx.as_mut_slice().iter_mut().zip(dxr.as_slice()) {
+                    *a += b;
+                }
+                Ok(dx)
+            }
+            _ => {
+                for (k, q) in dxl.as_mut_slice().iter_mut().zip(ga.query.as_slice()) {
+                    *k += q; // shared weights: xr = xl
+                }
+                lin_l.backward(x, &dxl, g_l)
+            }
         }
     }
 
@@ -704,8 +789,8 @@ impl GraphAttention {
 
     /// Calls `f(slot, parameter, gradient, decay)` for every parameter tensor in a fixed order
     /// (timm: slots 0 `qkv.weight`, 1 `qkv.bias`, 2 `proj.weight`, 3 `proj.bias`; GAT: 0
-    /// `lin.weight`, 1 `att_src`, 2 `att_dst`, 3 `bias`; `decay` for the weight matrices only),
-    /// for optimisers.
+    /// `lin.weight`, 1 `att_src`, 2 `att_dst`, 3 `bias`; GATv2: 0/1 `lin_l`, 2/3 `lin_r`, 4
+    /// `att`, 5 `bias`; `decay` for the weight matrices only), for optimisers.
     pub fn visit_params(&mut self, grads: &AttentionGrads, f: &mut ParamVisitor<'_>) {
         if let (
             Params::Gat { lin, att_src, att_dst, bias },
@@ -717,6 +802,26 @@ impl GraphAttention {
             f(2, att_dst, gd, false);
             if let (Some(b), Some(g)) = (bias.as_mut(), gb.as_ref()) {
                 f(3, b, g, false);
+            }
+            return;
+        }
+        if let (
+            Params::GatV2 { lin_l, lin_r, att, bias },
+            AttentionGrads::GatV2 { lin_l: gl, lin_r: gr, att: ga, bias: gb },
+        ) = (&mut self.params, grads)
+        {
+            let linears = [(Some(lin_l), Some(gl)), (lin_r.as_mut(), gr.as_ref())];
+            for (i, (l, g)) in linears.into_iter().enumerate() {
+                if let (Some(l), Some(g)) = (l, g) {
+                    f(2 * i, l.weight.as_mut_slice(), g.weight.as_slice(), true);
+                    if let (Some(b), Some(gbias)) = (l.bias.as_mut(), g.bias.as_ref()) {
+                        f(2 * i + 1, b, gbias, false);
+                    }
+                }
+            }
+            f(4, att, ga, false);
+            if let (Some(b), Some(g)) = (bias.as_mut(), gb.as_ref()) {
+                f(5, b, g, false);
             }
             return;
         }
