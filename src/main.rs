@@ -34,8 +34,10 @@ use patchgraph::data::{ImageDataset, Split, load_mnist};
 use patchgraph::graph::GraphSpec;
 use patchgraph::image::{ChwImage, ImageTransform, Interpolation, Normalization, patch_grid, patchify};
 use patchgraph::infer::{Preprocess, compare, load_inputs, load_labels, load_vit, predict, top_k};
-use patchgraph::nn::{GlobalPool, Init, Vit, VitConfig, VitOptions};
-use patchgraph::train::{AdamW, BatchProgress, EpochMetrics, TrainConfig, train_vit};
+use patchgraph::nn::{
+    Classifier, GlobalPool, Init, PatchGat, PatchGatConfig, Vig, VigConfig, Vit, VitConfig, VitOptions,
+};
+use patchgraph::train::{AdamW, BatchProgress, EpochMetrics, TrainConfig, train};
 use patchgraph::{Error, Graph, Result};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
@@ -111,17 +113,26 @@ enum Command {
         #[arg(long)]
         train: bool,
     },
-    /// Train a ViT with any attention graph on an MNIST-format dataset (IDX files, raw or gzipped).
+    /// Train a ViT, a GAT on patches or a ViG on an MNIST-format dataset (IDX files, raw or gzipped).
     Train {
         /// Directory with {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (MNIST, Fashion-MNIST).
         #[arg(long)]
         data: PathBuf,
-        /// Model family (vit; the GAT and ViG families are not built yet).
+        /// Model family: vit (timm's ViT, attention on --graph), gat / gatv2 (GAT layers on the
+        /// patch graph, mean-pooled) or vig (Grapher with feature k-NN and max-relative messages).
         #[arg(long, default_value = "vit")]
         model: String,
-        /// Attention graph, one spec or one per layer, comma-separated (complete, grid8:1, window:7, knn:8, fknn:8:1 ...).
-        #[arg(long, default_value = "complete")]
-        graph: String,
+        /// Graph, one spec or one per layer, comma-separated (complete, grid8:1, window:7, knn:8,
+        /// fknn:8:1 ...). Default: complete for vit, grid8:1 for gat, dilated cosine feature
+        /// k-NN (k = --k) for vig.
+        #[arg(long)]
+        graph: Option<String>,
+        /// ViG: neighbours per node of its default feature k-NN graphs.
+        #[arg(long, default_value_t = 6)]
+        k: usize,
+        /// ViG: largest dilation of its default graphs (reached in the last layers).
+        #[arg(long, default_value_t = 2)]
+        max_dilation: usize,
         /// Patch side in pixels.
         #[arg(long, default_value_t = 4)]
         patch: usize,
@@ -158,6 +169,9 @@ enum Command {
         /// Random-crop augmentation: zero padding in pixels (0: none).
         #[arg(long, default_value_t = 2)]
         pad_crop: usize,
+        /// Random horizontal flips (off for digits).
+        #[arg(long)]
+        flip: bool,
         /// Warm-up length in epochs.
         #[arg(long, default_value_t = 1.0)]
         warmup: f32,
@@ -338,6 +352,8 @@ fn run(cli: Cli) -> Result<()> {
             data,
             model,
             graph,
+            k,
+            max_dilation,
             patch,
             dim,
             depth,
@@ -350,29 +366,60 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             pool,
             pad_crop,
+            flip,
             warmup,
             limit,
             out,
             resume,
             threads,
         } => {
-            if model != "vit" {
-                return Err(Error::invalid(
-                    "--model",
-                    format!("`{model}`: only `vit` is built so far (GAT and ViG families: issue #5)"),
-                ));
-            }
-            let graphs = graph.split(',').map(|s| s.trim().parse()).collect::<Result<Vec<GraphSpec>>>()?;
+            let graphs = match &graph {
+                Some(g) => g.split(',').map(|s| s.trim().parse()).collect::<Result<Vec<GraphSpec>>>()?,
+                None => Vec::new(),
+            };
             let train_set = load_mnist(&data, Split::Train)?;
             let test_set = load_mnist(&data, Split::Test)?;
-            let (c, h, _) = train_set.shape();
-            let mut vit_config = VitConfig::tiny(h, patch, train_set.classes.max(test_set.classes));
-            (vit_config.in_chans, vit_config.embed_dim, vit_config.depth, vit_config.num_heads) =
-                (c, dim, depth, heads);
-            vit_config.global_pool = match pool.as_str() {
-                "token" => GlobalPool::Token,
-                "avg" => GlobalPool::Avg,
-                other => return Err(Error::invalid("--pool", format!("`{other}`: expected token or avg"))),
+            let (c, h, w) = train_set.shape();
+            let classes = train_set.classes.max(test_set.classes);
+            let family = match model.as_str() {
+                "vit" => {
+                    if h != w {
+                        return Err(Error::invalid(
+                            "--model vit",
+                            format!("needs square images, the data are {h} x {w}"),
+                        ));
+                    }
+                    let mut vit_config = VitConfig::tiny(h, patch, classes);
+                    (vit_config.in_chans, vit_config.embed_dim, vit_config.depth, vit_config.num_heads) =
+                        (c, dim, depth, heads);
+                    vit_config.global_pool = match pool.as_str() {
+                        "token" => GlobalPool::Token,
+                        "avg" => GlobalPool::Avg,
+                        other => return Err(Error::invalid("--pool", format!("`{other}`: expected token or avg"))),
+                    };
+                    Family::Vit(vit_config)
+                }
+                "gat" | "gatv2" => Family::Gat(PatchGatConfig {
+                    image: (c, h, w),
+                    patch,
+                    dim,
+                    depth,
+                    heads,
+                    num_classes: classes,
+                    v2: model == "gatv2",
+                    ..PatchGatConfig::mnist()
+                }),
+                "vig" => Family::Vig(VigConfig {
+                    image: (c, h, w),
+                    patch,
+                    dim,
+                    depth,
+                    num_classes: classes,
+                    k,
+                    max_dilation,
+                    ..VigConfig::mnist()
+                }),
+                other => return Err(Error::invalid("--model", format!("`{other}`: expected vit, gat, gatv2 or vig"))),
             };
             let config = TrainConfig {
                 epochs,
@@ -384,10 +431,71 @@ fn run(cli: Cli) -> Result<()> {
                 limit,
                 graphs,
                 pad_crop,
+                flip,
                 warmup_epochs: warmup,
                 ..TrainConfig::mnist()
             };
-            thread_pool(threads)?.install(|| train(vit_config, config, &train_set, &test_set, out.as_deref(), resume))
+            let out = out.as_deref();
+            thread_pool(threads)?.install(|| match family {
+                Family::Vit(vc) => {
+                    vc.validate()?;
+                    let model = Vit::new(vc, &mut Init::new(config.seed))?;
+                    let text = format!("ViT D={} depth={} heads={} patch={}", dim, depth, heads, patch);
+                    run_training(
+                        model,
+                        &text,
+                        config,
+                        &train_set,
+                        &test_set,
+                        out,
+                        resume,
+                        "patchgraph_vit_config",
+                        |map, what| {
+                            let saved: VitConfig = saved_config(&map, "patchgraph_vit_config", what)?;
+                            Vit::load(saved, map, what)
+                        },
+                    )
+                }
+                Family::Gat(gc) => {
+                    let model = PatchGat::new(gc, &mut Init::new(config.seed))?;
+                    let text = format!(
+                        "{} D={dim} depth={depth} heads={heads} patch={patch}",
+                        if model.config().v2 { "GATv2" } else { "GAT" }
+                    );
+                    run_training(
+                        model,
+                        &text,
+                        config,
+                        &train_set,
+                        &test_set,
+                        out,
+                        resume,
+                        "patchgraph_patch_gat_config",
+                        |map, what| {
+                            let saved: PatchGatConfig = saved_config(&map, "patchgraph_patch_gat_config", what)?;
+                            PatchGat::load(saved, map, what)
+                        },
+                    )
+                }
+                Family::Vig(vc) => {
+                    let model = Vig::new(vc, &mut Init::new(config.seed))?;
+                    let text = format!("ViG D={dim} depth={depth} patch={patch} k={k} max dilation {max_dilation}");
+                    run_training(
+                        model,
+                        &text,
+                        config,
+                        &train_set,
+                        &test_set,
+                        out,
+                        resume,
+                        "patchgraph_vig_config",
+                        |map, what| {
+                            let saved: VigConfig = saved_config(&map, "patchgraph_vig_config", what)?;
+                            Vig::load(saved, map, what)
+                        },
+                    )
+                }
+            })
         }
         Command::Convert { checkpoint, config, arch, img_size, out } => {
             let mut config = match (&config, &arch) {
@@ -550,32 +658,43 @@ fn infer(a: &InferArgs) -> Result<()> {
     Ok(())
 }
 
-/// `patchgraph train`: the loop with a progress bar, metrics files and checkpoints.
-fn train(
-    vit_config: VitConfig,
+/// The model family `patchgraph train` builds.
+enum Family {
+    Vit(VitConfig),
+    Gat(PatchGatConfig),
+    Vig(VigConfig),
+}
+
+/// The model config stored under `key` in a checkpoint's metadata.
+fn saved_config<C: serde::de::DeserializeOwned>(map: &TensorMap, key: &str, what: &str) -> Result<C> {
+    map.metadata().get(key).and_then(|s| serde_json::from_str(s).ok()).ok_or_else(|| Error::Format {
+        path: what.to_string(),
+        reason: format!("no `{key}` model config in its metadata (was it written by another --model?)"),
+    })
+}
+
+/// `patchgraph train`: the loop with a progress bar, metrics files and checkpoints (the
+/// checkpoint holds the model config under `config_key`, read back by `load` on `--resume`).
+#[allow(clippy::too_many_arguments)]
+fn run_training<M: Classifier>(
+    mut model: M,
+    describe: &str,
     config: TrainConfig,
     train_set: &ImageDataset,
     test_set: &ImageDataset,
     out: Option<&Path>,
     resume: bool,
+    config_key: &str,
+    load: impl Fn(TensorMap, &str) -> Result<M>,
 ) -> Result<()> {
-    vit_config.validate()?;
-    let mut vit = Vit::new(vit_config.clone(), &mut Init::new(config.seed))?;
     let mut opt = AdamW::new(config.lr, config.weight_decay);
     let mut history: Vec<serde_json::Value> = Vec::new();
     if let Some(dir) = out {
         std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
         if resume {
             let ckpt = dir.join("checkpoint.safetensors");
-            let map = TensorMap::load_safetensors(&ckpt)?;
-            let saved: VitConfig =
-                map.metadata().get("patchgraph_vit_config").and_then(|s| serde_json::from_str(s).ok()).ok_or_else(
-                    || Error::Format {
-                        path: ckpt.display().to_string(),
-                        reason: "no ViT config in its metadata".into(),
-                    },
-                )?;
-            vit = Vit::load(saved, map, &ckpt.display().to_string())?;
+            let what = ckpt.display().to_string();
+            model = load(TensorMap::load_safetensors(&ckpt)?, &what)?;
             let opt_path = dir.join("optimizer.safetensors");
             opt.load_state(TensorMap::load_safetensors(&opt_path)?, &opt_path.display().to_string())?;
             let metrics = dir.join("metrics.json");
@@ -588,15 +707,11 @@ fn train(
     }
     let start_epoch = history.len();
     println!(
-        "train: ViT D={} depth={} heads={} patch={} on {} images ({} test), graph {}, {} rayon threads",
-        vit.config().embed_dim,
-        vit.config().depth,
-        vit.config().num_heads,
-        vit.config().patch_size,
+        "train: {describe} on {} images ({} test), graph {}, {} rayon threads",
         config.limit.map_or(train_set.len(), |l| l.min(train_set.len())),
         test_set.len(),
         if config.graphs.is_empty() {
-            "complete".to_string()
+            "the model's default".to_string()
         } else {
             config.graphs.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(",")
         },
@@ -627,11 +742,15 @@ fn train(
         }
         Ok(())
     };
-    let metrics =
-        train_vit(&mut vit, &mut opt, train_set, test_set, &config, start_epoch, &mut on_batch, &mut on_epoch)?;
+    let metrics = train(&mut model, &mut opt, train_set, test_set, &config, start_epoch, &mut on_batch, &mut on_epoch)?;
     bar.finish_and_clear();
     if let Some(dir) = out {
-        vit.save_safetensors(dir.join("checkpoint.safetensors"))?;
+        let mut map = model.state_dict()?;
+        map.set_metadata("format", "pt");
+        if !map.metadata().contains_key(config_key) {
+            return Err(Error::invalid("checkpoint", format!("the model did not record `{config_key}`")));
+        }
+        map.save_safetensors(dir.join("checkpoint.safetensors"))?;
         opt.state_dict()?.save_safetensors(dir.join("optimizer.safetensors"))?;
         println!(
             "wrote {}/{{metrics.csv, metrics.json, checkpoint.safetensors, optimizer.safetensors}}",

@@ -13,16 +13,24 @@
 //! ```
 
 mod block;
+mod classifier;
+mod elu;
 mod gelu;
 mod graph_attention;
 mod init;
 mod layer_norm;
 mod linear;
 mod loss;
+mod max_relative;
 mod mlp;
+mod patch_embed;
+mod patch_gat;
+mod vig;
 mod vit;
 
 pub use block::{Block, BlockCache, BlockConfig, BlockGrads};
+pub use classifier::Classifier;
+pub use elu::{elu, elu_backward, elu_inplace};
 pub use gelu::{gelu, gelu_backward, gelu_inplace};
 pub use graph_attention::{
     AttentionCache, AttentionConfig, AttentionGrads, AttentionWeights, ForwardOptions, GraphAttention, LayerOutput,
@@ -32,5 +40,9 @@ pub use init::Init;
 pub use layer_norm::{LayerNorm, LayerNormGrads};
 pub use linear::{Linear, LinearGrads};
 pub use loss::CrossEntropy;
+pub use max_relative::MaxRelative;
 pub use mlp::{Mlp, MlpGrads};
+pub use patch_embed::{PatchEmbed, PatchEmbedGrads};
+pub use patch_gat::{PatchGat, PatchGatConfig, PatchGatGrads};
+pub use vig::{Vig, VigBlock, VigBlockGrads, VigConfig, VigGrads};
 pub use vit::{GlobalPool, Vit, VitConfig, VitGrads, VitOptions, VitOutput, resample_pos_embed};

@@ -13,4 +13,4 @@ mod trainer;
 
 pub use adamw::AdamW;
 pub use schedule::{CosineSchedule, clip_grad_norm};
-pub use trainer::{BatchProgress, EpochMetrics, TrainConfig, evaluate, train_vit};
+pub use trainer::{BatchProgress, EpochMetrics, TrainConfig, evaluate, train, train_vit};

@@ -1,4 +1,4 @@
-//! The training loop for a [`Vit`] on a labelled image set: shuffled batches with augmentation,
+//! The training loop for any [`Classifier`] ([`Vit`], [`crate::nn::PatchGat`], [`crate::nn::Vig`]) on a labelled image set: shuffled batches with augmentation,
 //! forward and backward, gradient clipping, AdamW on a warm-up + cosine schedule, evaluation.
 //! Deterministic for a seed whatever the thread count: shuffling and augmentation draw from one
 //! seeded generator per epoch, and every kernel's arithmetic is fixed.
@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::graph::GraphSpec;
 use crate::image::ChwImage;
 use crate::infer::top_k;
-use crate::nn::{CrossEntropy, Vit, VitOptions};
+use crate::nn::{Classifier, CrossEntropy, Vit};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
@@ -157,15 +157,14 @@ fn augment(image: &ChwImage, pad: usize, dy: usize, dx: usize, flip: bool) -> Re
 }
 
 /// Test-set loss (no smoothing) and accuracy, in batches.
-pub fn evaluate(vit: &Vit, data: &ImageDataset, config: &TrainConfig) -> Result<(f32, f32)> {
-    let options = VitOptions { graphs: config.graphs.clone(), ..Default::default() };
+pub fn evaluate<M: Classifier>(model: &M, data: &ImageDataset, config: &TrainConfig) -> Result<(f32, f32)> {
     let (mut loss_sum, mut correct) = (0.0f64, 0usize);
     let indices: Vec<usize> = (0..data.len()).collect();
     for chunk in indices.chunks(config.batch_size.max(1)) {
         let (mut images, labels): (Vec<ChwImage>, Vec<usize>) =
             chunk.iter().map(|&i| data.get(i)).collect::<Result<Vec<_>>>()?.into_iter().unzip();
         images.iter_mut().for_each(|im| normalise(im, &config.mean, &config.std));
-        let logits = vit.forward_with(&images, &options)?.logits;
+        let logits = model.logits(&images, &config.graphs)?;
         let (loss, _) = CrossEntropy { smoothing: 0.0 }.forward_backward(&logits, &labels)?;
         loss_sum += loss as f64 * chunk.len() as f64;
         correct += (0..labels.len()).filter(|&r| top_k(logits.row(r), 1)[0].0 == labels[r]).count();
@@ -174,12 +173,27 @@ pub fn evaluate(vit: &Vit, data: &ImageDataset, config: &TrainConfig) -> Result<
     Ok(((loss_sum / n) as f32, (correct as f64 / n) as f32))
 }
 
-/// Trains `vit` for `config.epochs - start_epoch` epochs (resume from `start_epoch` with the
-/// optimiser's restored state); `on_batch` sees progress, `on_epoch` each epoch's metrics (to
-/// write files and checkpoints). Returns the metrics of the epochs run.
+/// [`train`] for a [`Vit`] (kept for callers that name the model).
 #[allow(clippy::too_many_arguments)]
 pub fn train_vit(
     vit: &mut Vit,
+    opt: &mut AdamW,
+    train_set: &ImageDataset,
+    test: &ImageDataset,
+    config: &TrainConfig,
+    start_epoch: usize,
+    on_batch: &mut dyn FnMut(BatchProgress),
+    on_epoch: &mut dyn FnMut(&EpochMetrics) -> Result<()>,
+) -> Result<Vec<EpochMetrics>> {
+    train(vit, opt, train_set, test, config, start_epoch, on_batch, on_epoch)
+}
+
+/// Trains `model` for `config.epochs - start_epoch` epochs (resume from `start_epoch` with the
+/// optimiser's restored state); `on_batch` sees progress, `on_epoch` each epoch's metrics (to
+/// write files and checkpoints). Returns the metrics of the epochs run.
+#[allow(clippy::too_many_arguments)]
+pub fn train<M: Classifier>(
+    model: &mut M,
     opt: &mut AdamW,
     train: &ImageDataset,
     test: &ImageDataset,
@@ -192,10 +206,17 @@ pub fn train_vit(
     if n == 0 || config.batch_size == 0 {
         return Err(Error::invalid("training", "no training images or a zero batch size"));
     }
-    if vit.config().num_classes < train.classes {
+    if model.num_classes() < train.classes {
         return Err(Error::invalid(
             "training",
-            format!("the model has {} classes, the data {}", vit.config().num_classes, train.classes),
+            format!("the model has {} classes, the data {}", model.num_classes(), train.classes),
+        ));
+    }
+    if model.input_shape() != train.shape() {
+        return Err(Error::shape(
+            "training images",
+            format!("{:?} (the model's input)", model.input_shape()),
+            format!("{:?}", train.shape()),
         ));
     }
     let steps_per_epoch = n.div_ceil(config.batch_size) as u64;
@@ -206,7 +227,6 @@ pub fn train_vit(
         warmup_steps: (config.warmup_epochs * steps_per_epoch as f32) as u64,
         total_steps: steps_per_epoch * config.epochs as u64,
     };
-    let options = VitOptions { graphs: config.graphs.clone(), ..Default::default() };
     let mut all = Vec::new();
     for epoch in start_epoch..config.epochs {
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
@@ -232,7 +252,8 @@ pub fn train_vit(
                 images.push(image);
                 labels.push(label);
             }
-            let (loss, mut grads, logits) = vit.loss_grads_logits(&images, &labels, config.smoothing, &options)?;
+            let (loss, mut grads, logits) =
+                model.loss_grads_logits(&images, &labels, config.smoothing, &config.graphs)?;
             if !loss.is_finite() {
                 return Err(Error::NonFinite {
                     what: format!("training loss (epoch {}, batch {bi})", epoch + 1),
@@ -241,12 +262,12 @@ pub fn train_vit(
                 });
             }
             if let Some(max) = config.clip_grad {
-                clip_grad_norm(&mut grads.slices_mut(), max);
+                clip_grad_norm(&mut M::grad_slices(&mut grads), max);
             }
             lr = schedule.lr(opt.steps());
             opt.lr = lr;
             opt.begin_step();
-            vit.visit_params_mut(&grads, &mut |slot, p, g, decay| opt.update(slot, p, g, decay));
+            model.visit_params_mut(&grads, &mut |slot, p, g, decay| opt.update(slot, p, g, decay));
             loss_sum += loss as f64 * chunk.len() as f64;
             correct += (0..labels.len()).filter(|&r| top_k(logits.row(r), 1)[0].0 == labels[r]).count();
             seen += chunk.len();
@@ -260,7 +281,7 @@ pub fn train_vit(
             });
         }
         let seconds = started.elapsed().as_secs_f32();
-        let (test_loss, test_accuracy) = evaluate(vit, test, config)?;
+        let (test_loss, test_accuracy) = evaluate(model, test, config)?;
         let m = EpochMetrics {
             epoch: epoch + 1,
             train_loss: (loss_sum / seen as f64) as f32,
