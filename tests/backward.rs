@@ -580,3 +580,119 @@ proptest! {
         close("dbias", bias.as_ref().unwrap(), &fd(&params[5], |v| with(5, v)));
     }
 }
+
+// ----- TransformerConv layer --------------------------------------------------------------
+
+/// The layer's switches, for the f64 oracle.
+#[derive(Clone, Copy)]
+struct TransformerFlags {
+    heads: usize,
+    c: usize,
+    concat: bool,
+    beta: bool,
+    root_weight: bool,
+}
+
+/// `sum(r * y)` of PyG's TransformerConv in f64 (no self-loops added): `[q | k | v | s] = x W^T
+/// + b` (the four linears stacked), softmax over `graph` of `q_i . k_j / sqrt(C)` per head,
+/// values `v_j` (zero at a node with no incoming edge), heads concatenated or averaged into `o`;
+/// with `root_weight`, `out = o + s`, or with `beta`, `b = sigmoid(w_beta . [o, s, o - s])`,
+/// `out = b s + (1 - b) o`.
+fn transformer_loss64(
+    g: &Graph,
+    x: &[f64],
+    w: &[f64],
+    b: Option<&[f64]>,
+    w_beta: &[f64],
+    t: TransformerFlags,
+    r: &[f32],
+) -> f64 {
+    let (n, heads, c) = (g.num_nodes(), t.heads, t.c);
+    let hc = heads * c;
+    let width = if t.concat { hc } else { c };
+    let cols = 3 * hc + width;
+    let y = linear64(x, n, w, b, cols);
+    let (q, k, v, s) = (
+        |i: usize, j: usize| y[i * cols + j],
+        |i: usize, j: usize| y[i * cols + hc + j],
+        |i: usize, j: usize| y[i * cols + 2 * hc + j],
+        |i: usize, j: usize| y[i * cols + 3 * hc + j],
+    );
+    let mut loss = 0.0;
+    for i in 0..n {
+        let mut o = vec![0.0f64; width];
+        for h in 0..heads {
+            let sc: Vec<f64> = g
+                .incoming(i)
+                .map(|j| (0..c).map(|e| q(i, h * c + e) * k(j, h * c + e)).sum::<f64>() / (c as f64).sqrt())
+                .collect();
+            if sc.is_empty() {
+                continue;
+            }
+            let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = sc.iter().map(|s| (s - m).exp()).sum();
+            for (tt, j) in g.incoming(i).enumerate() {
+                let p = (sc[tt] - m).exp() / z;
+                for e in 0..c {
+                    let val = p * v(j, h * c + e);
+                    if t.concat { o[h * c + e] += val } else { o[e] += val / heads as f64 }
+                }
+            }
+        }
+        let out: Vec<f64> = if !t.root_weight {
+            o
+        } else if t.beta {
+            let zb: f64 = (0..width)
+                .map(|e| w_beta[e] * o[e] + w_beta[width + e] * s(i, e) + w_beta[2 * width + e] * (o[e] - s(i, e)))
+                .sum();
+            let bb = 1.0 / (1.0 + (-zb).exp());
+            (0..width).map(|e| bb * s(i, e) + (1.0 - bb) * o[e]).collect()
+        } else {
+            (0..width).map(|e| o[e] + s(i, e)).collect()
+        };
+        loss += dot(&out, &r[i * width..(i + 1) * width]);
+    }
+    loss
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// TransformerConv's layer backward (the stacked lin_query | lin_key | lin_value | lin_skip,
+    /// lin_beta, dx) against central differences of the f64 layer, concatenated and averaged
+    /// heads, with and without root weight, beta and biases, on random graphs (no self-loops
+    /// added: nodes without incoming edges attend to nothing).
+    #[test]
+    fn transformer_layer_backward((n, edges) in arb_graph(), heads in 1usize..3, c in 1usize..4, f in 1usize..5, concat in any::<bool>(), beta in any::<bool>(), root_weight in any::<bool>(), bias in any::<bool>(), seed in 0u64..1000) {
+        let mut init = Init::new(seed);
+        let (src, dst): (Vec<usize>, Vec<usize>) = edges.iter().cloned().unzip();
+        let g = Graph::from_edge_index(n, &src, &dst).unwrap();
+        let config = AttentionConfig::Transformer { in_channels: f, out_channels: c, heads, concat, beta, root_weight, bias };
+        let mut layer = GraphAttention::new(config, &mut init).unwrap();
+        let mut grads = layer.zero_grads();
+        let mut k = 0;
+        layer.visit_params(&grads.clone(), &mut |_, p, _, _| { for v in p.iter_mut() { k += 1; *v += 0.3 * ((k * 7 % 11) as f32 - 5.0) / 5.0; } });
+        let x = random(&mut init, n * f, 1.0);
+        let width = if concat { heads * c } else { c };
+        let r = random(&mut init, n * width, 1.0);
+        let dx = layer.backward(&g, &Matrix::from_vec(n, f, x.clone()).unwrap(), &Matrix::from_vec(n, width, r.clone()).unwrap(), &mut grads).unwrap();
+        let mut params: Vec<Vec<f32>> = vec![Vec::new(); 3];
+        layer.visit_params(&grads, &mut |slot, p, _, _| params[slot] = p.to_vec());
+        let AttentionGrads::Transformer { qkvs, lin_beta } = &grads else { panic!("TransformerConv grads") };
+        prop_assert_eq!(qkvs.bias.is_some(), bias);
+        prop_assert_eq!(lin_beta.is_some(), beta && root_weight);
+        let t = TransformerFlags { heads, c, concat, beta, root_weight };
+        let p64: Vec<Vec<f64>> = params.iter().map(|p| f64s(p)).collect();
+        let x64 = f64s(&x);
+        let loss = |x: &[f64], p: &[Vec<f64>]| transformer_loss64(&g, x, &p[0], bias.then_some(&p[1][..]), &p[2], t, &r);
+        let with = |slot: usize, v: &[f64]| { let mut p = p64.clone(); p[slot] = v.to_vec(); loss(&x64, &p) };
+        close("dx", dx.as_slice(), &fd(&x, |v| loss(v, &p64)));
+        close("dW (q | k | v | skip)", qkvs.weight.as_slice(), &fd(&params[0], |v| with(0, v)));
+        if let Some(db) = &qkvs.bias {
+            close("db (q | k | v | skip)", db, &fd(&params[1], |v| with(1, v)));
+        }
+        if let Some(lb) = lin_beta {
+            close("dW_beta", lb.weight.as_slice(), &fd(&params[2], |v| with(2, v)));
+        }
+    }
+}

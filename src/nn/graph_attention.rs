@@ -283,8 +283,13 @@ pub enum AttentionGrads {
         /// Of `bias`, if any.
         bias: Option<Vec<f32>>,
     },
-    /// A configuration whose layer backward is not written yet (TransformerConv).
-    Unsupported,
+    /// PyG `TransformerConv`'s stacked `lin_query | lin_key | lin_value | lin_skip` and `lin_beta`.
+    Transformer {
+        /// Of `qkvs` `[3*H*C + skip, F]` (the `lin_skip` rows stay zero without `root_weight`).
+        qkvs: LinearGrads,
+        /// Of `lin_beta` `[1, 3*out]`, with `beta` (no bias, as PyG).
+        lin_beta: Option<LinearGrads>,
+    },
 }
 
 /// Options of [`GraphAttention::forward_with`].
@@ -572,13 +577,15 @@ impl GraphAttention {
     /// ```
     ///
     /// GATConv goes to [`GraphAttention::backward_gat`], GATv2Conv to
-    /// [`GraphAttention::backward_gatv2`]. TransformerConv has its attention backward in
-    /// [`crate::attention::attend_backward`] but not yet the layer's; it returns an error.
+    /// [`GraphAttention::backward_gatv2`], TransformerConv to
+    /// [`GraphAttention::backward_transformer`]. `grads` must come from this layer's
+    /// [`GraphAttention::zero_grads`].
     pub fn backward(&self, graph: &Graph, x: &Matrix, dy: &Matrix, grads: &mut AttentionGrads) -> Result<Matrix> {
         match self.params {
             Params::Gat { .. } => return self.backward_gat(graph, x, dy, grads),
             Params::GatV2 { .. } => return self.backward_gatv2(graph, x, dy, grads),
-            _ => {}
+            Params::Transformer { .. } => return self.backward_transformer(graph, x, dy, grads),
+            Params::Timm { .. } => {}
         }
         let (_, cache) = self.forward_cached(graph, x)?;
         self.backward_cached(graph, x, &cache, dy, grads)
@@ -641,7 +648,11 @@ impl GraphAttention {
     fn no_layer_backward(&self) -> Error {
         Error::invalid(
             "GraphAttention backward",
-            format!("the layer backward exists for the timm configuration only, not {:?}", self.config),
+            format!(
+                "forward_cached / backward_cached are for the timm configuration only, and every backward needs \
+                 gradients from this layer's zero_grads; got {:?}",
+                self.config
+            ),
         )
     }
 
@@ -663,8 +674,114 @@ impl GraphAttention {
                 att: vec![0.0; att.len()],
                 bias: bias.as_ref().map(|b| vec![0.0; b.len()]),
             },
-            _ => AttentionGrads::Unsupported,
+            Params::Transformer { qkvs, lin_beta } => AttentionGrads::Transformer {
+                qkvs: LinearGrads::zeros(qkvs),
+                lin_beta: lin_beta.as_ref().map(LinearGrads::zeros),
+            },
         }
+    }
+
+    /// Backward of the TransformerConv configuration (recomputing its forward from `x`); `w` is
+    /// the output width (`H*C` concatenated, `C` averaged), `s = x_r`:
+    ///
+    /// ```text
+    /// qkvs = x [Wq|Wk|Wv|Ws]^T + b  [N x 3HC (+w)]     dx = qkvs.backward(x, [dq | dk | dv | ds]) (ds = 0 without root_weight)
+    /// a = attend(graph, q, k, v)    [N x HC]          dq, dk, dv = attend_backward(.., da)
+    /// o = concat(a) | mean_h(a)     [N x w]           da = do | do / H broadcast
+    /// root_weight, no beta:
+    ///   out = o + s                                    do = dout, ds = dout
+    /// root_weight, beta:
+    ///   z = lin_beta([o, s, o - s])  [N x 1]           dcat = lin_beta.backward(cat, dz)
+    ///   b = sigmoid(z)                                 dz = db b (1 - b)
+    ///   out = b s + (1 - b) o                          db = sum_j dout (s - o)
+    ///                                                  do = (1 - b) dout + dcat_o + dcat_diff
+    ///                                                  ds = b dout + dcat_s - dcat_diff
+    /// no root_weight: out = o                          do = dout
+    /// ```
+    pub fn backward_transformer(
+        &self,
+        graph: &Graph,
+        x: &Matrix,
+        dy: &Matrix,
+        grads: &mut AttentionGrads,
+    ) -> Result<Matrix> {
+        let (Params::Transformer { qkvs, lin_beta }, AttentionGrads::Transformer { qkvs: g_qkvs, lin_beta: g_beta }) =
+            (&self.params, grads)
+        else {
+            return Err(self.no_layer_backward());
+        };
+        let AttentionConfig::Transformer { concat, root_weight, .. } = self.config else {
+            return Err(self.no_layer_backward());
+        };
+        // x [N x F], dy [N x w]
+        x.expect_shape("attention backward x", graph.num_nodes(), self.config.in_dim())?;
+        dy.expect_shape("attention backward dy", graph.num_nodes(), self.config.out_dim())?;
+        let (heads, c, w) = (self.config.heads(), self.config.head_dim(), self.config.out_dim());
+        let hc = heads * c;
+        // qkvs = x [Wq|Wk|Wv|Ws]^T + b, the skip columns only with root_weight
+        let y = qkvs.forward_leading(x, if root_weight { qkvs.out_dim() } else { 3 * hc })?;
+        let score = self.score();
+        let inputs = AttentionInputs::new(
+            column_block(&y, 0, hc)?,
+            column_block(&y, hc, hc)?,
+            column_block(&y, 2 * hc, hc)?,
+            heads,
+        );
+        let a = attend(graph, &score, &inputs, Path::Auto, false)?; // a = attend(graph, q, k, v)
+        let mut dqkvs = Matrix::zeros(x.rows(), qkvs.out_dim()); // [N x 3HC + w]: dq | dk | dv | ds
+        let d_o = match (root_weight, lin_beta, g_beta.as_mut()) {
+            (true, Some(lb), Some(gb)) => {
+                let o = self.combine_heads(a.out, None); // o = concat(a) | mean_h(a)
+                let s = column_block(&y, 3 * hc, w)?;
+                // cat = [o, s, o - s] [N x 3w]
+                let cat = Matrix::from_fn(o.rows(), 3 * w, |n, j| match j / w {
+                    0 => o.get(n, j),
+                    1 => s.get(n, j - w),
+                    _ => o.get(n, j - 2 * w) - s.get(n, j - 2 * w),
+                });
+                let z = lb.forward(&cat)?; // z = lin_beta([o, s, o - s])
+                let mut dz = Matrix::zeros(o.rows(), 1);
+                for n in 0..o.rows() {
+                    let b = 1.0 / (1.0 + (-z.get(n, 0)).exp()); // b = sigmoid(z)
+                    // out = b s + (1 - b) o:  db = sum_j dout (s - o)
+                    let db: f32 = dy.row(n).iter().zip(s.row(n)).zip(o.row(n)).map(|((d, s), o)| d * (s - o)).sum();
+                    dz.row_mut(n)[0] = db * b * (1.0 - b); // b = sigmoid(z)
+                }
+                let dcat = lb.backward(&cat, &dz, gb)?; // z = lin_beta([o, s, o - s])
+                let mut d_o = Matrix::zeros(o.rows(), w);
+                for n in 0..o.rows() {
+                    let b = 1.0 / (1.0 + (-z.get(n, 0)).exp());
+                    let (dc, dout) = (dcat.row(n), dy.row(n));
+                    let ds = &mut dqkvs.row_mut(n)[3 * hc..];
+                    for j in 0..w {
+                        // out = b s + (1 - b) o;  cat = [o, s, o - s]
+                        ds[j] = b * dout[j] + dc[w + j] - dc[2 * w + j];
+                    }
+                    for (j, g) in d_o.row_mut(n).iter_mut().enumerate() {
+                        *g = (1.0 - b) * dout[j] + dc[j] + dc[2 * w + j];
+                    }
+                }
+                d_o
+            }
+            (true, None, _) => {
+                for n in 0..dy.rows() {
+                    dqkvs.row_mut(n)[3 * hc..].copy_from_slice(dy.row(n)); // out = o + s
+                }
+                dy.clone()
+            }
+            (false, None, _) => dy.clone(), // out = o
+            _ => return Err(self.no_layer_backward()),
+        };
+        // o = concat(a) | mean_h(a)
+        let d_a = if concat { d_o } else { Matrix::from_fn(dy.rows(), hc, |n, j| d_o.get(n, j % c) / heads as f32) };
+        let ga = crate::attention::attend_backward(graph, &score, &inputs, &a.log_sum_exp, &d_a)?;
+        for n in 0..x.rows() {
+            let row = dqkvs.row_mut(n);
+            row[..hc].copy_from_slice(ga.query.row(n));
+            row[hc..2 * hc].copy_from_slice(ga.key.row(n));
+            row[2 * hc..3 * hc].copy_from_slice(ga.value.row(n));
+        }
+        qkvs.backward(x, &dqkvs, g_qkvs) // qkvs = x [Wq|Wk|Wv|Ws]^T + b
     }
 
     /// Backward of the GATv2Conv configuration (recomputing its forward from `x`):
@@ -790,8 +907,22 @@ impl GraphAttention {
     /// Calls `f(slot, parameter, gradient, decay)` for every parameter tensor in a fixed order
     /// (timm: slots 0 `qkv.weight`, 1 `qkv.bias`, 2 `proj.weight`, 3 `proj.bias`; GAT: 0
     /// `lin.weight`, 1 `att_src`, 2 `att_dst`, 3 `bias`; GATv2: 0/1 `lin_l`, 2/3 `lin_r`, 4
-    /// `att`, 5 `bias`; `decay` for the weight matrices only), for optimisers.
+    /// `att`, 5 `bias`; TransformerConv: 0 `qkvs.weight` (`lin_query | lin_key | lin_value |
+    /// lin_skip` rows), 1 `qkvs.bias`, 2 `lin_beta.weight`; `decay` for the weight matrices
+    /// only), for optimisers.
     pub fn visit_params(&mut self, grads: &AttentionGrads, f: &mut ParamVisitor<'_>) {
+        if let (Params::Transformer { qkvs, lin_beta }, AttentionGrads::Transformer { qkvs: gq, lin_beta: gb }) =
+            (&mut self.params, grads)
+        {
+            f(0, qkvs.weight.as_mut_slice(), gq.weight.as_slice(), true);
+            if let (Some(b), Some(g)) = (qkvs.bias.as_mut(), gq.bias.as_ref()) {
+                f(1, b, g, false);
+            }
+            if let (Some(l), Some(g)) = (lin_beta.as_mut(), gb.as_ref()) {
+                f(2, l.weight.as_mut_slice(), g.weight.as_slice(), true);
+            }
+            return;
+        }
         if let (
             Params::Gat { lin, att_src, att_dst, bias },
             AttentionGrads::Gat { lin: gl, att_src: gs, att_dst: gd, bias: gb },
