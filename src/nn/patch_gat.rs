@@ -308,7 +308,7 @@ impl Classifier for PatchGat {
     }
 }
 
-/// The gradient tensors of a GAT or GATv2 layer, mutable.
+/// The gradient tensors of an attention layer, mutable.
 pub(crate) fn attention_grad_slices(g: &mut AttentionGrads) -> Vec<&mut [f32]> {
     fn lin<'a>(l: &'a mut LinearGrads, out: &mut Vec<&'a mut [f32]>) {
         out.push(l.weight.as_mut_slice());
@@ -340,7 +340,12 @@ pub(crate) fn attention_grad_slices(g: &mut AttentionGrads) -> Vec<&mut [f32]> {
             lin(qkv, &mut out);
             lin(proj, &mut out);
         }
-        _ => {}
+        AttentionGrads::Transformer { qkvs, lin_beta } => {
+            lin(qkvs, &mut out);
+            if let Some(b) = lin_beta.as_mut() {
+                lin(b, &mut out);
+            }
+        }
     }
     out
 }
