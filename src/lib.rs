@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod attention;
+pub mod attention_map;
 pub mod bench;
 pub mod checkpoint;
 pub mod data;
