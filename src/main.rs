@@ -747,6 +747,11 @@ fn run_training<M: Classifier>(
     if let Some(dir) = out {
         let mut map = model.state_dict()?;
         map.set_metadata("format", "pt");
+        // the data handling (normalisation, graphs) so that other commands can prepare inputs alike
+        map.set_metadata(
+            "patchgraph_train_config",
+            serde_json::to_string(&config).map_err(|e| Error::invalid("train config", e.to_string()))?,
+        );
         if !map.metadata().contains_key(config_key) {
             return Err(Error::invalid("checkpoint", format!("the model did not record `{config_key}`")));
         }

@@ -388,3 +388,30 @@ fn adamw_steps_lower_the_loss_identically_on_any_thread_count() {
     assert_eq!(losses1, losses2);
     assert_eq!(vit1, vit2);
 }
+
+/// `Vit::layer_features` are the features each layer's feature k-NN graph is built from: the
+/// graph built from them equals the graph the forward ran on (returned with the weights).
+#[test]
+fn layer_features_give_the_forward_graphs() {
+    let mut c = VitConfig::tiny(16, 4, 3);
+    (c.embed_dim, c.depth, c.num_heads) = (8, 3, 2);
+    let vit = Vit::new(c, &mut Init::new(2)).unwrap();
+    let mut init = Init::new(3);
+    let images: Vec<ChwImage> = (0..2).map(|_| ChwImage::new(3, 16, 16, init.normal(768, 1.0)).unwrap()).collect();
+    let spec: GraphSpec = "fknn:3:2".parse().unwrap();
+    let options = VitOptions { graphs: vec![spec.clone()], weights: true, ..Default::default() };
+    let out = vit.forward_with(&images, &options).unwrap();
+    for layer in 0..3 {
+        let f = vit.layer_features(&images, layer, &options).unwrap();
+        assert_eq!(f.shape(), (2 * 16, 8));
+        let per_image: Vec<patchgraph::Graph> = (0..2)
+            .map(|i| {
+                let rows = Matrix::from_fn(16, 8, |r, col| f.get(i * 16 + r, col));
+                spec.build(4, 4, Some(&rows), true).unwrap()
+            })
+            .collect();
+        let union = patchgraph::Graph::disjoint_union(&per_image).unwrap();
+        assert_eq!(union.edge_index(), out.weights[layer].graph.edge_index(), "layer {layer}");
+    }
+    assert!(vit.layer_features(&images, 3, &options).is_err());
+}

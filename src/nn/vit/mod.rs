@@ -289,6 +289,26 @@ impl Vit {
         Ok(VitOutput { logits, pre_logits: pooled, weights })
     }
 
+    /// The features block `layer` builds a feature k-NN graph from: its `norm1` output on the
+    /// patch tokens (class token left out), `[B*G^2 x D]`, after running blocks `0..layer` on
+    /// `options.graphs`.
+    pub fn layer_features(&self, images: &[ChwImage], layer: usize, options: &VitOptions) -> Result<Matrix> {
+        let cfg = &self.config;
+        let block = self.blocks.get(layer).ok_or_else(|| {
+            Error::invalid("ViT layer", format!("{layer} is not below the model's {} blocks", self.blocks.len()))
+        })?;
+        let specs = self.layer_specs(&options.graphs)?;
+        let (b, t, g, prefix) = (images.len(), cfg.num_tokens(), cfg.grid(), cfg.prefix_tokens());
+        let mut x = self.embed(images)?;
+        let mut cache: Vec<(GraphSpec, Graph)> = Vec::new();
+        for (blk, spec) in self.blocks[..layer].iter().zip(&specs) {
+            let graph = self.layer_graph(blk, spec, &x, b, &mut cache)?;
+            blk.forward_in_place(&graph, &mut x, &ForwardOptions { path: options.path, ..Default::default() })?;
+        }
+        let h = block.norm1.forward(&x)?;
+        Ok(Matrix::from_fn(b * g * g, cfg.embed_dim, |r, c| h.get((r / (g * g)) * t + prefix + r % (g * g), c)))
+    }
+
     /// The batch graph of one layer: static specs built once per forward (cached in `cache`),
     /// feature k-NN rebuilt from this layer's `norm1` features of the patch tokens.
     pub(crate) fn layer_graph(
