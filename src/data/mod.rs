@@ -1,29 +1,50 @@
-//! Datasets on disk: the IDX format of MNIST and Fashion-MNIST (raw or gzipped), as labelled
-//! image sets ready for a model.
+//! Datasets on disk, as labelled image sets ready for a model ([`ImageDataset`]: `[N x C x H x W]`
+//! f32 pixels in `[0, 1]`, labels, class count and, where the files name them, class names).
+//!
+//! Three formats:
+//!
+//! - **IDX** ([`load_mnist`]): MNIST and Fashion-MNIST, `{train,t10k}-{images-idx3,labels-idx1}-ubyte`
+//!   raw or gzipped; `1 x 28 x 28`.
+//! - **CIFAR-10 binary** ([`load_cifar10`]): `cifar-10-batches-bin/`, `data_batch_{1..5}.bin` and
+//!   `test_batch.bin`, records of one label byte and 3072 pixel bytes; `3 x 32 x 32`, class
+//!   names from `batches.meta.txt`.
+//! - **Image folder** ([`load_image_folder`], [`load_image_folder_split`]): torchvision's
+//!   `ImageFolder` layout, one sub-folder per class (names sorted, index = position), any format
+//!   the `image` crate decodes, every image resized to one size and converted to 1 or 3 channels.
+//!
+//! [`load_dataset`] tells them apart by the files present.
 //!
 //! ```
-//! use patchgraph::data::{Split, load_mnist};
+//! use patchgraph::data::{Split, load_dataset, load_mnist};
 //! let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist5k");
 //! let test = load_mnist(dir, Split::Test).unwrap();
 //! assert_eq!((test.len(), test.classes, test.shape()), (1000, 10, (1, 28, 28)));
 //! let (image, label) = test.get(0).unwrap();
 //! assert_eq!((image.shape(), label), ((1, 28, 28), 6));
+//! // The same files, found by their names.
+//! assert_eq!(load_dataset(dir, Split::Test, None, None).unwrap(), test);
 //! ```
 
+mod cifar;
+mod folder;
 mod idx;
 
+pub use cifar::{CIFAR10_RECORD_BYTES, load_cifar10};
+pub use folder::{image_folder_classes, load_image_folder, load_image_folder_split};
 pub use idx::{IdxArray, read_idx, read_idx_bytes};
 
 use crate::error::{Error, Result};
-use crate::image::ChwImage;
+use crate::image::{Channels, ChwImage};
 use std::path::Path;
 
 /// Which part of a dataset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Split {
-    /// `train-*` files.
+    /// The training part: `train-*` IDX files, CIFAR-10's `data_batch_1.bin` ..
+    /// `data_batch_5.bin`, an image folder's `train/`.
     Train,
-    /// `t10k-*` files.
+    /// The test part: `t10k-*` IDX files, CIFAR-10's `test_batch.bin`, an image folder's `test/`
+    /// (or `val/` where there is no `test/`).
     Test,
 }
 
@@ -33,8 +54,10 @@ pub struct ImageDataset {
     pixels: Vec<f32>,
     labels: Vec<usize>,
     shape: (usize, usize, usize),
-    /// Number of classes (`max label + 1`).
+    /// Number of classes (`max label + 1` for IDX files; 10 for CIFAR-10; the number of class
+    /// folders for an image folder).
     pub classes: usize,
+    class_names: Option<Vec<String>>,
 }
 
 impl ImageDataset {
@@ -51,7 +74,27 @@ impl ImageDataset {
         if let Some((i, l)) = labels.iter().enumerate().find(|(_, l)| **l >= classes) {
             return Err(Error::invalid("dataset label", format!("label[{i}] = {l} is not below {classes} classes")));
         }
-        Ok(ImageDataset { pixels, labels, shape, classes })
+        Ok(ImageDataset { pixels, labels, shape, classes, class_names: None })
+    }
+
+    /// Names the classes: `names[k]` is the name of label `k`. Errors ([`Error::Shape`]) unless
+    /// there is exactly one name per class.
+    pub fn with_class_names(mut self, names: Vec<String>) -> Result<Self> {
+        if names.len() != self.classes {
+            return Err(Error::shape(
+                "dataset class names",
+                format!("{} names (one per class)", self.classes),
+                format!("{} names", names.len()),
+            ));
+        }
+        self.class_names = Some(names);
+        Ok(self)
+    }
+
+    /// The class names, label order, where the dataset's files name them (CIFAR-10's
+    /// `batches.meta.txt`, an image folder's sub-folders); `None` for IDX files.
+    pub fn class_names(&self) -> Option<&[String]> {
+        self.class_names.as_deref()
     }
 
     /// Number of images.
@@ -129,6 +172,120 @@ pub fn load_mnist(dir: impl AsRef<Path>, split: Split) -> Result<ImageDataset> {
     ImageDataset::new(pixels, labels, (1, h, w), classes)
 }
 
+/// The size [`load_dataset`] resizes image-folder images to when not told: `32 x 32`, CIFAR's.
+pub const DEFAULT_FOLDER_IMAGE_SIZE: (usize, usize) = (32, 32);
+
+/// Loads `split` of the dataset in `dir`, telling the format by the files present (looked for in
+/// this order):
+///
+/// 1. **IDX** (MNIST, Fashion-MNIST): `dir` holds `train-images-idx3-ubyte[.gz]` or
+///    `t10k-images-idx3-ubyte[.gz]`: [`load_mnist`].
+/// 2. **CIFAR-10 binary**: `dir` or `dir/cifar-10-batches-bin` holds `data_batch_1.bin` or
+///    `test_batch.bin`: [`load_cifar10`].
+/// 3. **Image folder**: `dir` has a `train/`, `test/` or `val/` sub-folder (of class folders):
+///    [`load_image_folder_split`], resized to `image_size` `(height, width)`, default
+///    [`DEFAULT_FOLDER_IMAGE_SIZE`] (`32 x 32`), with `channels` 1 (gray) or 3 (RGB), default 3.
+///
+/// IDX and CIFAR-10 images are returned as stored (`1 x 28 x 28`, `3 x 32 x 32`): an
+/// `image_size` or `channels` other than theirs is an error, not a conversion.
+///
+/// Errors: [`Error::Invalid`] for `channels` other than 1 or 3, a zero size, a size or channel
+/// count that an IDX or CIFAR-10 dataset does not have, or a `dir` in none of the layouts (the
+/// message lists what was looked for); otherwise the loader's errors.
+pub fn load_dataset(
+    dir: impl AsRef<Path>,
+    split: Split,
+    image_size: Option<(usize, usize)>,
+    channels: Option<usize>,
+) -> Result<ImageDataset> {
+    let dir = dir.as_ref();
+    let channels = match channels {
+        None => None,
+        Some(1) => Some(Channels::Gray),
+        Some(3) => Some(Channels::Rgb),
+        Some(c) => return Err(Error::invalid("dataset channels", format!("{c}: expected 1 (gray) or 3 (RGB)"))),
+    };
+    if let Some((h, w)) = image_size.filter(|&(h, w)| h == 0 || w == 0) {
+        return Err(Error::invalid("dataset image size", format!("{h} x {w}: both sides must be at least 1")));
+    }
+    // A fixed-shape format: what was asked must be what the files hold.
+    let fixed = |data: ImageDataset, format: &str| -> Result<ImageDataset> {
+        let (c, h, w) = data.shape();
+        let size_ok = image_size.is_none_or(|s| s == (h, w));
+        let channels_ok = channels.is_none_or(|ch| ch.count() == c);
+        if size_ok && channels_ok {
+            return Ok(data);
+        }
+        let asked = format!(
+            "{} x {}",
+            channels.map_or("C".to_string(), |ch| ch.count().to_string()),
+            image_size.map_or("H x W".to_string(), |(h, w)| format!("{h} x {w}"))
+        );
+        Err(Error::invalid(
+            "dataset image shape",
+            format!(
+                "{} holds {format} images of {c} x {h} x {w}, asked for {asked}; {format} images are not resized or converted",
+                dir.display()
+            ),
+        ))
+    };
+    let idx_names = ["train-images-idx3-ubyte", "t10k-images-idx3-ubyte"];
+    if idx_names.iter().any(|n| dir.join(n).is_file() || dir.join(format!("{n}.gz")).is_file()) {
+        return fixed(load_mnist(dir, split)?, "IDX");
+    }
+    let cifar = cifar::resolve_dir(dir);
+    if ["data_batch_1.bin", "test_batch.bin"].iter().any(|n| cifar.join(n).is_file()) {
+        return fixed(load_cifar10(dir, split)?, "CIFAR-10");
+    }
+    if ["train", "test", "val"].iter().any(|n| dir.join(n).is_dir()) {
+        return load_image_folder_split(
+            dir,
+            split,
+            image_size.unwrap_or(DEFAULT_FOLDER_IMAGE_SIZE),
+            channels.unwrap_or(Channels::Rgb),
+        );
+    }
+    Err(Error::invalid(
+        "dataset directory",
+        format!(
+            "{}{} is in none of the known layouts; looked for train-images-idx3-ubyte[.gz] or \
+             t10k-images-idx3-ubyte[.gz] (IDX, MNIST), data_batch_1.bin or test_batch.bin in it or in \
+             cifar-10-batches-bin/ (CIFAR-10 binary), a train/, test/ or val/ folder of class \
+             sub-folders (image folder)",
+            dir.display(),
+            if dir.is_dir() { "" } else { " (not a directory)" }
+        ),
+    ))
+}
+
+/// Temporary directories for the loaders' tests, removed when dropped.
+#[cfg(test)]
+pub(crate) mod testdir {
+    use std::path::{Path, PathBuf};
+
+    /// `<temp>/pg-<name>-<pid>`, created empty; removed (with its contents) on drop.
+    pub(crate) struct TempDir(PathBuf);
+
+    impl TempDir {
+        pub(crate) fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("pg-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        pub(crate) fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,5 +323,55 @@ mod tests {
         let err = load_mnist(&dir, Split::Train).unwrap_err().to_string();
         assert!(err.contains("3 labels for 2 images"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn load_dataset_tells_the_formats_apart() {
+        // IDX: the bundled MNIST subset; its fixed shape may be restated, not changed.
+        let mnist = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist5k");
+        let test = load_dataset(mnist, Split::Test, Some((28, 28)), Some(1)).unwrap();
+        assert_eq!((test.len(), test.shape(), test.class_names()), (1000, (1, 28, 28), None));
+        let msg = load_dataset(mnist, Split::Test, Some((32, 32)), None).unwrap_err().to_string();
+        assert!(msg.contains("IDX images of 1 x 28 x 28") && msg.contains("asked for C x 32 x 32"), "{msg}");
+
+        // CIFAR-10, found in the archive's cifar-10-batches-bin/.
+        let tmp = testdir::TempDir::new("load-dataset");
+        cifar::fixture::write(&tmp.path().join("cifar/cifar-10-batches-bin"));
+        let train = load_dataset(tmp.path().join("cifar"), Split::Train, None, Some(3)).unwrap();
+        assert_eq!((train.len(), train.shape(), train.classes), (9, (3, 32, 32), 10));
+        assert_eq!(train, load_cifar10(tmp.path().join("cifar"), Split::Train).unwrap());
+        let msg = load_dataset(tmp.path().join("cifar"), Split::Test, None, Some(1)).unwrap_err().to_string();
+        assert!(msg.contains("CIFAR-10 images of 3 x 32 x 32"), "{msg}");
+
+        // Image folder: 32 x 32 RGB unless told.
+        folder::fixture::write(&tmp.path().join("pets/train"));
+        folder::fixture::write(&tmp.path().join("pets/test"));
+        let pets = load_dataset(tmp.path().join("pets"), Split::Test, None, None).unwrap();
+        assert_eq!((pets.len(), pets.shape(), pets.labels()), (4, (3, 32, 32), &[0, 0, 0, 1][..]));
+        let small = load_dataset(tmp.path().join("pets"), Split::Train, Some((4, 6)), Some(1)).unwrap();
+        assert_eq!(small.shape(), (1, 4, 6));
+        assert_eq!(small.class_names().unwrap(), ["cat", "dog"]);
+
+        // Nothing known: the error lists what was looked for.
+        std::fs::create_dir_all(tmp.path().join("empty")).unwrap();
+        let msg = load_dataset(tmp.path().join("empty"), Split::Train, None, None).unwrap_err().to_string();
+        for wanted in ["train-images-idx3-ubyte", "data_batch_1.bin", "cifar-10-batches-bin", "train/"] {
+            assert!(msg.contains(wanted), "{wanted}: {msg}");
+        }
+        let msg = load_dataset(tmp.path().join("nowhere"), Split::Train, None, None).unwrap_err().to_string();
+        assert!(msg.contains("not a directory"), "{msg}");
+        let msg = load_dataset(mnist, Split::Train, None, Some(2)).unwrap_err().to_string();
+        assert!(msg.contains("expected 1 (gray) or 3 (RGB)"), "{msg}");
+        let msg = load_dataset(mnist, Split::Train, Some((0, 3)), None).unwrap_err().to_string();
+        assert!(msg.contains("0 x 3"), "{msg}");
+    }
+
+    #[test]
+    fn class_names_must_match_the_class_count() {
+        let data = ImageDataset::new(vec![0.0; 2], vec![0, 1], (1, 1, 1), 2).unwrap();
+        assert_eq!(data.class_names(), None);
+        let named = data.clone().with_class_names(vec!["a".into(), "b".into()]).unwrap();
+        assert_eq!(named.class_names().unwrap(), ["a", "b"]);
+        assert!(matches!(data.with_class_names(vec!["a".into()]), Err(Error::Shape { .. })));
     }
 }
