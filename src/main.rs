@@ -30,7 +30,7 @@
 use clap::{Parser, Subcommand};
 use patchgraph::bench::{Case, GraphKind, MemoryProbe, Record, crossover, run_case};
 use patchgraph::checkpoint::TensorMap;
-use patchgraph::data::{ImageDataset, Split, load_mnist};
+use patchgraph::data::{ImageDataset, Split, load_dataset};
 use patchgraph::graph::GraphSpec;
 use patchgraph::image::{ChwImage, ImageTransform, Interpolation, Normalization, patch_grid, patchify};
 use patchgraph::infer::{Preprocess, compare, load_inputs, load_labels, load_vit, predict, top_k};
@@ -113,11 +113,19 @@ enum Command {
         #[arg(long)]
         train: bool,
     },
-    /// Train a ViT, a GAT on patches or a ViG on an MNIST-format dataset (IDX files, raw or gzipped).
+    /// Train a ViT, a GAT on patches or a ViG on MNIST-format, CIFAR-10 or image-folder data.
     Train {
-        /// Directory with {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (MNIST, Fashion-MNIST).
+        /// Dataset directory: IDX files {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (MNIST,
+        /// Fashion-MNIST), CIFAR-10 binary batches (cifar-10-batches-bin), or an image folder with
+        /// train/ and test/ (or val/) sub-folders of one folder per class.
         #[arg(long)]
         data: PathBuf,
+        /// Image folders: resize every image to SIZE x SIZE (default 32).
+        #[arg(long)]
+        image_size: Option<usize>,
+        /// Image folders: 1 (gray) or 3 (RGB, default) channels.
+        #[arg(long)]
+        channels: Option<usize>,
         /// Model family: vit (timm's ViT, attention on --graph), gat / gatv2 (GAT layers on the
         /// patch graph, mean-pooled) or vig (Grapher with feature k-NN and max-relative messages).
         #[arg(long, default_value = "vit")]
@@ -350,6 +358,8 @@ fn run(cli: Cli) -> Result<()> {
         }),
         Command::Train {
             data,
+            image_size,
+            channels,
             model,
             graph,
             k,
@@ -377,9 +387,19 @@ fn run(cli: Cli) -> Result<()> {
                 Some(g) => g.split(',').map(|s| s.trim().parse()).collect::<Result<Vec<GraphSpec>>>()?,
                 None => Vec::new(),
             };
-            let train_set = load_mnist(&data, Split::Train)?;
-            let test_set = load_mnist(&data, Split::Test)?;
+            let size = image_size.map(|s| (s, s));
+            let train_set = load_dataset(&data, Split::Train, size, channels)?;
+            let test_set = load_dataset(&data, Split::Test, size, channels)?;
             let (c, h, w) = train_set.shape();
+            if test_set.shape() != (c, h, w) {
+                return Err(Error::shape(
+                    "test images",
+                    format!("{:?} like the training images", (c, h, w)),
+                    format!("{:?}", test_set.shape()),
+                ));
+            }
+            // one channel: MNIST's statistics (Fashion-MNIST's are close); otherwise the training set's own
+            let (mean, std) = if c == 1 { (vec![0.1307], vec![0.3081]) } else { channel_stats(&train_set) };
             let classes = train_set.classes.max(test_set.classes);
             let family = match model.as_str() {
                 "vit" => {
@@ -433,6 +453,8 @@ fn run(cli: Cli) -> Result<()> {
                 pad_crop,
                 flip,
                 warmup_epochs: warmup,
+                mean,
+                std,
                 ..TrainConfig::mnist()
             };
             let out = out.as_deref();
@@ -656,6 +678,26 @@ fn infer(a: &InferArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Per-channel mean and standard deviation of a dataset's pixels (f64 sums).
+fn channel_stats(data: &ImageDataset) -> (Vec<f32>, Vec<f32>) {
+    let (c, h, w) = data.shape();
+    let (mut sum, mut sq) = (vec![0.0f64; c], vec![0.0f64; c]);
+    for i in 0..data.len() {
+        if let Ok((image, _)) = data.get(i) {
+            for (ch, plane) in image.as_slice().chunks(h * w).enumerate() {
+                for &v in plane {
+                    sum[ch] += v as f64;
+                    sq[ch] += (v as f64) * (v as f64);
+                }
+            }
+        }
+    }
+    let n = (data.len() * h * w).max(1) as f64;
+    let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
+    let std = sum.iter().zip(&sq).map(|(s, q)| ((q / n - (s / n).powi(2)).max(1e-12).sqrt()) as f32).collect();
+    (mean, std)
 }
 
 /// The model family `patchgraph train` builds.

@@ -114,3 +114,61 @@ fn gat_and_vig_train_and_resume() {
         std::fs::remove_dir_all(&base).unwrap();
     }
 }
+
+/// The other two data formats through `patchgraph train`: an image folder of PNGs (resized,
+/// RGB, flips) and CIFAR-10 binary batches. Each set is trivially separable (bright red vs
+/// dark blue images), so a few epochs must classify the test images perfectly.
+#[test]
+fn image_folders_and_cifar_train() {
+    let base = std::env::temp_dir().join(format!("pg-train-formats-{}", std::process::id()));
+    // image folder: train/{blue,red} and test/{blue,red}, 20 x 20 PNGs resized to 16
+    for split in ["train", "test"] {
+        for (class, rgb) in [("blue", [10u8, 20, 200]), ("red", [220u8, 30, 20])] {
+            let d = base.join("folder").join(split).join(class);
+            std::fs::create_dir_all(&d).unwrap();
+            for i in 0..8u8 {
+                let img = image::RgbImage::from_fn(20, 20, |x, y| {
+                    let n = ((x as u8).wrapping_mul(7) ^ (y as u8).wrapping_mul(13) ^ i) % 40;
+                    image::Rgb([rgb[0].saturating_add(n), rgb[1].saturating_add(n), rgb[2].saturating_sub(n)])
+                });
+                img.save(d.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+    // CIFAR-10: labels 3 (dark) and 7 (bright), records of 1 + 3072 bytes
+    let cifar = base.join("cifar").join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&cifar).unwrap();
+    let batch = |n: usize| -> Vec<u8> {
+        (0..n)
+            .flat_map(|r| {
+                let label = if r % 2 == 0 { 3u8 } else { 7 };
+                let level = if label == 3 { 30u8 } else { 220 };
+                std::iter::once(label).chain((0..3072).map(move |p| level.wrapping_add((p % 17) as u8)))
+            })
+            .collect()
+    };
+    for i in 1..=5 {
+        std::fs::write(cifar.join(format!("data_batch_{i}.bin")), batch(8)).unwrap();
+    }
+    std::fs::write(cifar.join("test_batch.bin"), batch(10)).unwrap();
+
+    let run = |data: &Path, extra: &[&str]| -> serde_json::Value {
+        let out = base.join(format!("out-{}", data.file_name().unwrap().to_string_lossy()));
+        let output = Command::new(env!("CARGO_BIN_EXE_patchgraph"))
+            .args(["train", "--data"])
+            .arg(data)
+            .args(["--dim", "16", "--depth", "1", "--heads", "2", "--batch", "8", "--lr", "3e-3"])
+            .args(["--epochs", "6", "--threads", "2", "--out"])
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap()
+    };
+    let folder = run(&base.join("folder"), &["--image-size", "16", "--patch", "4", "--flip", "--pool", "avg"]);
+    assert_eq!(folder[5]["test_accuracy"], 1.0, "{folder}");
+    let cifar = run(&base.join("cifar"), &["--patch", "8", "--model", "gat"]);
+    assert_eq!(cifar[5]["test_accuracy"], 1.0, "{cifar}");
+    std::fs::remove_dir_all(&base).unwrap();
+}
