@@ -68,7 +68,7 @@ pub fn level() -> Level {
 }
 
 #[inline(always)]
-fn dispatch<Op: WithSimd>(op: Op) -> Op::Output {
+pub(crate) fn dispatch<Op: WithSimd>(op: Op) -> Op::Output {
     pulp::Arch::new().dispatch(op)
 }
 
