@@ -309,6 +309,8 @@ impl MemoryProbe for HeapProbe {
 }
 
 fn main() -> ExitCode {
+    // Training steps free and reallocate their activations every step: keep them in the heap.
+    patchgraph::train::keep_freed_memory();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -213,7 +213,9 @@ fn bad_shapes_and_targets_are_errors() {
 // ----- attention ---------------------------------------------------------------------------
 
 use patchgraph::Graph;
-use patchgraph::attention::{AttentionInputs, Score, attend_backward, attend_backward_reference, attend_reference};
+use patchgraph::attention::{
+    AttentionInputs, Score, attend_backward, attend_backward_qkv, attend_backward_reference, attend_reference,
+};
 
 /// The algebra in f64 with plain loops over the graph's incoming lists: `sum(r * out)`.
 #[allow(clippy::too_many_arguments)]
@@ -362,6 +364,10 @@ proptest! {
             prop_assert!((x - y).abs() <= 1e-4 * reference.attention.iter().fold(0.1f32, |m, v| m.max(v.abs())));
         }
         prop_assert_eq!(&runs[0], &runs[1]);
+        let qkv = attend_backward_qkv(&g, &score, &inputs, &lse, &dout).unwrap();
+        for i in 0..n {
+            prop_assert_eq!(qkv.row(i), [ours.query.row(i), ours.key.row(i), ours.value.row(i)].concat());
+        }
     }
 }
 
@@ -398,6 +404,14 @@ proptest! {
         }
         prop_assert!(runs[0].bias.is_empty() && reference.bias.is_empty());
         prop_assert_eq!(&runs[0], &runs[1]);
+        // [dq | dk | dv] side by side (written straight into one buffer): the same bits
+        for t in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
+            let qkv = pool.install(|| attend_backward_qkv(&g, &score, &inputs, &lse, &dout).unwrap());
+            for i in 0..n {
+                prop_assert_eq!(qkv.row(i), [runs[0].query.row(i), runs[0].key.row(i), runs[0].value.row(i)].concat());
+            }
+        }
     }
 }
 

@@ -62,9 +62,6 @@ pub struct AttentionGrads {
     pub attention: Vec<f32>,
 }
 
-/// One dense task's result: block, head, and its `dq`, `dk`, `dv` rows.
-type DenseTaskGrads = (usize, usize, faer::Mat<f32>, faer::Mat<f32>, faer::Mat<f32>);
-
 /// Destinations per task of the first pass (fixed: the same partial sums on any thread count).
 const NODES_PER_TASK: usize = 64;
 
@@ -84,9 +81,78 @@ pub fn attend_backward(
     dout: &Matrix,
 ) -> Result<AttentionGrads> {
     match (graph.complete_self_loops(), score, inputs.bias) {
-        (Some(true), Score::Dot { scale }, None) => dense_backward(graph, *scale, inputs, log_sum_exp, dout),
+        (Some(true), Score::Dot { scale }, None) => {
+            let dims = inputs.validate(graph, score)?;
+            let (n, h, dk, dv) = (dims.nodes, dims.heads, dims.key_dim, dims.value_dim);
+            let (mut dq, mut dkm, mut dvm) =
+                (Matrix::zeros(n, h * dk), Matrix::zeros(n, h * dk), Matrix::zeros(n, h * dv));
+            let outs = DenseOut {
+                query: (SharedMut(dq.as_mut_slice().as_mut_ptr()), h * dk),
+                key: (SharedMut(dkm.as_mut_slice().as_mut_ptr()), h * dk),
+                value: (SharedMut(dvm.as_mut_slice().as_mut_ptr()), h * dv),
+            };
+            dense_backward(graph, *scale, inputs, log_sum_exp, dout, &outs)?;
+            Ok(AttentionGrads { query: dq, key: dkm, value: dvm, bias: Vec::new(), attention: Vec::new() })
+        }
         _ => sparse_backward(graph, score, inputs, log_sum_exp, dout),
     }
+}
+
+/// [`attend_backward`]'s `dq`, `dk`, `dv` side by side, `[N x (2 H dk + H dv)]`: the layout
+/// of a fused `qkv` projection's output, so that its backward reads the gradient without
+/// another copy (the dense path writes straight into it). The edge-bias and GATv2
+/// attention-vector gradients are not returned: [`attend_backward`] has them.
+pub fn attend_backward_qkv(
+    graph: &Graph,
+    score: &Score,
+    inputs: &AttentionInputs<'_>,
+    log_sum_exp: &[f32],
+    dout: &Matrix,
+) -> Result<Matrix> {
+    let dims = inputs.validate(graph, score)?;
+    let (n, h, dk, dv) = (dims.nodes, dims.heads, dims.key_dim, dims.value_dim);
+    let width = 2 * h * dk + h * dv;
+    let mut dqkv = Matrix::zeros(n, width);
+    match (graph.complete_self_loops(), score, inputs.bias) {
+        (Some(true), Score::Dot { scale }, None) => {
+            let base = dqkv.as_mut_slice().as_mut_ptr();
+            // dq, dk, dv: columns 0, h dk and 2 h dk of the same `[n x width]` buffer.
+            let outs = DenseOut {
+                query: (SharedMut(base), width),
+                key: (SharedMut(base.wrapping_add(h * dk)), width),
+                value: (SharedMut(base.wrapping_add(2 * h * dk)), width),
+            };
+            dense_backward(graph, *scale, inputs, log_sum_exp, dout, &outs)?;
+        }
+        _ => {
+            let g = sparse_backward(graph, score, inputs, log_sum_exp, dout)?;
+            for i in 0..n {
+                let row = dqkv.row_mut(i);
+                row[..h * dk].copy_from_slice(g.query.row(i));
+                row[h * dk..2 * h * dk].copy_from_slice(g.key.row(i));
+                row[2 * h * dk..].copy_from_slice(g.value.row(i));
+            }
+        }
+    }
+    Ok(dqkv)
+}
+
+/// A raw pointer that the dense backward's tasks write through at disjoint (block, head) tiles.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: only dereferenced by `dense_backward`'s tasks, each inside its own (block, head)
+// tile, while the buffer outlives the parallel loop.
+unsafe impl Send for SharedMut {}
+// SAFETY: as above: concurrent tasks never touch the same element.
+unsafe impl Sync for SharedMut {}
+
+/// Where [`dense_backward`] writes: for each of `dq`, `dk`, `dv` the first element of a live
+/// row-major buffer of `N` rows and its row stride; head `h` of node `i` goes to columns
+/// `h * d .. (h + 1) * d` of row `i`.
+struct DenseOut {
+    query: (SharedMut, usize),
+    key: (SharedMut, usize),
+    value: (SharedMut, usize),
 }
 
 /// Dense backward for complete blocks with self-loops, dot score, no bias; per (block, head),
@@ -97,15 +163,19 @@ pub fn attend_backward(
 /// dV = P^T dO,  dP = dO V^T,  dS = P * (dP - rowsum(P * dP))
 /// dQ = scale dS K,  dK = scale dS^T Q
 /// ```
+///
+/// Each task writes its `dq`, `dk`, `dv` rows straight into `out` (its own tile: rows of its
+/// block, columns of its head); the two `[m x m]` scratch matrices are per task.
 fn dense_backward(
     graph: &Graph,
     scale: f32,
     inputs: &AttentionInputs<'_>,
     log_sum_exp: &[f32],
     dout: &Matrix,
-) -> Result<AttentionGrads> {
+    out: &DenseOut,
+) -> Result<()> {
     use faer::linalg::matmul::matmul;
-    use faer::{Accum, Mat, Par};
+    use faer::{Accum, Mat, MatMut, Par};
     let dims = inputs.validate(graph, &Score::Dot { scale })?;
     let (n, h_count, dk, dv) = (dims.nodes, dims.heads, dims.key_dim, dims.value_dim);
     dout.expect_shape("attention backward dout", n, h_count * dv)?;
@@ -117,64 +187,50 @@ fn dense_backward(
         ));
     }
     let blocks = graph.blocks();
-    let tasks: Vec<(usize, usize)> =
-        (0..blocks.len().saturating_sub(1)).flat_map(|b| (0..h_count).map(move |h| (b, h))).collect();
     let (q, k, v) = (inputs.query.as_faer(), inputs.key.as_faer(), inputs.value.as_faer());
     let g = dout.as_faer();
-    let parts: Vec<DenseTaskGrads> = tasks
-        .into_par_iter()
-        .map(|(b, h)| {
-            let (base, m) = (blocks[b], blocks[b + 1] - blocks[b]);
-            let qb = q.submatrix(base, h * dk, m, dk);
-            let kb = k.submatrix(base, h * dk, m, dk);
-            let vb = v.submatrix(base, h * dv, m, dv);
-            let gb = g.submatrix(base, h * dv, m, dv);
-            // Transposed, so that one query's row is one contiguous column (faer is column-major):
-            // Pt = S^T = scale K Q^T ; column i: exp(S_i. - lse_i), renormalised
-            let mut pt = Mat::<f32>::zeros(m, m);
-            matmul(pt.as_mut(), Accum::Replace, kb, qb.transpose(), scale, Par::Seq);
-            for i in 0..m {
-                let col = pt.col_as_slice_mut(i);
-                let sum = simd::exp_sub_sum(col, log_sum_exp[(base + i) * h_count + h]);
-                simd::scale(col, if sum > 0.0 { 1.0 / sum } else { 0.0 });
-            }
-            // dV = P^T dO = Pt dO
-            let mut dv_b = Mat::<f32>::zeros(m, dv);
-            matmul(dv_b.as_mut(), Accum::Replace, pt.as_ref(), gb, 1.0, Par::Seq);
-            // dPt = V dO^T ; dSt = Pt * (dPt - colsum(Pt * dPt))
-            let mut dst = Mat::<f32>::zeros(m, m);
-            matmul(dst.as_mut(), Accum::Replace, vb, gb.transpose(), 1.0, Par::Seq);
-            for i in 0..m {
-                let p_col = pt.col_as_slice(i);
-                let d = simd::dot(p_col, dst.col_as_slice(i));
-                for (x, p) in dst.col_as_slice_mut(i).iter_mut().zip(p_col) {
-                    *x = p * (*x - d);
-                }
-            }
-            // dQ = scale dS K = scale dSt^T K ; dK = scale dS^T Q = scale dSt Q
-            let mut dq_b = Mat::<f32>::zeros(m, dk);
-            matmul(dq_b.as_mut(), Accum::Replace, dst.as_ref().transpose(), kb, scale, Par::Seq);
-            let mut dk_b = Mat::<f32>::zeros(m, dk);
-            matmul(dk_b.as_mut(), Accum::Replace, dst.as_ref(), qb, scale, Par::Seq);
-            (b, h, dq_b, dk_b, dv_b)
-        })
-        .collect();
-    let mut dq = Matrix::zeros(n, h_count * dk);
-    let mut dk_m = Matrix::zeros(n, h_count * dk);
-    let mut dv_m = Matrix::zeros(n, h_count * dv);
-    for (b, h, dq_b, dk_b, dv_b) in parts {
-        let base = blocks[b];
-        for i in 0..dq_b.nrows() {
-            for c in 0..dk {
-                dq.row_mut(base + i)[h * dk + c] = dq_b[(i, c)];
-                dk_m.row_mut(base + i)[h * dk + c] = dk_b[(i, c)];
-            }
-            for c in 0..dv {
-                dv_m.row_mut(base + i)[h * dv + c] = dv_b[(i, c)];
+    let tasks = blocks.len().saturating_sub(1) * h_count;
+    (0..tasks).into_par_iter().for_each(|t| {
+        let (b, h) = (t / h_count, t % h_count);
+        let (base, m) = (blocks[b], blocks[b + 1] - blocks[b]);
+        let qb = q.submatrix(base, h * dk, m, dk);
+        let kb = k.submatrix(base, h * dk, m, dk);
+        let vb = v.submatrix(base, h * dv, m, dv);
+        let gb = g.submatrix(base, h * dv, m, dv);
+        let tile = |(ptr, stride): &(SharedMut, usize), d: usize| {
+            // SAFETY: `ptr` is the first element of a live row-major buffer of `n` rows with row
+            // stride `stride >= h_count * d` (see `DenseOut`), borrowed mutably by the caller
+            // for this whole call. This task's tile, rows `base .. base + m <= n` x columns
+            // `h * d .. (h + 1) * d <= stride`, lies inside it, and no other task's tile (other
+            // block: other rows; other head: other columns) overlaps it.
+            unsafe { MatMut::from_raw_parts_mut(ptr.0.add(base * stride + h * d), m, d, *stride as isize, 1) }
+        };
+        // Transposed, so that one query's row is one contiguous column (faer is column-major):
+        // Pt = S^T = scale K Q^T ; column i: exp(S_i. - lse_i), renormalised
+        let mut pt = Mat::<f32>::zeros(m, m);
+        matmul(pt.as_mut(), Accum::Replace, kb, qb.transpose(), scale, Par::Seq);
+        for i in 0..m {
+            let col = pt.col_as_slice_mut(i);
+            let sum = simd::exp_sub_sum(col, log_sum_exp[(base + i) * h_count + h]);
+            simd::scale(col, if sum > 0.0 { 1.0 / sum } else { 0.0 });
+        }
+        // dV = P^T dO = Pt dO
+        matmul(tile(&out.value, dv), Accum::Replace, pt.as_ref(), gb, 1.0, Par::Seq);
+        // dPt = V dO^T ; dSt = Pt * (dPt - colsum(Pt * dPt))
+        let mut dst = Mat::<f32>::zeros(m, m);
+        matmul(dst.as_mut(), Accum::Replace, vb, gb.transpose(), 1.0, Par::Seq);
+        for i in 0..m {
+            let p_col = pt.col_as_slice(i);
+            let d = simd::dot(p_col, dst.col_as_slice(i));
+            for (x, p) in dst.col_as_slice_mut(i).iter_mut().zip(p_col) {
+                *x = p * (*x - d);
             }
         }
-    }
-    Ok(AttentionGrads { query: dq, key: dk_m, value: dv_m, bias: Vec::new(), attention: Vec::new() })
+        // dQ = scale dS K = scale dSt^T K ; dK = scale dS^T Q = scale dSt Q
+        matmul(tile(&out.query, dk), Accum::Replace, dst.as_ref().transpose(), kb, scale, Par::Seq);
+        matmul(tile(&out.key, dk), Accum::Replace, dst.as_ref(), qb, scale, Par::Seq);
+    });
+    Ok(())
 }
 
 /// The two edge passes (any graph, any score, with or without a bias).

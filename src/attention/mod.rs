@@ -31,7 +31,7 @@ mod inputs;
 mod reference;
 pub(crate) mod score;
 
-pub use backward::{AttentionGrads, attend_backward, attend_backward_reference};
+pub use backward::{AttentionGrads, attend_backward, attend_backward_qkv, attend_backward_reference};
 pub use dispatch::{DENSE_DENSITY, Path, attend};
 pub use inputs::{AttentionInputs, AttentionOutput, Dims};
 pub use reference::attend_reference;

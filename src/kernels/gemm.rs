@@ -1,8 +1,8 @@
 //! `xwt_into`: the GEMM of every linear layer, `y (+)= x w^T` (PyTorch's `[out, in]` weight),
-//! parallel over fixed blocks of output columns.
+//! parallel over fixed tiles of output rows and columns.
 //!
 //! ```text
-//! y [m x n] (row-major) (+)= x [m x k] w[n x k]^T      tasks: columns n0 .. n0 + 96, one faer GEMM each
+//! y [m x n] (row-major) (+)= x [m x k] w[n x k]^T      tasks: rows r0 .. r0 + 512 x columns n0 .. n0 + 96, one faer GEMM each
 //! ```
 //!
 //! ```
@@ -26,56 +26,63 @@ const PARALLEL_FLOPS: usize = 1 << 20;
 /// multiple of 96 (every ViT width is: 192, 384, 576, 768, 1152, ..., 3072, 4096).
 const COLUMN_BLOCK: usize = 96;
 
+/// Rows per task of a split GEMM: a product with a narrow output (the ViT's `D = 64` columns,
+/// one column block) is split along its rows instead, so that it runs on every thread.
+const ROW_BLOCK: usize = 512;
+
 /// `y (+)= x w^T` with `y [m x n]` a row-major slice, `x [m x k]`, `w [n x k]`.
 ///
-/// Large products are split into blocks of [`COLUMN_BLOCK`] output columns, one rayon task per
-/// block, each a sequential faer GEMM: no spin barrier inside the GEMM (faer's parallel GEMM
-/// synchronises its threads at every packed panel, which costs most of a small product and
-/// stalls when the machine is shared), and `x` is packed by every task but `w`'s rows only once.
-/// The blocks are the same on any thread count, so the bits are too.
+/// Large products are split into tiles of [`ROW_BLOCK`] rows by [`COLUMN_BLOCK`] output
+/// columns, one rayon task per tile, each a sequential faer GEMM: no spin barrier inside the
+/// GEMM (faer's parallel GEMM synchronises its threads at every packed panel, which costs most
+/// of a small product and stalls when the machine is shared), and the tiles of a narrow product
+/// (`n <= 96`: every `[6400 x 64]` output of a small ViT) still give every thread work. The
+/// tiles depend only on the shape, never on the thread count, so the bits do not either.
 pub fn xwt_into(y: &mut [f32], accum: Accum, x: MatRef<'_, f32>, w: MatRef<'_, f32>) {
     use rayon::prelude::*;
     let (m, k, n) = (x.nrows(), x.ncols(), w.nrows());
     assert_eq!(w.ncols(), k, "xwt_into: x is [{m} x {k}], w is [{} x {}]", w.nrows(), w.ncols());
     assert_eq!(y.len(), m * n, "xwt_into: y holds {} values, not {m} x {n}", y.len());
-    if m * k * n < PARALLEL_FLOPS || n <= COLUMN_BLOCK || rayon::current_num_threads() == 1 {
-        // One block, or the same blocks in sequence (identical arithmetic per column block).
-        for n0 in (0..n).step_by(COLUMN_BLOCK.max(1)) {
-            let width = COLUMN_BLOCK.min(n - n0);
-            let yb = MatMut::from_row_major_slice_mut(&mut *y, m, n).subcols_mut(n0, width);
-            matmul(yb, accum, x, w.subrows(n0, width).transpose(), 1.0, Par::Seq);
-        }
-        return;
-    }
-    let cols = n;
+    let col_blocks = n.div_ceil(COLUMN_BLOCK);
+    let small = m * k * n < PARALLEL_FLOPS;
+    let row_block = if small { m.max(1) } else { ROW_BLOCK };
+    let row_blocks = m.div_ceil(row_block);
+    let tiles = row_blocks * col_blocks;
     let y_ptr = SendPtr(y.as_mut_ptr());
-    (0..n.div_ceil(COLUMN_BLOCK)).into_par_iter().for_each(|b| {
-        let n0 = b * COLUMN_BLOCK;
-        let width = COLUMN_BLOCK.min(n - n0);
+    let tile = |t: usize| {
+        let (r0, n0) = ((t / col_blocks) * row_block, (t % col_blocks) * COLUMN_BLOCK);
+        let (rows, width) = (row_block.min(m - r0), COLUMN_BLOCK.min(n - n0));
         let y_ptr = &y_ptr;
-        // SAFETY: `y` is a live row-major `[m x cols]` buffer borrowed mutably for this whole
-        // call; task `b` writes only columns `n0 .. n0 + width` of it, disjoint from every other
-        // task's columns, and the view's strides (row stride `cols`, column stride 1) stay inside
-        // the buffer for `m` rows.
-        let yb = unsafe { MatMut::from_raw_parts_mut(y_ptr.0.add(n0), m, width, cols as isize, 1) };
-        matmul(yb, accum, x, w.subrows(n0, width).transpose(), 1.0, Par::Seq);
-    });
+        // SAFETY: `y` is a live row-major `[m x n]` buffer borrowed mutably for this whole
+        // call; tile `t` writes only rows `r0 .. r0 + rows` x columns `n0 .. n0 + width` of it,
+        // disjoint from every other tile, and the view's strides (row stride `n`, column
+        // stride 1) stay inside the buffer: its last element is `(r0 + rows - 1) * n + n0 +
+        // width - 1 < m * n`.
+        let yb = unsafe { MatMut::from_raw_parts_mut(y_ptr.0.add(r0 * n + n0), rows, width, n as isize, 1) };
+        matmul(yb, accum, x.subrows(r0, rows), w.subrows(n0, width).transpose(), 1.0, Par::Seq);
+    };
+    if small || tiles <= 1 || rayon::current_num_threads() == 1 {
+        // The same tiles in sequence (identical arithmetic per tile).
+        (0..tiles).for_each(tile);
+    } else {
+        (0..tiles).into_par_iter().for_each(tile);
+    }
 }
 
-/// A raw pointer that rayon tasks may share (each writes a disjoint part; see `xwt_into`).
+/// A raw pointer that rayon tasks may share (each writes a disjoint tile; see `xwt_into`).
 struct SendPtr(*mut f32);
-// SAFETY: the pointer is only dereferenced through disjoint column blocks (see `xwt_into`).
+// SAFETY: the pointer is only dereferenced through disjoint tiles (see `xwt_into`).
 unsafe impl Sync for SendPtr {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The column blocks (several, and a partial last one) on 1 and 2 threads equal a plain
+    /// The tiles (several column blocks and row blocks, partial last ones) on 1 and 2 threads equal a plain
     /// f64 triple loop, with the same bits on both thread counts; `Accum::Add` adds onto `y`.
     #[test]
     fn blocks_match_the_triple_loop_on_any_thread_count() {
-        for (m, k, n) in [(5, 3, 4), (200, 64, 97), (300, 65, 200), (64, 96, 576)] {
+        for (m, k, n) in [(5, 3, 4), (200, 64, 97), (300, 65, 200), (64, 96, 576), (1100, 64, 64), (1030, 33, 200)] {
             let x: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
             let w: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.1).collect();
             let want: Vec<f64> = (0..m * n)

@@ -68,7 +68,7 @@ pub fn level() -> Level {
 }
 
 #[inline(always)]
-fn dispatch<Op: WithSimd>(op: Op) -> Op::Output {
+pub(crate) fn dispatch<Op: WithSimd>(op: Op) -> Op::Output {
     pulp::Arch::new().dispatch(op)
 }
 
@@ -322,6 +322,63 @@ impl WithSimd for GeluInplace<'_> {
         if !tail.is_empty() {
             let g = gelu_v(simd, simd.partial_load_f32s(tail));
             simd.partial_store_f32s(tail, g);
+        }
+    }
+}
+
+/// `out[i] = gelu(x[i])`: [`gelu_inplace`] out of place (the same bits), so that a caller who
+/// keeps the pre-activation needs no copy of it first. Both slices have the same length.
+pub fn gelu_into(x: &[f32], out: &mut [f32]) {
+    dispatch(GeluInto { x, out })
+}
+
+struct GeluInto<'a> {
+    x: &'a [f32],
+    out: &'a mut [f32],
+}
+
+impl WithSimd for GeluInto<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let n = self.out.len().min(self.x.len());
+        let (xh, xt) = S::as_simd_f32s(&self.x[..n]);
+        let (oh, ot) = S::as_mut_simd_f32s(&mut self.out[..n]);
+        for (o, x) in oh.iter_mut().zip(xh) {
+            *o = gelu_v(simd, *x);
+        }
+        if !ot.is_empty() {
+            simd.partial_store_f32s(ot, gelu_v(simd, simd.partial_load_f32s(xt)));
+        }
+    }
+}
+
+/// `dy[i] = dy[i] * gelu'(x[i])`: [`gelu_backward`] in place (the same bits), so that the
+/// gradient needs no second buffer. Both slices have the same length.
+pub fn gelu_backward_inplace(x: &[f32], dy: &mut [f32]) {
+    dispatch(GeluBackwardInplace { x, dy })
+}
+
+struct GeluBackwardInplace<'a> {
+    x: &'a [f32],
+    dy: &'a mut [f32],
+}
+
+impl WithSimd for GeluBackwardInplace<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let n = self.dy.len().min(self.x.len());
+        let (xh, xt) = S::as_simd_f32s(&self.x[..n]);
+        let (dh, dt) = S::as_mut_simd_f32s(&mut self.dy[..n]);
+        for (d, x) in dh.iter_mut().zip(xh) {
+            *d = gelu_grad_v(simd, *x, *d);
+        }
+        if !dt.is_empty() {
+            let g = gelu_grad_v(simd, simd.partial_load_f32s(xt), simd.partial_load_f32s(dt));
+            simd.partial_store_f32s(dt, g);
         }
     }
 }
@@ -775,6 +832,32 @@ mod tests {
 
     /// The SIMD GELU derivative against the scalar reference (libm erf, f32 exp) at lengths
     /// around the widths and on a sweep of [-10, 10], on every level.
+    /// The out-of-place GELU and the in-place GELU backward give the bits of [`gelu_inplace`]
+    /// and [`gelu_backward`] (themselves checked against the scalar references), around the
+    /// lane widths.
+    #[test]
+    fn gelu_into_and_backward_inplace_equal_their_twins() {
+        for n in [0usize, 1, 7, 15, 16, 17, 31, 33, 100] {
+            let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.731).sin() * 5.0).collect();
+            let dy: Vec<f32> = (0..n).map(|i| (i as f32 * 0.317).cos()).collect();
+            let mut want = x.clone();
+            gelu_inplace(&mut want);
+            let mut got = vec![0.0; n];
+            gelu_into(&x, &mut got);
+            assert_eq!(got, want, "gelu_into, n = {n}");
+            let mut want_dx = vec![0.0; n];
+            gelu_backward(&x, &dy, &mut want_dx);
+            let mut got_dx = dy.clone();
+            gelu_backward_inplace(&x, &mut got_dx);
+            assert_eq!(got_dx, want_dx, "gelu_backward_inplace, n = {n}");
+            let mut scalar = vec![0.0; n];
+            gelu_backward_scalar(&x, &dy, &mut scalar);
+            for (a, b) in got_dx.iter().zip(&scalar) {
+                assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "n = {n}: {a} vs {b}");
+            }
+        }
+    }
+
     #[test]
     fn gelu_backward_matches_scalar() {
         let mut rng = Rng(5);

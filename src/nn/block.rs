@@ -207,12 +207,10 @@ impl Block {
     pub fn forward_cached(&self, graph: &Graph, x: &Matrix) -> Result<(Matrix, BlockCache)> {
         let h1 = self.norm1.forward(x)?; // h1 = norm1(x)
         let (a, attn) = self.attn.forward_cached(graph, &h1)?; // a = attn(h1)
-        let mut x1 = x.clone();
-        residual(&mut x1, &a, self.ls1.as_deref()); // x1 = x + ls1 a
+        let x1 = residual_sum(x, &a, self.ls1.as_deref()); // x1 = x + ls1 a
         let h2 = self.norm2.forward(&x1)?; // h2 = norm2(x1)
         let (m, mlp_h, mlp_a) = self.mlp.forward_cached(&h2)?; // m = mlp(h2)
-        let mut y = x1.clone();
-        residual(&mut y, &m, self.ls2.as_deref()); // y = x1 + ls2 m
+        let y = residual_sum(&x1, &m, self.ls2.as_deref()); // y = x1 + ls2 m
         Ok((y, BlockCache { h1, attn, a, x1, h2, m, mlp_h, mlp_a }))
     }
 
@@ -264,16 +262,19 @@ pub struct BlockCache {
     mlp_a: Matrix,
 }
 
-/// `gamma * y` row by row (a copy of `y` when `gamma` is absent).
-fn scaled(y: &Matrix, gamma: Option<&[f32]>) -> Matrix {
-    let mut out = y.clone();
-    if let Some(g) = gamma {
-        let d = y.cols();
-        for (i, v) in out.as_mut_slice().iter_mut().enumerate() {
-            *v *= g[i % d];
+/// `gamma * y` row by row (`y` itself, not a copy, when `gamma` is absent).
+fn scaled<'a>(y: &'a Matrix, gamma: Option<&[f32]>) -> std::borrow::Cow<'a, Matrix> {
+    match gamma {
+        Some(g) => {
+            let mut out = y.clone();
+            let d = y.cols();
+            for (i, v) in out.as_mut_slice().iter_mut().enumerate() {
+                *v *= g[i % d];
+            }
+            std::borrow::Cow::Owned(out)
         }
+        None => std::borrow::Cow::Borrowed(y),
     }
-    out
 }
 
 /// `g[c] += sum_n a[n, c] b[n, c]`.
@@ -290,6 +291,22 @@ fn add_into(x: &mut Matrix, y: &Matrix) {
     for (a, b) in x.as_mut_slice().iter_mut().zip(y.as_slice()) {
         *a += b;
     }
+}
+
+/// `x + gamma * y` row by row (`gamma` = 1 when absent) into a new matrix: the arithmetic of
+/// [`residual`] in one pass, without copying `x` first.
+fn residual_sum(x: &Matrix, y: &Matrix, gamma: Option<&[f32]>) -> Matrix {
+    let d = x.cols().max(1);
+    let data: Vec<f32> = match gamma {
+        None => x.as_slice().iter().zip(y.as_slice()).map(|(a, b)| a + b).collect(),
+        Some(g) => x
+            .as_slice()
+            .chunks_exact(d)
+            .zip(y.as_slice().chunks_exact(d))
+            .flat_map(|(xr, yr)| xr.iter().zip(yr).zip(g).map(|((a, b), g)| a + g * b))
+            .collect(),
+    };
+    Matrix::from_vec(x.rows(), x.cols(), data).unwrap_or_else(|_| unreachable!("same shape as x"))
 }
 
 /// `x += gamma * y` row by row (`gamma` = 1 when absent).

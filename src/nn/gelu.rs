@@ -31,6 +31,24 @@ pub fn gelu_backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
     dx
 }
 
+/// [`gelu_backward`] in place: `dy = dy * gelu'(x)` (the same bits, no second buffer).
+pub fn gelu_backward_inplace(x: &[f32], dy: &mut [f32]) {
+    use rayon::prelude::*;
+    dy.par_chunks_mut(CHUNK).enumerate().for_each(|(c, d)| {
+        let start = c * CHUNK;
+        crate::kernels::simd::gelu_backward_inplace(&x[start..start + d.len()], d);
+    });
+}
+
+/// [`gelu_inplace`] out of place: `out = gelu(x)` (the same bits, no copy of `x` first).
+pub fn gelu_into(x: &[f32], out: &mut [f32]) {
+    use rayon::prelude::*;
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
+        let start = c * CHUNK;
+        crate::kernels::simd::gelu_into(&x[start..start + o.len()], o);
+    });
+}
+
 /// Elements per rayon task of [`gelu_inplace`].
 const CHUNK: usize = 1 << 14;
 

@@ -634,14 +634,8 @@ impl GraphAttention {
             self.config.heads(),
         );
         let da = proj.backward(&cache.attended, dy, g_proj)?; // y = a Wproj^T + b
-        let g = crate::attention::attend_backward(graph, &self.score(), &inputs, &cache.log_sum_exp, &da)?;
-        let mut dqkv = Matrix::zeros(x.rows(), 3 * d); // qkv = x Wqkv^T + b, q | k | v columns
-        for n in 0..x.rows() {
-            let row = dqkv.row_mut(n);
-            row[..d].copy_from_slice(g.query.row(n));
-            row[d..2 * d].copy_from_slice(g.key.row(n));
-            row[2 * d..].copy_from_slice(g.value.row(n));
-        }
+        // dq | dk | dv side by side, as the q | k | v columns of qkv = x Wqkv^T + b
+        let dqkv = crate::attention::attend_backward_qkv(graph, &self.score(), &inputs, &cache.log_sum_exp, &da)?;
         qkv.backward(x, &dqkv, g_qkv)
     }
 

@@ -59,11 +59,7 @@ impl LayerNorm {
             return Ok(y);
         }
         let rows_per_task = (ROWS_PER_TASK_ELEMENTS / d).max(1);
-        let norm_rows = |rows: &mut [f32]| {
-            for row in rows.chunks_exact_mut(d) {
-                self.normalize_row(row);
-            }
-        };
+        let norm_rows = |rows: &mut [f32]| crate::kernels::simd::dispatch(ForwardRows { ln: self, rows });
         if y.rows() <= rows_per_task {
             norm_rows(y.as_mut_slice());
         } else {
@@ -72,8 +68,20 @@ impl LayerNorm {
         Ok(y)
     }
 
+    /// [`LayerNorm::forward`] without the SIMD dispatch and on one thread: the plain reference
+    /// the dispatched rows are compared with (the same arithmetic, so the same bits).
+    pub fn forward_scalar(&self, x: &Matrix) -> Result<Matrix> {
+        x.expect_cols("layer norm input", self.weight.len())?;
+        let mut y = x.clone();
+        for row in y.as_mut_slice().chunks_exact_mut(self.weight.len().max(1)) {
+            self.normalize_row(row);
+        }
+        Ok(y)
+    }
+
     /// `row = (row - mean) / sqrt(var + eps) * weight + bias`, biased variance, in f32. The sums
     /// run over 16 partial sums (vectorised by the compiler), added in a fixed order.
+    #[inline(always)]
     fn normalize_row(&self, row: &mut [f32]) {
         let d = row.len() as f32;
         let mean = lane_sum(row, |v| v) / d;
@@ -125,30 +133,11 @@ impl LayerNorm {
             .as_mut_slice()
             .par_chunks_mut(rows_per_task * d)
             .enumerate()
-            .map(|(c, dx_rows)| {
+            .map(|(c, dx)| {
                 let (mut dw, mut db) = (vec![0.0f32; d], vec![0.0f32; d]);
-                let mut g = vec![0.0f32; d];
-                let mut xhat = vec![0.0f32; d];
-                for (r, dx_row) in dx_rows.chunks_exact_mut(d).enumerate() {
-                    let n = c * rows_per_task + r;
-                    let row = x.row(n);
-                    let dy_row = dy.row(n);
-                    // the forward's `mean`, `var`, `inv` (same arithmetic as normalize_row)
-                    let mean = lane_sum(row, |v| v) / d as f32;
-                    let var = lane_sum(row, |v| (v - mean) * (v - mean)) / d as f32;
-                    let inv = 1.0 / (var + self.eps).sqrt();
-                    for j in 0..d {
-                        xhat[j] = (row[j] - mean) * inv;
-                        dw[j] += dy_row[j] * xhat[j];
-                        db[j] += dy_row[j];
-                        g[j] = dy_row[j] * self.weight[j];
-                    }
-                    let mean_g = lane_sum(&g, |v| v) / d as f32;
-                    let mean_gx = lane_sum2(&g, &xhat) / d as f32;
-                    for (j, o) in dx_row.iter_mut().enumerate() {
-                        *o = inv * (g[j] - mean_g - xhat[j] * mean_gx);
-                    }
-                }
+                let r0 = c * rows_per_task * d;
+                let (x, dy) = (&x.as_slice()[r0..r0 + dx.len()], &dy.as_slice()[r0..r0 + dx.len()]);
+                crate::kernels::simd::dispatch(BackwardRows { ln: self, x, dy, dx, dw: &mut dw, db: &mut db });
                 (dw, db)
             })
             .collect();
@@ -159,6 +148,95 @@ impl LayerNorm {
             }
         }
         Ok(dx)
+    }
+
+    /// [`LayerNorm::backward`] without the SIMD dispatch and on one thread, in one chunk: the
+    /// plain reference the dispatched rows are compared with (the same per-row arithmetic).
+    pub fn backward_scalar(&self, x: &Matrix, dy: &Matrix, grads: &mut LayerNormGrads) -> Result<Matrix> {
+        let d = self.weight.len();
+        x.expect_cols("layer norm backward input", d)?;
+        dy.expect_shape("layer norm backward dy", x.rows(), d)?;
+        let mut dx = Matrix::zeros(x.rows(), d);
+        let (mut dw, mut db) = (vec![0.0f32; d], vec![0.0f32; d]);
+        self.backward_rows(x.as_slice(), dy.as_slice(), dx.as_mut_slice(), &mut dw, &mut db);
+        for j in 0..d {
+            grads.weight[j] += dw[j];
+            grads.bias[j] += db[j];
+        }
+        Ok(dx)
+    }
+
+    /// The backward of consecutive rows (`x`, `dy`, `dx`: the same rows, `D` values each),
+    /// accumulating their `dweight`, `dbias` into `dw`, `db`. Written as plain loops over
+    /// slices, so that the compiler vectorises them for the instruction set it is inlined into
+    /// (the reductions keep [`lane_sum`]'s fixed order; no FMA contraction).
+    #[inline(always)]
+    fn backward_rows(&self, x: &[f32], dy: &[f32], dx: &mut [f32], dw: &mut [f32], db: &mut [f32]) {
+        let d = self.weight.len();
+        if d == 0 {
+            return;
+        }
+        let (mut g, mut xhat) = (vec![0.0f32; d], vec![0.0f32; d]);
+        for ((row, dy_row), dx_row) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
+            // the forward's `mean`, `var`, `inv` (same arithmetic as normalize_row)
+            let mean = lane_sum(row, |v| v) / d as f32;
+            let var = lane_sum(row, |v| (v - mean) * (v - mean)) / d as f32;
+            let inv = 1.0 / (var + self.eps).sqrt();
+            for (((((h, gj), dwj), dbj), (&xv, &dyv)), &wv) in xhat
+                .iter_mut()
+                .zip(g.iter_mut())
+                .zip(dw.iter_mut())
+                .zip(db.iter_mut())
+                .zip(row.iter().zip(dy_row))
+                .zip(&self.weight)
+            {
+                *h = (xv - mean) * inv;
+                *dwj += dyv * *h;
+                *dbj += dyv;
+                *gj = dyv * wv;
+            }
+            let mean_g = lane_sum(&g, |v| v) / d as f32;
+            let mean_gx = lane_sum2(&g, &xhat) / d as f32;
+            for ((o, &gj), &h) in dx_row.iter_mut().zip(&g).zip(&xhat) {
+                *o = inv * (gj - mean_g - h * mean_gx);
+            }
+        }
+    }
+}
+
+/// [`LayerNorm::normalize_row`] over consecutive rows, compiled for the dispatched SIMD level.
+struct ForwardRows<'a> {
+    ln: &'a LayerNorm,
+    rows: &'a mut [f32],
+}
+
+impl pulp::WithSimd for ForwardRows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        for row in self.rows.chunks_exact_mut(self.ln.weight.len()) {
+            self.ln.normalize_row(row);
+        }
+    }
+}
+
+/// [`LayerNorm::backward_rows`], compiled for the dispatched SIMD level.
+struct BackwardRows<'a> {
+    ln: &'a LayerNorm,
+    x: &'a [f32],
+    dy: &'a [f32],
+    dx: &'a mut [f32],
+    dw: &'a mut [f32],
+    db: &'a mut [f32],
+}
+
+impl pulp::WithSimd for BackwardRows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        self.ln.backward_rows(self.x, self.dy, self.dx, self.dw, self.db);
     }
 }
 
@@ -217,6 +295,41 @@ fn lane_sum2(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The dispatched, parallel forward and backward give the bits of the plain one-thread
+    /// loops (widths around the SIMD lanes, several row chunks), on 1 and 2 threads.
+    #[test]
+    fn dispatched_rows_equal_the_scalar_reference() {
+        for (n, d) in [(3, 1), (7, 15), (9, 16), (5, 17), (1100, 64), (300, 200)] {
+            let x = Matrix::from_fn(n, d, |i, j| ((i * 31 + j * 7) % 23) as f32 * 0.37 - 4.0);
+            let dy = Matrix::from_fn(n, d, |i, j| ((i * 13 + j * 5) % 19) as f32 * 0.11 - 1.0);
+            let ln = LayerNorm {
+                weight: (0..d).map(|j| 1.0 + j as f32 * 0.01).collect(),
+                bias: (0..d).map(|j| j as f32 * -0.02).collect(),
+                eps: 1e-6,
+            };
+            let want_y = ln.forward_scalar(&x).unwrap();
+            let mut want_g = LayerNormGrads::zeros(d);
+            let want_dx = ln.backward_scalar(&x, &dy, &mut want_g).unwrap();
+            for t in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
+                let (y, dx, g) = pool.install(|| {
+                    let mut g = LayerNormGrads::zeros(d);
+                    (ln.forward(&x).unwrap(), ln.backward(&x, &dy, &mut g).unwrap(), g)
+                });
+                assert_eq!(y, want_y, "{n}x{d}, {t} threads: forward");
+                assert_eq!(dx, want_dx, "{n}x{d}, {t} threads: dx");
+                if n * d <= ROWS_PER_TASK_ELEMENTS {
+                    // one chunk: the same sums in the same order
+                    assert_eq!(g, want_g, "{n}x{d}, {t} threads: dweight, dbias");
+                } else {
+                    for (a, b) in g.weight.iter().chain(&g.bias).zip(want_g.weight.iter().chain(&want_g.bias)) {
+                        assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{n}x{d}: {a} vs {b}");
+                    }
+                }
+            }
+        }
+    }
 
     /// Row [1, 2, 3, 6]: mean 3, biased variance (4 + 1 + 0 + 9) / 4 = 3.5.
     #[test]

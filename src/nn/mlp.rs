@@ -12,7 +12,7 @@
 //! assert_eq!(y.shape(), (3, 4));
 //! ```
 
-use super::{Init, Linear, LinearGrads, gelu_backward, gelu_inplace};
+use super::{Init, Linear, LinearGrads, gelu_backward_inplace, gelu_inplace, gelu_into};
 use crate::checkpoint::TensorMap;
 use crate::error::Result;
 use crate::tensor::Matrix;
@@ -79,8 +79,8 @@ impl Mlp {
     /// Forward returning `(y, h, a)`: the output, `h = fc1(x)` and `a = gelu(h)`.
     pub fn forward_cached(&self, x: &Matrix) -> Result<(Matrix, Matrix, Matrix)> {
         let h = self.fc1.forward(x)?; // h = fc1(x)
-        let mut a = h.clone();
-        gelu_inplace(a.as_mut_slice()); // a = gelu(h)
+        let mut a = Matrix::zeros(h.rows(), h.cols());
+        gelu_into(h.as_slice(), a.as_mut_slice()); // a = gelu(h)
         Ok((self.fc2.forward(&a)?, h, a)) // y = fc2(a)
     }
 
@@ -94,8 +94,9 @@ impl Mlp {
         grads: &mut MlpGrads,
     ) -> Result<Matrix> {
         // x [N x D] -> h [N x hidden] -> a [N x hidden] -> y [N x D]
-        let da = self.fc2.backward(a, dy, &mut grads.fc2)?; // y = fc2(a)
-        let dh = Matrix::from_vec(h.rows(), h.cols(), gelu_backward(h.as_slice(), da.as_slice()))?; // a = gelu(h)
+        let mut dh = self.fc2.backward(a, dy, &mut grads.fc2)?; // y = fc2(a): da
+        h.expect_shape("mlp backward h", dh.rows(), dh.cols())?;
+        gelu_backward_inplace(h.as_slice(), dh.as_mut_slice()); // a = gelu(h): dh = da gelu'(h)
         self.fc1.backward(x, &dh, &mut grads.fc1) // h = fc1(x)
     }
 }

@@ -31,7 +31,7 @@ mod vit;
 pub use block::{Block, BlockCache, BlockConfig, BlockGrads};
 pub use classifier::Classifier;
 pub use elu::{elu, elu_backward, elu_inplace};
-pub use gelu::{gelu, gelu_backward, gelu_inplace};
+pub use gelu::{gelu, gelu_backward, gelu_backward_inplace, gelu_inplace, gelu_into};
 pub use graph_attention::{
     AttentionCache, AttentionConfig, AttentionGrads, AttentionWeights, ForwardOptions, GraphAttention, LayerOutput,
     ParamVisitor,

@@ -8,9 +8,11 @@
 //! ```
 
 mod adamw;
+mod memory;
 mod schedule;
 mod trainer;
 
 pub use adamw::AdamW;
+pub use memory::keep_freed_memory;
 pub use schedule::{CosineSchedule, clip_grad_norm};
 pub use trainer::{BatchProgress, EpochMetrics, TrainConfig, evaluate, train, train_vit};
