@@ -71,7 +71,7 @@ pub struct HeatmapOptions {
     pub colormap: Colormap,
     /// Opacity of the overlay on the patch with the largest value, in `[0, 1]` (default 0.7);
     /// a patch with normalised value `t` gets `opacity * t`.
-    pub opacity: f32,
+    pub opacity: f64,
     /// Draw a colour bar on the right (default `true`; adds [`COLOUR_BAR_WIDTH`] px).
     pub colour_bar: bool,
     /// Outline colour of the highlighted (query) patch (default `[0, 255, 255]`, cyan).
@@ -223,7 +223,7 @@ impl<'a> HeatmapPicture<'a> {
             for (x, y, p) in pixels.enumerate_pixels_mut() {
                 let k = (y as usize / ph) * layout.cols + x as usize / pw;
                 let t = values[k].max(0.0) / max;
-                *p = blend(*p, options.colormap.rgb(t), options.opacity * t);
+                *p = blend(*p, options.colormap.rgb(t), options.opacity as f32 * t);
             }
         }
         let raster = Raster { origin: layout.origin, scale: layout.scale, pixels };

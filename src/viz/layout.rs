@@ -73,9 +73,8 @@ impl PatchLayout {
 
     /// The photo's canvas rectangle `(top_left, bottom_right)`, bottom-right exclusive.
     pub fn photo_rect(&self) -> ((i32, i32), (i32, i32)) {
-        let (_, (x1, _)) = self.patch_rect(0, self.cols - 1);
-        let (_, (_, y1)) = self.patch_rect(self.rows - 1, 0);
-        (self.origin, (x1, y1))
+        let ((x0, y0), _) = self.patch_rect(self.rows, self.cols);
+        (self.origin, (x0, y0))
     }
 
     /// The node of patch `(row, col)`: `row * cols + col`, plus one with a class token.
