@@ -113,6 +113,14 @@ pub enum Error {
         /// One line per problem, e.g. ``tensor `pos_embed`: expected [1, 197, 192], found [1, 50, 192]``.
         problems: Vec<String>,
     },
+    /// A picture could not be drawn: the plotting backend or its font failed (see [`crate::viz`]).
+    #[error("drawing {what} failed: {reason}")]
+    Draw {
+        /// Which picture (the output file or a description).
+        what: String,
+        /// The backend's message.
+        reason: String,
+    },
     /// The `image` crate could not decode or encode an image.
     #[error("image codec error for {path}: {source}")]
     Codec {

@@ -28,6 +28,7 @@ pub mod kernels;
 pub mod nn;
 pub mod tensor;
 pub mod train;
+pub mod viz;
 
 pub use error::{Error, Result};
 pub use graph::{Graph, Topology};
