@@ -292,3 +292,77 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// A ViT with the preprocessing its inputs need, for pictures (`patchgraph attention`,
+/// `patchgraph graph --checkpoint`): the image as the model sees it, before normalisation (for
+/// drawing), and normalised (for the model).
+#[derive(Clone, Debug)]
+pub struct PreparedVit {
+    /// The model.
+    pub vit: Vit,
+    /// Decode, resize and crop to the model's input (no normalisation).
+    pub transform: ImageTransform,
+    /// The normalisation applied before the model.
+    pub normalization: Normalization,
+}
+
+impl PreparedVit {
+    /// Loads a checkpoint. One written by `patchgraph train` carries its model config and its
+    /// training normalisation in the metadata: inputs are resized to the model's size (gray for
+    /// one channel) and normalised as in training. Any other checkpoint (timm, Google) needs
+    /// `config`, and inputs go through timm's eval transform (crop 0.875) with `normalization`.
+    pub fn load(path: impl AsRef<Path>, config: Option<VitConfig>, normalization: Normalization) -> Result<Self> {
+        let path = path.as_ref();
+        let what = path.display().to_string();
+        let map = load_checkpoint(path)?;
+        let saved: Option<VitConfig> =
+            map.metadata().get("patchgraph_vit_config").and_then(|s| serde_json::from_str(s).ok());
+        let trained: Option<crate::train::TrainConfig> =
+            map.metadata().get("patchgraph_train_config").and_then(|s| serde_json::from_str(s).ok());
+        let config = match (config, saved) {
+            (Some(c), _) | (None, Some(c)) => c,
+            (None, None) => {
+                return Err(Error::invalid(
+                    "ViT checkpoint",
+                    format!("{what} carries no model config: give --config FILE or --arch NAME"),
+                ));
+            }
+        };
+        let size = config.img_size;
+        let (transform, normalization) = match trained {
+            Some(t) => (
+                ImageTransform {
+                    channels: if config.in_chans == 1 {
+                        crate::image::Channels::Gray
+                    } else {
+                        crate::image::Channels::Rgb
+                    },
+                    resize: Some(crate::image::ResizeTo::Exact { height: size, width: size }),
+                    interpolation: Interpolation::Bilinear,
+                    crop: None,
+                    normalize: None,
+                },
+                Normalization { mean: t.mean, std: t.std },
+            ),
+            None => {
+                let mut t = ImageTransform::timm_eval(size, 0.875, normalization.clone());
+                t.normalize = None;
+                (t, normalization)
+            }
+        };
+        let (vit, _) = Vit::load_adapting(config, map, &what)?;
+        Ok(PreparedVit { vit, transform, normalization })
+    }
+
+    /// `(display, input)`: an image file as the model sees it, in `[0, 1]`, and normalised.
+    pub fn prepare_path(&self, path: impl AsRef<Path>) -> Result<(ChwImage, ChwImage)> {
+        let display = self.transform.apply_path(path)?;
+        self.prepare(display)
+    }
+
+    /// `(display, input)` from an image already at the model's size, in `[0, 1]`.
+    pub fn prepare(&self, display: ChwImage) -> Result<(ChwImage, ChwImage)> {
+        let input = self.normalization.apply(&display)?;
+        Ok((display, input))
+    }
+}

@@ -28,16 +28,21 @@
 //! complete graph.
 
 use clap::{Parser, Subcommand};
+use patchgraph::attention_map::{self, Heads, layer_matrix, patch_values};
 use patchgraph::bench::{Case, GraphKind, MemoryProbe, Record, crossover, run_case};
 use patchgraph::checkpoint::TensorMap;
 use patchgraph::data::{ImageDataset, Split, load_dataset};
 use patchgraph::graph::GraphSpec;
 use patchgraph::image::{ChwImage, ImageTransform, Interpolation, Normalization, patch_grid, patchify};
-use patchgraph::infer::{Preprocess, compare, load_inputs, load_labels, load_vit, predict, top_k};
+use patchgraph::infer::{PreparedVit, Preprocess, compare, load_inputs, load_labels, load_vit, predict, top_k};
 use patchgraph::nn::{
     Classifier, GlobalPool, Init, PatchGat, PatchGatConfig, Vig, VigConfig, Vit, VitConfig, VitOptions,
 };
 use patchgraph::train::{AdamW, BatchProgress, EpochMetrics, TrainConfig, train};
+use patchgraph::viz::{
+    EdgeSelection, draw_attention_map, draw_patch_graph, load_patchgraph_bench, load_peer_bench, load_training_metrics,
+    plot_bench, plot_training,
+};
 use patchgraph::{Error, Graph, Result};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
@@ -72,6 +77,94 @@ enum Command {
         /// Write the graph as Graphviz DOT to this file.
         #[arg(long)]
         dot: Option<PathBuf>,
+        /// Draw the graph over the image into this file (.png or .svg): the patch grid and the
+        /// edges as lines between patch centres.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Draw only the edges into this node (0-based; with --class-token node 0 is the class
+        /// token and patch r is node r + 1).
+        #[arg(long, conflicts_with = "all")]
+        node: Option<usize>,
+        /// Draw every edge (the default without --node).
+        #[arg(long)]
+        all: bool,
+        /// Feature k-NN on a ViT checkpoint's layer features (its `norm1` output at --layer)
+        /// instead of raw patch pixels; the image is prepared for that model (its size and patch).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// The checkpoint's layer whose features build the feature k-NN.
+        #[arg(long, default_value_t = 0)]
+        layer: usize,
+        /// Model config JSON (for checkpoints that do not carry one).
+        #[arg(long, conflicts_with = "arch")]
+        config: Option<PathBuf>,
+        /// Architecture name (for checkpoints that do not carry a config).
+        #[arg(long)]
+        arch: Option<String>,
+    },
+    /// Draw where a ViT attends: one query patch's (or the class token's) attention, per head
+    /// or averaged, or the attention rollout, as a heat map over the image.
+    Attention {
+        /// Checkpoint (`patchgraph train` output, timm safetensors or Google .npz).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Image file; or take a test image of a dataset with --data and --index.
+        image: Option<PathBuf>,
+        /// Dataset directory (as for train) to take the image from.
+        #[arg(long, conflicts_with = "image")]
+        data: Option<PathBuf>,
+        /// Index of the test image in --data.
+        #[arg(long, default_value_t = 0)]
+        index: usize,
+        /// Model config JSON (for checkpoints that do not carry one).
+        #[arg(long, conflicts_with = "arch")]
+        config: Option<PathBuf>,
+        /// Architecture name (for checkpoints that do not carry a config).
+        #[arg(long)]
+        arch: Option<String>,
+        /// Normalisation for checkpoints without a training config: inception or imagenet.
+        #[arg(long, default_value = "inception")]
+        norm: String,
+        /// Layer (0-based; default the last). With --rollout, the rollout runs up to it.
+        #[arg(long)]
+        layer: Option<usize>,
+        /// One head (default: the mean over heads).
+        #[arg(long, conflicts_with = "mean")]
+        head: Option<usize>,
+        /// The mean over heads (the default).
+        #[arg(long)]
+        mean: bool,
+        /// Query patch, row-major (default: the class token, or the centre patch without one).
+        #[arg(long)]
+        query: Option<usize>,
+        /// Attention rollout (Abnar and Zuidema, 2020) through the layers instead of one layer.
+        #[arg(long)]
+        rollout: bool,
+        /// Attention graph, one spec or one per layer (default complete).
+        #[arg(long, default_value = "complete")]
+        graph: String,
+        /// Output picture (.png or .svg).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Plot benchmark records (time against N and against k, log scales, crossover marked) or
+    /// training curves (loss and accuracy per epoch, several runs overlaid).
+    Plot {
+        /// A `patchgraph bench --json` file.
+        #[arg(long)]
+        bench: Option<PathBuf>,
+        /// A `scripts/bench_peers.py --json` file to plot beside it.
+        #[arg(long)]
+        peers: Option<PathBuf>,
+        /// `metrics.json` files of training runs (repeat the flag; each run is labelled by its directory).
+        #[arg(long)]
+        metrics: Vec<PathBuf>,
+        /// Title of a training plot.
+        #[arg(long, default_value = "training")]
+        title: String,
+        /// Output picture (.png or .svg).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Time dense against sparse attention (ViT-B shapes by default) and find the crossover.
     Bench {
@@ -108,6 +201,13 @@ enum Command {
         /// Time whole ViT forwards of these architectures instead (e.g. vit_tiny_patch16_224).
         #[arg(long, value_delimiter = ',')]
         vit: Vec<String>,
+        /// Plot the sweep (time against N and k, crossover marked) into this file (.png or
+        /// .svg); the records also go to --json, or to this file's name with .json.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// A `scripts/bench_peers.py --json` file whose timings the plot shows beside ours.
+        #[arg(long)]
+        peers: Option<PathBuf>,
         /// Time training steps (forward, backward, clipping, AdamW) of the small MNIST ViT
         /// (28 x 28, patch 4, D 64, depth 4, heads 4) at each of --batches instead.
         #[arg(long)]
@@ -322,20 +422,168 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Graph { image, patch, graph, size, class_token, dot } => {
-            let transform = ImageTransform::timm_eval(size, 0.875, patchgraph::image::Normalization::imagenet());
-            let img = transform.apply_path(&image)?;
-            let (_, h, w) = img.shape();
+        Command::Graph {
+            image,
+            patch,
+            graph,
+            size,
+            class_token,
+            dot,
+            out,
+            node,
+            all: _,
+            checkpoint,
+            layer,
+            config,
+            arch,
+        } => {
+            // (display image in [0, 1], patch side, node features of the patches)
+            let (display, patch, features) = match &checkpoint {
+                None => {
+                    let mut transform = ImageTransform::timm_eval(size, 0.875, Normalization::imagenet());
+                    let input = transform.apply_path(&image)?;
+                    transform.normalize = None;
+                    let display = transform.apply_path(&image)?;
+                    let (_, h, w) = input.shape();
+                    patch_grid(h, w, patch)?;
+                    (display, patch, patchify(&input, patch)?)
+                }
+                Some(ckpt) => {
+                    let model = PreparedVit::load(ckpt, model_config(&config, &arch)?, Normalization::inception())?;
+                    let (display, input) = model.prepare_path(&image)?;
+                    let features = model.vit.layer_features(&[input], layer, &VitOptions::default())?;
+                    println!(
+                        "features: layer {layer} of {} ({} x {} patches of {} px)",
+                        ckpt.display(),
+                        model.vit.config().grid(),
+                        model.vit.config().grid(),
+                        model.vit.config().patch_size
+                    );
+                    (display, model.vit.config().patch_size, features)
+                }
+            };
+            let (_, h, w) = display.shape();
             let (rows, cols) = patch_grid(h, w, patch)?;
-            let patches = patchify(&img, patch)?;
-            let g = graph.build(rows, cols, Some(&patches), class_token)?;
+            let g = graph.build(rows, cols, Some(&features), class_token)?;
             print_stats(&image, &graph, rows, cols, &g);
             if let Some(path) = dot {
                 write_atomically(&path, g.to_dot().as_bytes())?;
                 println!("wrote {}", path.display());
             }
+            if let Some(path) = out {
+                let edges = match node {
+                    Some(i) => EdgeSelection::Into(i),
+                    None => EdgeSelection::All,
+                };
+                draw_patch_graph(&display, patch, &g, class_token, edges, &path)?;
+                println!("wrote {}", path.display());
+            } else if node.is_some() {
+                return Err(Error::invalid("--node", "draws into --out FILE: give one"));
+            }
             Ok(())
         }
+        Command::Attention {
+            checkpoint,
+            image,
+            data,
+            index,
+            config,
+            arch,
+            norm,
+            layer,
+            head,
+            mean: _,
+            query,
+            rollout,
+            graph,
+            out,
+        } => {
+            let model = PreparedVit::load(&checkpoint, model_config(&config, &arch)?, parse_norm(&norm)?)?;
+            let (display, input, name) = match (&image, &data) {
+                (Some(path), _) => {
+                    let (d, i) = model.prepare_path(path)?;
+                    (d, i, path.display().to_string())
+                }
+                (None, Some(dir)) => {
+                    let test = load_dataset(dir, Split::Test, None, None)?;
+                    let (img, label) = test.get(index)?;
+                    let (d, i) = model.prepare(img)?;
+                    (d, i, format!("test image {index} of {} (label {label})", dir.display()))
+                }
+                (None, None) => return Err(Error::invalid("attention", "give an IMAGE or --data DIR --index I")),
+            };
+            let graphs = graph.split(',').map(|s| s.trim().parse()).collect::<Result<Vec<GraphSpec>>>()?;
+            let vit = &model.vit;
+            let cfg = vit.config().clone();
+            let output = vit.forward_with(&[input], &VitOptions { graphs, weights: true, ..Default::default() })?;
+            let layer = layer.unwrap_or(cfg.depth.saturating_sub(1));
+            if layer >= output.weights.len() {
+                return Err(Error::invalid(
+                    "--layer",
+                    format!("{layer} is not below the model's {} layers", cfg.depth),
+                ));
+            }
+            let heads = match head {
+                Some(h) => Heads::One(h),
+                None => Heads::Mean,
+            };
+            let (t, prefix, g) = (cfg.num_tokens(), cfg.prefix_tokens(), cfg.grid());
+            let m = if rollout {
+                attention_map::rollout(&output.weights[..=layer], 0, t, heads)?
+            } else {
+                layer_matrix(&output.weights[layer], 0, t, heads)?
+            };
+            let (query_token, highlight) = match query {
+                Some(q) if q >= g * g => {
+                    return Err(Error::invalid("--query", format!("patch {q} is not below {} patches", g * g)));
+                }
+                Some(q) => (prefix + q, Some(q)),
+                None if cfg.class_token => (0, None),
+                None => (prefix + (g / 2) * g + g / 2, Some((g / 2) * g + g / 2)),
+            };
+            let values = patch_values(&m, query_token, prefix)?;
+            draw_attention_map(&display, (g, g), &values, highlight, &out)?;
+            let best = values.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
+            let top = top_k(output.logits.row(0), 1);
+            println!(
+                "{name}: predicted class {}; {} of {} at layer {layer}{}: largest on patch {} (row {}, column {}), {:.3}",
+                top.first().map_or(0, |t| t.0),
+                if rollout { "rollout" } else { "attention" },
+                match highlight {
+                    Some(q) => format!("patch {q}"),
+                    None => "the class token".to_string(),
+                },
+                match heads {
+                    Heads::One(h) => format!(", head {h}"),
+                    Heads::Mean => ", mean over heads".to_string(),
+                },
+                best.0,
+                best.0 / g,
+                best.0 % g,
+                best.1
+            );
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+        Command::Plot { bench, peers, metrics, title, out } => match (bench, metrics.is_empty()) {
+            (Some(bench), true) => plot_bench_files(&bench, peers.as_deref(), &out),
+            (None, false) => {
+                let runs = metrics
+                    .iter()
+                    .map(|m| {
+                        let label = m
+                            .parent()
+                            .and_then(|d| d.file_name())
+                            .map_or_else(|| m.display().to_string(), |n| n.to_string_lossy().into_owned());
+                        Ok((label, load_training_metrics(m)?))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                plot_training(&runs, &title, &out)?;
+                println!("wrote {}", out.display());
+                Ok(())
+            }
+            _ => Err(Error::invalid("plot", "give --bench FILE (with --peers FILE) or one or more --metrics FILE")),
+        },
         Command::Bench {
             sizes,
             ks,
@@ -347,13 +595,20 @@ fn run(cli: Cli) -> Result<()> {
             threads,
             no_crossover,
             json,
+            plot,
+            peers,
             vit,
             train,
         } => thread_pool(threads)?.install(|| {
             if train {
                 bench_train(&batches, runs)
             } else if vit.is_empty() {
-                bench(&sizes, &ks, &batches, &scores, heads, head_dim, runs, !no_crossover, json.as_deref())
+                let json = json.or_else(|| plot.as_ref().map(|p| p.with_extension("json")));
+                bench(&sizes, &ks, &batches, &scores, heads, head_dim, runs, !no_crossover, json.as_deref())?;
+                match (plot, json) {
+                    (Some(plot), Some(json)) => plot_bench_files(&json, peers.as_deref(), &plot),
+                    _ => Ok(()),
+                }
             } else {
                 bench_vit(&vit, &batches, runs, json.as_deref())
             }
@@ -606,11 +861,7 @@ fn infer(a: &InferArgs) -> Result<()> {
     }
     let (vit, notes) = load_vit(&a.checkpoint, config)?;
     let cfg = vit.config().clone();
-    let normalization = match a.norm.as_str() {
-        "inception" => Normalization::inception(),
-        "imagenet" => Normalization::imagenet(),
-        other => return Err(Error::invalid("--norm", format!("`{other}`: expected inception or imagenet"))),
-    };
+    let normalization = parse_norm(&a.norm)?;
     let preprocess = Preprocess {
         img_size: cfg.img_size,
         crop_pct: a.crop_pct,
@@ -679,6 +930,35 @@ fn infer(a: &InferArgs) -> Result<()> {
             c.speedup
         );
     }
+    Ok(())
+}
+
+/// The model config from --config FILE or --arch NAME, if given.
+fn model_config(config: &Option<PathBuf>, arch: &Option<String>) -> Result<Option<VitConfig>> {
+    match (config, arch) {
+        (Some(path), _) => VitConfig::from_json_file(path).map(Some),
+        (None, Some(name)) => VitConfig::arch(name).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+fn parse_norm(norm: &str) -> Result<Normalization> {
+    match norm {
+        "inception" => Ok(Normalization::inception()),
+        "imagenet" => Ok(Normalization::imagenet()),
+        other => Err(Error::invalid("--norm", format!("`{other}`: expected inception or imagenet"))),
+    }
+}
+
+/// `patchgraph plot --bench`: our sweep and, if given, the peers' timings, in one picture.
+fn plot_bench_files(bench: &Path, peers: Option<&Path>, out: &Path) -> Result<()> {
+    let ours = load_patchgraph_bench(bench)?;
+    let mut points = ours.points.clone();
+    if let Some(p) = peers {
+        points.extend(load_peer_bench(p)?);
+    }
+    plot_bench(&points, ours.crossover_density(), out)?;
+    println!("wrote {}", out.display());
     Ok(())
 }
 
@@ -783,6 +1063,9 @@ fn run_training<M: Classifier>(
         if let Some(dir) = out {
             history.push(serde_json::to_value(m).map_err(|e| Error::invalid("metrics", e.to_string()))?);
             write_metrics(dir, &history)?;
+            // loss and accuracy curves so far, redrawn every epoch
+            let points = load_training_metrics(&dir.join("metrics.json"))?;
+            plot_training(&[(describe.to_string(), points)], describe, &dir.join("curves.png"))?;
         }
         Ok(())
     };
@@ -802,7 +1085,7 @@ fn run_training<M: Classifier>(
         map.save_safetensors(dir.join("checkpoint.safetensors"))?;
         opt.state_dict()?.save_safetensors(dir.join("optimizer.safetensors"))?;
         println!(
-            "wrote {}/{{metrics.csv, metrics.json, checkpoint.safetensors, optimizer.safetensors}}",
+            "wrote {}/{{metrics.csv, metrics.json, curves.png, checkpoint.safetensors, optimizer.safetensors}}",
             dir.display()
         );
     }
