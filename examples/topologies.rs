@@ -4,7 +4,7 @@
 //! per image.
 //!
 //! ```text
-//! cargo run --release --example topologies            # 30 epochs per row (about 7 minutes on 2 cores)
+//! cargo run --release --example topologies            # 30 epochs per row (about 9 minutes on 2 cores)
 //! cargo run --release --example topologies -- --long  # 100 epochs per row
 //! cargo run --release --example topologies -- --epochs 3 --limit 1000   # a smoke run
 //! ```

@@ -2,13 +2,27 @@
 //!
 //! ```text
 //! patchgraph graph IMAGE [--patch 16] [--graph grid8:1] [--class-token] [--dot FILE]
+//!                  [--out FILE.png|svg [--node I | --all]] [--checkpoint FILE --layer L]
 //! ```
 //! `graph` turns a photo into its patch graph (timm's eval transform, then `P x P` patches) and
-//! prints the graph's size and degrees; `--dot` writes it for Graphviz.
+//! prints the graph's size and degrees; `--dot` writes it for Graphviz; `--out` draws it over the
+//! photo (every edge, or those into one node); `--checkpoint` builds feature k-NN from a ViT's
+//! layer features instead of raw patch pixels.
+//!
+//! ```text
+//! patchgraph attention --checkpoint FILE (IMAGE | --data DIR --index I) [--layer L]
+//!                      [--head H | --mean] [--query I] [--rollout] [--graph SPEC] --out FILE.png
+//! patchgraph plot (--bench FILE.json [--peers FILE.json] | --metrics RUN/metrics.json ...) --out FILE.png
+//! patchgraph train --data DIR --model vit|gat|gatv2|vig [--graph SPEC] [...] [--out DIR [--resume]]
+//! ```
+//! `attention` draws one query's attention (or the rollout) as a heat map over the image; `plot`
+//! draws benchmark records against the peers' or training curves; `train` trains one of the
+//! three model families (see its `--help`).
 //!
 //! ```text
 //! patchgraph bench [--sizes 7,14,28,56] [--ks 8,16,32] [--batches 1,8] [--scores dot,gat,gatv2]
 //!                  [--heads 12] [--head-dim 64] [--runs 10] [--threads T] [--json FILE]
+//!                  [--plot FILE.png [--peers FILE.json]]
 //! ```
 //! `bench` times dense (complete graph) against sparse (k-NN graph) attention, prints time,
 //! GFLOP/s and peak extra memory per case and the measured crossover density. With
