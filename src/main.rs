@@ -729,64 +729,24 @@ fn run(cli: Cli) -> Result<()> {
                 ..TrainConfig::mnist()
             };
             let out = out.as_deref();
+            let job = TrainJob { config, train_set: &train_set, test_set: &test_set, out, resume };
             thread_pool(threads)?.install(|| match family {
                 Family::Vit(vc) => {
                     vc.validate()?;
-                    let model = Vit::new(vc, &mut Init::new(config.seed))?;
-                    let text = format!("ViT D={} depth={} heads={} patch={}", dim, depth, heads, patch);
-                    run_training(
-                        model,
-                        &text,
-                        config,
-                        &train_set,
-                        &test_set,
-                        out,
-                        resume,
-                        "patchgraph_vit_config",
-                        |map, what| {
-                            let saved: VitConfig = saved_config(&map, "patchgraph_vit_config", what)?;
-                            Vit::load(saved, map, what)
-                        },
-                    )
+                    let model = Vit::new(vc, &mut Init::new(job.config.seed))?;
+                    let text = format!("ViT D={dim} depth={depth} heads={heads} patch={patch}");
+                    job.run(model, &text, "patchgraph_vit_config", Vit::load)
                 }
                 Family::Gat(gc) => {
-                    let model = PatchGat::new(gc, &mut Init::new(config.seed))?;
-                    let text = format!(
-                        "{} D={dim} depth={depth} heads={heads} patch={patch}",
-                        if model.config().v2 { "GATv2" } else { "GAT" }
-                    );
-                    run_training(
-                        model,
-                        &text,
-                        config,
-                        &train_set,
-                        &test_set,
-                        out,
-                        resume,
-                        "patchgraph_patch_gat_config",
-                        |map, what| {
-                            let saved: PatchGatConfig = saved_config(&map, "patchgraph_patch_gat_config", what)?;
-                            PatchGat::load(saved, map, what)
-                        },
-                    )
+                    let model = PatchGat::new(gc, &mut Init::new(job.config.seed))?;
+                    let name = if model.config().v2 { "GATv2" } else { "GAT" };
+                    let text = format!("{name} D={dim} depth={depth} heads={heads} patch={patch}");
+                    job.run(model, &text, "patchgraph_patch_gat_config", PatchGat::load)
                 }
                 Family::Vig(vc) => {
-                    let model = Vig::new(vc, &mut Init::new(config.seed))?;
+                    let model = Vig::new(vc, &mut Init::new(job.config.seed))?;
                     let text = format!("ViG D={dim} depth={depth} patch={patch} k={k} max dilation {max_dilation}");
-                    run_training(
-                        model,
-                        &text,
-                        config,
-                        &train_set,
-                        &test_set,
-                        out,
-                        resume,
-                        "patchgraph_vig_config",
-                        |map, what| {
-                            let saved: VigConfig = saved_config(&map, "patchgraph_vig_config", what)?;
-                            Vig::load(saved, map, what)
-                        },
-                    )
+                    job.run(model, &text, "patchgraph_vig_config", Vig::load)
                 }
             })
         }
@@ -1011,8 +971,33 @@ fn saved_config<C: serde::de::DeserializeOwned>(map: &TensorMap, key: &str, what
     })
 }
 
-/// `patchgraph train`: the loop with a progress bar, metrics files and checkpoints (the
-/// checkpoint holds the model config under `config_key`, read back by `load` on `--resume`).
+/// What `patchgraph train` runs on, whatever the model.
+struct TrainJob<'a> {
+    config: TrainConfig,
+    train_set: &'a ImageDataset,
+    test_set: &'a ImageDataset,
+    out: Option<&'a Path>,
+    resume: bool,
+}
+
+impl TrainJob<'_> {
+    /// The loop with a progress bar, metrics files and checkpoints: the checkpoint holds the
+    /// model config under `config_key`, read back and given to `load` on `--resume`.
+    fn run<M: Classifier, C: serde::de::DeserializeOwned>(
+        self,
+        model: M,
+        describe: &str,
+        config_key: &str,
+        load: fn(C, TensorMap, &str) -> Result<M>,
+    ) -> Result<()> {
+        let TrainJob { config, train_set, test_set, out, resume } = self;
+        run_training(model, describe, config, train_set, test_set, out, resume, config_key, &|map, what| {
+            load(saved_config(&map, config_key, what)?, map, what)
+        })
+    }
+}
+
+/// `patchgraph train` (see [`TrainJob::run`]).
 #[allow(clippy::too_many_arguments)]
 fn run_training<M: Classifier>(
     mut model: M,
@@ -1023,7 +1008,7 @@ fn run_training<M: Classifier>(
     out: Option<&Path>,
     resume: bool,
     config_key: &str,
-    load: impl Fn(TensorMap, &str) -> Result<M>,
+    load: &dyn Fn(TensorMap, &str) -> Result<M>,
 ) -> Result<()> {
     let mut opt = AdamW::new(config.lr, config.weight_decay);
     let mut history: Vec<serde_json::Value> = Vec::new();

@@ -131,3 +131,10 @@ pub(crate) fn batch_graph(
     };
     crate::Graph::disjoint_union(&per_image)
 }
+
+/// `a += b`, elementwise (residual sums).
+pub(crate) fn add_into(a: &mut Matrix, b: &Matrix) {
+    for (x, y) in a.as_mut_slice().iter_mut().zip(b.as_slice()) {
+        *x += y;
+    }
+}

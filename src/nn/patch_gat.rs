@@ -32,7 +32,7 @@
 //! assert_eq!(logits.shape(), (1, 5));
 //! ```
 
-use super::classifier::{batch_graph, layer_specs};
+use super::classifier::{add_into, batch_graph, layer_specs};
 use super::{
     AttentionConfig, AttentionGrads, Classifier, CrossEntropy, GraphAttention, Init, Linear, LinearGrads, ParamVisitor,
     PatchEmbed, PatchEmbedGrads, elu_backward, elu_inplace,
@@ -205,12 +205,6 @@ impl PatchGat {
             layers: self.layers.iter().map(|l| l.zero_grads()).collect(),
             head: LinearGrads::zeros(&self.head),
         }
-    }
-}
-
-fn add_into(a: &mut Matrix, b: &Matrix) {
-    for (x, y) in a.as_mut_slice().iter_mut().zip(b.as_slice()) {
-        *x += y;
     }
 }
 

@@ -37,7 +37,7 @@
 //! assert_eq!(logits.shape(), (1, 10));
 //! ```
 
-use super::classifier::{batch_graph, layer_specs};
+use super::classifier::{add_into, batch_graph, layer_specs};
 use super::{
     Classifier, CrossEntropy, Init, LayerNorm, LayerNormGrads, Linear, LinearGrads, MaxRelative, Mlp, MlpGrads,
     ParamVisitor, PatchEmbed, PatchEmbedGrads, gelu_backward, gelu_inplace,
@@ -338,12 +338,6 @@ impl Vig {
         }
         self.embed.backward(&patches, &dx, &mut grads.embed)?; // x_0 = PatchEmbed(patches)
         Ok((logits, Some((loss, grads))))
-    }
-}
-
-fn add_into(a: &mut Matrix, b: &Matrix) {
-    for (x, y) in a.as_mut_slice().iter_mut().zip(b.as_slice()) {
-        *x += y;
     }
 }
 
