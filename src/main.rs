@@ -751,11 +751,8 @@ fn run(cli: Cli) -> Result<()> {
             })
         }
         Command::Convert { checkpoint, config, arch, img_size, out } => {
-            let mut config = match (&config, &arch) {
-                (Some(path), _) => VitConfig::from_json_file(path)?,
-                (None, Some(name)) => VitConfig::arch(name)?,
-                (None, None) => return Err(Error::invalid("convert", "give --config FILE or --arch NAME")),
-            };
+            let mut config = model_config(&config, &arch)?
+                .ok_or_else(|| Error::invalid("convert", "give --config FILE or --arch NAME"))?;
             if let Some(size) = img_size {
                 config.img_size = size;
             }
@@ -825,11 +822,8 @@ struct InferArgs {
 }
 
 fn infer(a: &InferArgs) -> Result<()> {
-    let mut config = match (&a.config, &a.arch) {
-        (Some(path), _) => VitConfig::from_json_file(path)?,
-        (None, Some(name)) => VitConfig::arch(name)?,
-        (None, None) => return Err(Error::invalid("infer", "give --config FILE or --arch NAME")),
-    };
+    let mut config = model_config(&a.config, &a.arch)?
+        .ok_or_else(|| Error::invalid("infer", "give --config FILE or --arch NAME"))?;
     if let Some(size) = a.img_size {
         config.img_size = size;
     }

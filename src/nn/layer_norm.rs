@@ -107,9 +107,23 @@ impl LayerNormGrads {
     pub fn zeros(dim: usize) -> LayerNormGrads {
         LayerNormGrads { weight: vec![0.0; dim], bias: vec![0.0; dim] }
     }
+
+    /// Appends the gradient tensors (weight, then bias) to `out`, mutable (for clipping).
+    pub fn push_slices<'a>(&'a mut self, out: &mut Vec<&'a mut [f32]>) {
+        out.push(&mut self.weight);
+        out.push(&mut self.bias);
+    }
 }
 
 impl LayerNorm {
+    /// `f(slot, weight, dw, false)` and `f(slot + 1, bias, db, false)`; advances `slot` by 2.
+    /// For optimisers (norms are not decayed).
+    pub fn visit_params(&mut self, grads: &LayerNormGrads, slot: &mut usize, f: &mut super::ParamVisitor<'_>) {
+        f(*slot, &mut self.weight, &grads.weight, false);
+        f(*slot + 1, &mut self.bias, &grads.bias, false);
+        *slot += 2;
+    }
+
     /// Backward of [`LayerNorm::forward`]. With `xhat = (x - mean) * inv`, `inv = 1/sqrt(var + eps)`
     /// recomputed per row from the forward input `x`, and `g = dy * weight`:
     ///

@@ -28,6 +28,14 @@ pub struct LinearGrads {
 }
 
 impl LinearGrads {
+    /// Appends the gradient tensors (weight, then bias if any) to `out`, mutable (for clipping).
+    pub fn push_slices<'a>(&'a mut self, out: &mut Vec<&'a mut [f32]>) {
+        out.push(self.weight.as_mut_slice());
+        if let Some(b) = self.bias.as_mut() {
+            out.push(b);
+        }
+    }
+
     /// Zero gradients for `layer`.
     pub fn zeros(layer: &Linear) -> LinearGrads {
         LinearGrads {
@@ -87,6 +95,16 @@ impl Linear {
             map.insert(format!("{prefix}.bias"), vec![b.len()], b.clone())?;
         }
         Ok(())
+    }
+
+    /// `f(slot, weight, dW, true)` and `f(slot + 1, bias, db, false)` (the bias slot is skipped,
+    /// not reused, without a bias); advances `slot` by 2. For optimisers.
+    pub fn visit_params(&mut self, grads: &LinearGrads, slot: &mut usize, f: &mut super::ParamVisitor<'_>) {
+        f(*slot, self.weight.as_mut_slice(), grads.weight.as_slice(), true);
+        if let (Some(b), Some(gb)) = (self.bias.as_mut(), grads.bias.as_ref()) {
+            f(*slot + 1, b, gb, false);
+        }
+        *slot += 2;
     }
 
     /// Input width.

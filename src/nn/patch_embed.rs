@@ -189,10 +189,8 @@ impl PatchEmbed {
 impl PatchEmbedGrads {
     /// Every gradient tensor, mutable (for clipping).
     pub fn slices_mut(&mut self) -> Vec<&mut [f32]> {
-        let mut out: Vec<&mut [f32]> = vec![self.proj.weight.as_mut_slice()];
-        if let Some(b) = self.proj.bias.as_mut() {
-            out.push(b);
-        }
+        let mut out: Vec<&mut [f32]> = Vec::new();
+        self.proj.push_slices(&mut out);
         out.push(self.pos_embed.as_mut_slice());
         out
     }

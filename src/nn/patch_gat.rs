@@ -16,7 +16,8 @@
 //! 8-neighbourhood), one disjoint-union graph per batch; GATConv replaces its self-loops by one
 //! per node, as PyG does. Initialisation is PyG's Glorot for every weight matrix (and the
 //! embedding), zeros for biases. The backward runs the forward lines in reverse, each layer's
-//! through [`GraphAttention::backward`].
+//! through [`GraphAttention::backward`], which recomputes that layer's projections and attention
+//! from `h_l` (twice the attention forward per step; the layers cache nothing).
 //!
 //! Checkpoint names: `patch_embed.proj.weight [D, C, P, P]`, `patch_embed.proj.bias`,
 //! `patch_embed.pos_embed [1, N, D]`, `layers.{l}.{lin.weight, att_src, att_dst, bias}` (PyG's
@@ -80,31 +81,15 @@ impl PatchGatConfig {
         }
     }
 
+    /// Each layer: PyG's `GATConv(D, D/H, heads=H)` (or `GATv2Conv`) with this slope.
     fn layer(&self) -> AttentionConfig {
         let (f, c, heads) = (self.dim, self.dim / self.heads.max(1), self.heads);
-        let negative_slope = self.negative_slope;
-        if self.v2 {
-            AttentionConfig::GatV2 {
-                in_channels: f,
-                out_channels: c,
-                heads,
-                concat: true,
-                negative_slope,
-                add_self_loops: true,
-                bias: true,
-                share_weights: false,
-            }
-        } else {
-            AttentionConfig::Gat {
-                in_channels: f,
-                out_channels: c,
-                heads,
-                concat: true,
-                negative_slope,
-                add_self_loops: true,
-                bias: true,
-            }
+        let mut layer = if self.v2 { AttentionConfig::gatv2(f, c, heads) } else { AttentionConfig::gat(f, c, heads) };
+        if let AttentionConfig::Gat { negative_slope, .. } | AttentionConfig::GatV2 { negative_slope, .. } = &mut layer
+        {
+            *negative_slope = self.negative_slope;
         }
+        layer
     }
 
     fn validate(&self) -> Result<()> {
@@ -268,10 +253,7 @@ impl Classifier for PatchGat {
         for g in &mut grads.layers {
             out.extend(attention_grad_slices(g));
         }
-        out.push(grads.head.weight.as_mut_slice());
-        if let Some(b) = grads.head.bias.as_mut() {
-            out.push(b);
-        }
+        grads.head.push_slices(&mut out);
         out
     }
 
@@ -284,10 +266,7 @@ impl Classifier for PatchGat {
             layer.visit_params(g, &mut |local, p, gr, decay| f(base + local, p, gr, decay));
             slot += 6;
         }
-        f(slot, self.head.weight.as_mut_slice(), grads.head.weight.as_slice(), true);
-        if let (Some(b), Some(g)) = (self.head.bias.as_mut(), grads.head.bias.as_ref()) {
-            f(slot + 1, b, g, false);
-        }
+        self.head.visit_params(&grads.head, &mut slot, f);
     }
 
     fn state_dict(&self) -> Result<TensorMap> {
@@ -304,16 +283,10 @@ impl Classifier for PatchGat {
 
 /// The gradient tensors of an attention layer, mutable.
 pub(crate) fn attention_grad_slices(g: &mut AttentionGrads) -> Vec<&mut [f32]> {
-    fn lin<'a>(l: &'a mut LinearGrads, out: &mut Vec<&'a mut [f32]>) {
-        out.push(l.weight.as_mut_slice());
-        if let Some(b) = l.bias.as_mut() {
-            out.push(b);
-        }
-    }
     let mut out: Vec<&mut [f32]> = Vec::new();
     match g {
         AttentionGrads::Gat { lin: l, att_src, att_dst, bias } => {
-            lin(l, &mut out);
+            l.push_slices(&mut out);
             out.push(att_src);
             out.push(att_dst);
             if let Some(b) = bias.as_mut() {
@@ -321,9 +294,9 @@ pub(crate) fn attention_grad_slices(g: &mut AttentionGrads) -> Vec<&mut [f32]> {
             }
         }
         AttentionGrads::GatV2 { lin_l, lin_r, att, bias } => {
-            lin(lin_l, &mut out);
+            lin_l.push_slices(&mut out);
             if let Some(r) = lin_r.as_mut() {
-                lin(r, &mut out);
+                r.push_slices(&mut out);
             }
             out.push(att);
             if let Some(b) = bias.as_mut() {
@@ -331,13 +304,13 @@ pub(crate) fn attention_grad_slices(g: &mut AttentionGrads) -> Vec<&mut [f32]> {
             }
         }
         AttentionGrads::Timm { qkv, proj } => {
-            lin(qkv, &mut out);
-            lin(proj, &mut out);
+            qkv.push_slices(&mut out);
+            proj.push_slices(&mut out);
         }
         AttentionGrads::Transformer { qkvs, lin_beta } => {
-            lin(qkvs, &mut out);
+            qkvs.push_slices(&mut out);
             if let Some(b) = lin_beta.as_mut() {
-                lin(b, &mut out);
+                b.push_slices(&mut out);
             }
         }
     }

@@ -341,27 +341,6 @@ impl Vig {
     }
 }
 
-fn visit_linear(slot: &mut usize, l: &mut Linear, g: &LinearGrads, f: &mut ParamVisitor<'_>) {
-    f(*slot, l.weight.as_mut_slice(), g.weight.as_slice(), true);
-    if let (Some(b), Some(gb)) = (l.bias.as_mut(), g.bias.as_ref()) {
-        f(*slot + 1, b, gb, false);
-    }
-    *slot += 2;
-}
-
-fn visit_norm(slot: &mut usize, n: &mut LayerNorm, g: &LayerNormGrads, f: &mut ParamVisitor<'_>) {
-    f(*slot, &mut n.weight, &g.weight, false);
-    f(*slot + 1, &mut n.bias, &g.bias, false);
-    *slot += 2;
-}
-
-fn linear_slices<'a>(g: &'a mut LinearGrads, out: &mut Vec<&'a mut [f32]>) {
-    out.push(g.weight.as_mut_slice());
-    if let Some(b) = g.bias.as_mut() {
-        out.push(b);
-    }
-}
-
 impl Classifier for Vig {
     type Grads = VigGrads;
 
@@ -392,19 +371,16 @@ impl Classifier for Vig {
     fn grad_slices(grads: &mut VigGrads) -> Vec<&mut [f32]> {
         let mut out = grads.embed.slices_mut();
         for g in &mut grads.blocks {
-            out.push(&mut g.norm1.weight);
-            out.push(&mut g.norm1.bias);
-            linear_slices(&mut g.fc1, &mut out);
-            linear_slices(&mut g.graph_conv, &mut out);
-            linear_slices(&mut g.fc2, &mut out);
-            out.push(&mut g.norm2.weight);
-            out.push(&mut g.norm2.bias);
-            linear_slices(&mut g.ffn.fc1, &mut out);
-            linear_slices(&mut g.ffn.fc2, &mut out);
+            g.norm1.push_slices(&mut out);
+            g.fc1.push_slices(&mut out);
+            g.graph_conv.push_slices(&mut out);
+            g.fc2.push_slices(&mut out);
+            g.norm2.push_slices(&mut out);
+            g.ffn.fc1.push_slices(&mut out);
+            g.ffn.fc2.push_slices(&mut out);
         }
-        out.push(&mut grads.norm.weight);
-        out.push(&mut grads.norm.bias);
-        linear_slices(&mut grads.head, &mut out);
+        grads.norm.push_slices(&mut out);
+        grads.head.push_slices(&mut out);
         out
     }
 
@@ -413,16 +389,16 @@ impl Classifier for Vig {
     fn visit_params_mut(&mut self, grads: &VigGrads, f: &mut ParamVisitor<'_>) {
         let mut slot = self.embed.visit_params(&grads.embed, 0, f);
         for (b, g) in self.blocks.iter_mut().zip(&grads.blocks) {
-            visit_norm(&mut slot, &mut b.norm1, &g.norm1, f);
-            visit_linear(&mut slot, &mut b.fc1, &g.fc1, f);
-            visit_linear(&mut slot, &mut b.graph_conv, &g.graph_conv, f);
-            visit_linear(&mut slot, &mut b.fc2, &g.fc2, f);
-            visit_norm(&mut slot, &mut b.norm2, &g.norm2, f);
-            visit_linear(&mut slot, &mut b.ffn.fc1, &g.ffn.fc1, f);
-            visit_linear(&mut slot, &mut b.ffn.fc2, &g.ffn.fc2, f);
+            b.norm1.visit_params(&g.norm1, &mut slot, f);
+            b.fc1.visit_params(&g.fc1, &mut slot, f);
+            b.graph_conv.visit_params(&g.graph_conv, &mut slot, f);
+            b.fc2.visit_params(&g.fc2, &mut slot, f);
+            b.norm2.visit_params(&g.norm2, &mut slot, f);
+            b.ffn.fc1.visit_params(&g.ffn.fc1, &mut slot, f);
+            b.ffn.fc2.visit_params(&g.ffn.fc2, &mut slot, f);
         }
-        visit_norm(&mut slot, &mut self.norm, &grads.norm, f);
-        visit_linear(&mut slot, &mut self.head, &grads.head, f);
+        self.norm.visit_params(&grads.norm, &mut slot, f);
+        self.head.visit_params(&grads.head, &mut slot, f);
     }
 
     fn state_dict(&self) -> Result<TensorMap> {

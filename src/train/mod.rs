@@ -1,5 +1,5 @@
 //! Training: [`AdamW`], the warm-up + cosine [`CosineSchedule`], gradient clipping, and the
-//! loop [`train_vit`] with its [`TrainConfig`].
+//! loop [`train`] with its [`TrainConfig`].
 //!
 //! ```
 //! use patchgraph::train::AdamW;
@@ -15,4 +15,4 @@ mod trainer;
 pub use adamw::AdamW;
 pub use memory::keep_freed_memory;
 pub use schedule::{CosineSchedule, clip_grad_norm};
-pub use trainer::{BatchProgress, EpochMetrics, TrainConfig, evaluate, train, train_vit};
+pub use trainer::{BatchProgress, EpochMetrics, TrainConfig, evaluate, train};

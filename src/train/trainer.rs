@@ -1,4 +1,4 @@
-//! The training loop for any [`Classifier`] ([`Vit`], [`crate::nn::PatchGat`], [`crate::nn::Vig`]) on a labelled image set: shuffled batches with augmentation,
+//! The training loop for any [`Classifier`] ([`crate::nn::Vit`], [`crate::nn::PatchGat`], [`crate::nn::Vig`]) on a labelled image set: shuffled batches with augmentation,
 //! forward and backward, gradient clipping, AdamW on a warm-up + cosine schedule, evaluation.
 //! Deterministic for a seed whatever the thread count: shuffling and augmentation draw from one
 //! seeded generator per epoch, and every kernel's arithmetic is fixed.
@@ -13,14 +13,14 @@
 //! ```
 //! use patchgraph::data::{Split, load_mnist};
 //! use patchgraph::nn::{Init, Vit, VitConfig};
-//! use patchgraph::train::{AdamW, TrainConfig, train_vit};
+//! use patchgraph::train::{AdamW, TrainConfig, train};
 //! let data = load_mnist(concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist5k"), Split::Test).unwrap();
 //! let mut c = VitConfig::tiny(28, 7, 10);
 //! (c.in_chans, c.embed_dim, c.depth, c.num_heads) = (1, 16, 1, 2);
 //! let mut vit = Vit::new(c, &mut Init::new(0)).unwrap();
 //! let config = TrainConfig { epochs: 1, batch_size: 50, limit: Some(100), ..TrainConfig::mnist() };
 //! let mut opt = AdamW::new(config.lr, config.weight_decay);
-//! let metrics = train_vit(&mut vit, &mut opt, &data, &data, &config, 0, &mut |_| {}, &mut |_| Ok(())).unwrap();
+//! let metrics = train(&mut vit, &mut opt, &data, &data, &config, 0, &mut |_| {}, &mut |_| Ok(())).unwrap();
 //! assert_eq!(metrics.len(), 1);
 //! ```
 
@@ -30,12 +30,12 @@ use crate::error::{Error, Result};
 use crate::graph::GraphSpec;
 use crate::image::ChwImage;
 use crate::infer::top_k;
-use crate::nn::{Classifier, CrossEntropy, Vit};
+use crate::nn::{Classifier, CrossEntropy};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
 
-/// Hyper-parameters and data handling of [`train_vit`].
+/// Hyper-parameters and data handling of [`train`].
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrainConfig {
     /// Passes over the training set.
@@ -173,10 +173,12 @@ pub fn evaluate<M: Classifier>(model: &M, data: &ImageDataset, config: &TrainCon
     Ok(((loss_sum / n) as f32, (correct as f64 / n) as f32))
 }
 
-/// [`train`] for a [`Vit`] (kept for callers that name the model).
+/// Trains `model` for `config.epochs - start_epoch` epochs (resume from `start_epoch` with the
+/// optimiser's restored state); `on_batch` sees progress, `on_epoch` each epoch's metrics (to
+/// write files and checkpoints). Returns the metrics of the epochs run.
 #[allow(clippy::too_many_arguments)]
-pub fn train_vit(
-    vit: &mut Vit,
+pub fn train<M: Classifier>(
+    model: &mut M,
     opt: &mut AdamW,
     train_set: &ImageDataset,
     test: &ImageDataset,
@@ -185,38 +187,21 @@ pub fn train_vit(
     on_batch: &mut dyn FnMut(BatchProgress),
     on_epoch: &mut dyn FnMut(&EpochMetrics) -> Result<()>,
 ) -> Result<Vec<EpochMetrics>> {
-    train(vit, opt, train_set, test, config, start_epoch, on_batch, on_epoch)
-}
-
-/// Trains `model` for `config.epochs - start_epoch` epochs (resume from `start_epoch` with the
-/// optimiser's restored state); `on_batch` sees progress, `on_epoch` each epoch's metrics (to
-/// write files and checkpoints). Returns the metrics of the epochs run.
-#[allow(clippy::too_many_arguments)]
-pub fn train<M: Classifier>(
-    model: &mut M,
-    opt: &mut AdamW,
-    train: &ImageDataset,
-    test: &ImageDataset,
-    config: &TrainConfig,
-    start_epoch: usize,
-    on_batch: &mut dyn FnMut(BatchProgress),
-    on_epoch: &mut dyn FnMut(&EpochMetrics) -> Result<()>,
-) -> Result<Vec<EpochMetrics>> {
-    let n = config.limit.map_or(train.len(), |l| l.min(train.len()));
+    let n = config.limit.map_or(train_set.len(), |l| l.min(train_set.len()));
     if n == 0 || config.batch_size == 0 {
         return Err(Error::invalid("training", "no training images or a zero batch size"));
     }
-    if model.num_classes() < train.classes {
+    if model.num_classes() < train_set.classes {
         return Err(Error::invalid(
             "training",
-            format!("the model has {} classes, the data {}", model.num_classes(), train.classes),
+            format!("the model has {} classes, the data {}", model.num_classes(), train_set.classes),
         ));
     }
-    if model.input_shape() != train.shape() {
+    if model.input_shape() != train_set.shape() {
         return Err(Error::shape(
             "training images",
             format!("{:?} (the model's input)", model.input_shape()),
-            format!("{:?}", train.shape()),
+            format!("{:?}", train_set.shape()),
         ));
     }
     let steps_per_epoch = n.div_ceil(config.batch_size) as u64;
@@ -242,7 +227,7 @@ pub fn train<M: Classifier>(
             let mut images = Vec::with_capacity(chunk.len());
             let mut labels = Vec::with_capacity(chunk.len());
             for &i in chunk {
-                let (image, label) = train.get(i)?;
+                let (image, label) = train_set.get(i)?;
                 let span = 2 * config.pad_crop + 1;
                 let (dy, dx) = (rng.random_range(0..span), rng.random_range(0..span));
                 let flip = config.flip && rng.random::<bool>();

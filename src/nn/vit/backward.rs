@@ -56,39 +56,29 @@ impl VitGrads {
     /// Every gradient tensor, mutable (for clipping).
     pub fn slices_mut(&mut self) -> Vec<&mut [f32]> {
         let mut out: Vec<&mut [f32]> = Vec::new();
-        fn lin<'a>(out: &mut Vec<&'a mut [f32]>, g: &'a mut LinearGrads) {
-            out.push(g.weight.as_mut_slice());
-            if let Some(b) = g.bias.as_mut() {
-                out.push(b);
-            }
-        }
-        fn ln<'a>(out: &mut Vec<&'a mut [f32]>, g: &'a mut LayerNormGrads) {
-            out.push(&mut g.weight);
-            out.push(&mut g.bias);
-        }
-        lin(&mut out, &mut self.patch_embed);
+        self.patch_embed.push_slices(&mut out);
         if let Some(c) = self.cls_token.as_mut() {
             out.push(c);
         }
         out.push(self.pos_embed.as_mut_slice());
         for b in &mut self.blocks {
-            ln(&mut out, &mut b.norm1);
+            b.norm1.push_slices(&mut out);
             if let AttentionGrads::Timm { qkv, proj } = &mut b.attn {
-                lin(&mut out, qkv);
-                lin(&mut out, proj);
+                qkv.push_slices(&mut out);
+                proj.push_slices(&mut out);
             }
             for g in [&mut b.ls1, &mut b.ls2].into_iter().flatten() {
                 out.push(g);
             }
-            ln(&mut out, &mut b.norm2);
-            lin(&mut out, &mut b.mlp.fc1);
-            lin(&mut out, &mut b.mlp.fc2);
+            b.norm2.push_slices(&mut out);
+            b.mlp.fc1.push_slices(&mut out);
+            b.mlp.fc2.push_slices(&mut out);
         }
         for g in [&mut self.norm, &mut self.fc_norm].into_iter().flatten() {
-            ln(&mut out, g);
+            g.push_slices(&mut out);
         }
         if let Some(h) = self.head.as_mut() {
-            lin(&mut out, h);
+            h.push_slices(&mut out);
         }
         out
     }
@@ -148,27 +138,12 @@ impl VitGrads {
 /// `cls_token`).
 type Visit<'f> = crate::nn::ParamVisitor<'f>;
 
-fn visit_linear(slot: &mut usize, l: &mut crate::nn::Linear, g: &LinearGrads, f: &mut Visit<'_>) {
-    f(*slot, l.weight.as_mut_slice(), g.weight.as_slice(), true);
-    *slot += 1;
-    if let (Some(b), Some(gb)) = (l.bias.as_mut(), g.bias.as_ref()) {
-        f(*slot, b, gb, false);
-    }
-    *slot += 1;
-}
-
-fn visit_norm(slot: &mut usize, n: &mut crate::nn::LayerNorm, g: &LayerNormGrads, f: &mut Visit<'_>) {
-    f(*slot, &mut n.weight, &g.weight, false);
-    f(*slot + 1, &mut n.bias, &g.bias, false);
-    *slot += 2;
-}
-
 impl Vit {
     /// Calls `f(slot, parameter, gradient, decay)` for every parameter tensor, in a fixed order
     /// (`slot` numbers the tensors, for optimiser state).
     pub fn visit_params_mut(&mut self, grads: &VitGrads, f: &mut Visit<'_>) {
         let mut slot = 0;
-        visit_linear(&mut slot, &mut self.patch_embed, &grads.patch_embed, f);
+        self.patch_embed.visit_params(&grads.patch_embed, &mut slot, f);
         if let (Some(c), Some(gc)) = (self.cls_token.as_mut(), grads.cls_token.as_ref()) {
             f(slot, c, gc, false);
         }
@@ -176,7 +151,7 @@ impl Vit {
         f(slot, self.pos_embed.as_mut_slice(), grads.pos_embed.as_slice(), false);
         slot += 1;
         for (b, gb) in self.blocks.iter_mut().zip(&grads.blocks) {
-            visit_norm(&mut slot, &mut b.norm1, &gb.norm1, f);
+            b.norm1.visit_params(&gb.norm1, &mut slot, f);
             let base = slot;
             b.attn.visit_params(&gb.attn, &mut |local, p, g, decay| f(base + local, p, g, decay));
             slot += 4;
@@ -186,22 +161,22 @@ impl Vit {
                 }
                 slot += 1;
             }
-            visit_norm(&mut slot, &mut b.norm2, &gb.norm2, f);
-            visit_linear(&mut slot, &mut b.mlp.fc1, &gb.mlp.fc1, f);
-            visit_linear(&mut slot, &mut b.mlp.fc2, &gb.mlp.fc2, f);
+            b.norm2.visit_params(&gb.norm2, &mut slot, f);
+            b.mlp.fc1.visit_params(&gb.mlp.fc1, &mut slot, f);
+            b.mlp.fc2.visit_params(&gb.mlp.fc2, &mut slot, f);
         }
         if let (Some(n), Some(g)) = (self.norm.as_mut(), grads.norm.as_ref()) {
-            visit_norm(&mut slot, n, g, f);
+            n.visit_params(g, &mut slot, f);
         } else {
             slot += 2;
         }
         if let (Some(n), Some(g)) = (self.fc_norm.as_mut(), grads.fc_norm.as_ref()) {
-            visit_norm(&mut slot, n, g, f);
+            n.visit_params(g, &mut slot, f);
         } else {
             slot += 2;
         }
         if let (Some(h), Some(g)) = (self.head.as_mut(), grads.head.as_ref()) {
-            visit_linear(&mut slot, h, g, f);
+            h.visit_params(g, &mut slot, f);
         }
     }
 
