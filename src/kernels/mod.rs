@@ -3,6 +3,8 @@
 //! - [`sparse`]: any graph, fused per destination over its CSR edges (scores, edge softmax,
 //!   weighted sum), rayon over destination ranges balanced by edge count (deterministic: each
 //!   destination is reduced by one thread, in edge order).
+//! - [`hub`]: the rows of destinations with thousands of incoming edges (a class token joined
+//!   to every patch), cut into fixed edge segments reduced in parallel and merged in order.
 //! - [`dense`]: complete graphs and batches of them, per (block, head, query tile), key/value
 //!   tiles streamed with an online softmax, score and output tiles by faer GEMM; O(N d) memory.
 //! - [`gemm`]: the linear layers' GEMM `y (+)= x w^T`, parallel over fixed column blocks.
@@ -20,5 +22,6 @@
 
 pub mod dense;
 pub mod gemm;
+pub mod hub;
 pub mod simd;
 pub mod sparse;

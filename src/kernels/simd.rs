@@ -560,6 +560,98 @@ impl WithSimd for Axpy<'_> {
     }
 }
 
+/// `out = sum_t p[t] * rows[t]`: a weighted sum of equal-length rows (the SpMM of one
+/// destination and head), accumulated in row order with fused multiply-adds. Blocks of four
+/// vectors of `out` stay in registers while every row streams past them, so `out` is written
+/// once instead of once per row; the bits equal a sequence of [`axpy`]s into a zeroed `out`.
+///
+/// # Panics
+/// If `p.len() != rows.len()` or a row's length differs from `out`'s.
+pub fn weighted_sum(out: &mut [f32], p: &[f32], rows: &[&[f32]]) {
+    assert_eq!(p.len(), rows.len(), "weighted_sum: {} weights for {} rows", p.len(), rows.len());
+    assert!(rows.iter().all(|r| r.len() == out.len()), "weighted_sum: a row's length differs from out's");
+    dispatch(WeightedSum { out, p, row: |t: usize| rows[t] })
+}
+
+/// Scalar reference of [`weighted_sum`]: `out = 0`, then `out += p[t] * rows[t]` row by row.
+///
+/// # Panics
+/// As [`weighted_sum`].
+pub fn weighted_sum_scalar(out: &mut [f32], p: &[f32], rows: &[&[f32]]) {
+    assert_eq!(p.len(), rows.len(), "weighted_sum: {} weights for {} rows", p.len(), rows.len());
+    out.fill(0.0);
+    for (&a, row) in p.iter().zip(rows) {
+        axpy_scalar(out, a, row);
+    }
+}
+
+/// [`weighted_sum`] over rows produced by `row(t)` for `t < p.len()`, each `out.len()` long.
+struct WeightedSum<'a, R> {
+    out: &'a mut [f32],
+    p: &'a [f32],
+    row: R,
+}
+
+impl<'r, R: Fn(usize) -> &'r [f32]> WithSimd for WeightedSum<'_, R> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let WeightedSum { out, p, row } = self;
+        let n = out.len();
+        let (oh, ot) = S::as_mut_simd_f32s(out);
+        let full = oh.len();
+        let zero = simd.splat_f32s(0.0);
+        // Four vectors at a time in registers (four named accumulators, so they are not
+        // spilled), then single vectors.
+        let mut c = 0;
+        while c + 4 <= full {
+            let (mut a0, mut a1, mut a2, mut a3) = (zero, zero, zero, zero);
+            for (t, &a) in p.iter().enumerate() {
+                let x = &S::as_simd_f32s(&row(t)[..n]).0[c..c + 4];
+                let a = simd.splat_f32s(a);
+                a0 = simd.mul_add_e_f32s(a, x[0], a0);
+                a1 = simd.mul_add_e_f32s(a, x[1], a1);
+                a2 = simd.mul_add_e_f32s(a, x[2], a2);
+                a3 = simd.mul_add_e_f32s(a, x[3], a3);
+            }
+            oh[c..c + 4].copy_from_slice(&[a0, a1, a2, a3]);
+            c += 4;
+        }
+        while c < full {
+            let mut acc = zero;
+            for (t, &a) in p.iter().enumerate() {
+                let x = S::as_simd_f32s(&row(t)[..n]).0[c];
+                acc = simd.mul_add_e_f32s(simd.splat_f32s(a), x, acc);
+            }
+            oh[c] = acc;
+            c += 1;
+        }
+        if !ot.is_empty() {
+            let mut acc = zero;
+            for (t, &a) in p.iter().enumerate() {
+                let (_, xt) = S::as_simd_f32s(&row(t)[..n]);
+                acc = simd.mul_add_e_f32s(simd.splat_f32s(a), simd.partial_load_f32s(xt), acc);
+            }
+            simd.partial_store_f32s(ot, acc);
+        }
+    }
+}
+
+/// Asks the CPU to start loading the cache lines of `x` into L1 (a hint: it never changes a
+/// result, and a kernel that gathers rows calls it for the rows it will read next).
+#[inline(always)]
+pub fn prefetch(x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in x.chunks(16) {
+        // SAFETY: `prefetch` needs SSE, which every x86-64 CPU has; it is a hint that never
+        // faults or reads the data into a register, and the address points into a live slice.
+        unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr().cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Inside a dispatch
 
@@ -567,7 +659,7 @@ impl WithSimd for Axpy<'_> {
 /// inner loop): no per-call dispatch, and the bodies inline into the caller's loop. Each is the
 /// body of the public function of the same name, so the public tests cover them.
 pub(crate) mod within {
-    use super::{Axpy, Dot, ExpSubSum, Max, Scale};
+    use super::{Dot, ExpSubSum, Gatv2Row, Max, Scale, WeightedSum};
     use pulp::{Simd, WithSimd};
 
     /// [`super::max`].
@@ -595,11 +687,18 @@ pub(crate) mod within {
         Dot(a, b).with_simd(simd)
     }
 
-    /// [`super::axpy`] (lengths must match).
+    /// [`super::gatv2_row`] (`keys` is `[out.len() x q.len()]`, `att` as long as `q`).
     #[inline(always)]
-    pub fn axpy<S: Simd>(simd: S, y: &mut [f32], a: f32, x: &[f32]) {
-        debug_assert_eq!(y.len(), x.len());
-        Axpy(y, a, x).with_simd(simd)
+    pub fn gatv2_row<S: Simd>(simd: S, out: &mut [f32], q: &[f32], keys: &[f32], att: &[f32], slope: f32) {
+        debug_assert_eq!(keys.len(), out.len() * q.len());
+        Gatv2Row { out, q, keys, att, slope }.with_simd(simd)
+    }
+
+    /// [`super::weighted_sum`] with row `t` given by `row(t)` (at least `out.len()` long; its
+    /// first `out.len()` values are used).
+    #[inline(always)]
+    pub fn weighted_sum<'r, S: Simd>(simd: S, out: &mut [f32], p: &[f32], row: impl Fn(usize) -> &'r [f32]) {
+        WeightedSum { out, p, row }.with_simd(simd)
     }
 }
 
@@ -1093,6 +1192,46 @@ mod tests {
                 assert_eq!(got[0], base[0]);
                 for i in 1..=n {
                     assert!((got[i] - want[i]).abs() <= 2.5e-7, "{level:?} n={n} i={i}");
+                }
+            }
+        }
+    }
+
+    /// Every level equals the scalar reference around the vector widths (blocks of four
+    /// vectors, single vectors, a partial tail), for 0, 1 and 17 rows, and equals a sequence
+    /// of the level's own axpys into zeros bit for bit.
+    #[test]
+    fn weighted_sum_matches_scalar_and_axpys() {
+        let mut rng = Rng(12);
+        for level in levels() {
+            for n in LENS {
+                for m in [0usize, 1, 17] {
+                    let data: Vec<Vec<f32>> = (0..m).map(|_| rng.vec(n, -1.0, 1.0)).collect();
+                    let rows: Vec<&[f32]> = data.iter().map(|r| &r[1..]).collect();
+                    let p = rng.vec(m, 0.0, 1.0);
+                    let p = &p[1..];
+                    let mut want = vec![0.0; n];
+                    weighted_sum_scalar(&mut want, p, &rows);
+                    let mut got = rng.vec(n, 5.0, 6.0); // overwritten, not added to
+                    let mut by_axpy = vec![0.0; n + 1];
+                    match level {
+                        None => {
+                            weighted_sum(&mut got[1..], p, &rows);
+                            for (t, r) in rows.iter().enumerate() {
+                                axpy(&mut by_axpy[1..], p[t], r);
+                            }
+                        }
+                        Some(l) => {
+                            run_at(l, WeightedSum { out: &mut got[1..], p, row: |t: usize| rows[t] }).unwrap();
+                            for (t, r) in rows.iter().enumerate() {
+                                run_at(l, Axpy(&mut by_axpy[1..], p[t], r)).unwrap();
+                            }
+                        }
+                    }
+                    for i in 0..n {
+                        assert!((got[i + 1] - want[i]).abs() <= 1e-6 * m as f32, "{level:?} n={n} m={m} i={i}");
+                    }
+                    assert_eq!(got[1..], by_axpy[1..], "{level:?} n={n} m={m}: not the axpy bits");
                 }
             }
         }

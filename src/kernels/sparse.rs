@@ -9,9 +9,12 @@
 //!         p[h][t] = exp(s[h][t] - m) / z;  lse_i[h] = m + ln z
 //!     out_i[h] = sum_t p[h][t] v_j[h]                       (SpMM; v_j read once, SIMD axpy)
 //! ```
-//! No `[E x H x d]` message tensor is formed: per thread, only a `[H x deg]` score scratch.
-//! Work is split by edge count, not node count, so a high-degree node (a class token joined to
-//! every patch) does not serialise a thread's share. Each destination is reduced by one thread
+//! No `[E x H x d]` message tensor is formed: per thread, only a `[H x deg]` score scratch. The
+//! weighted sum runs head by head with the output block in registers while the value rows
+//! stream past ([`super::simd::weighted_sum`]).
+//! Work is split by edge count, not node count, so a high-degree node does not serialise a
+//! thread's share, and a hub row (a class token joined to every patch, in-degree at least
+//! [`HUB_DEGREE`]) is itself split across threads by [`super::hub`]. Each destination is reduced by one thread
 //! in its edge order, so the result is the same bits whatever the thread count. A node with no
 //! incoming edge (or only `-inf`-masked ones) outputs zeros.
 //!
@@ -26,8 +29,9 @@
 //! assert_eq!(out.out.as_slice(), &[0.0, 0.0, 2.0]);
 //! ```
 
+use super::hub::{HUB_DEGREE, HUB_SEGMENT, attend_hubs};
 use super::simd::within;
-use crate::attention::{AttentionInputs, AttentionOutput, Dims, Score};
+use crate::attention::{AttentionInputs, AttentionOutput, Dims, Score, leaky_relu};
 use crate::error::Result;
 use crate::graph::Graph;
 use crate::tensor::Matrix;
@@ -40,16 +44,21 @@ pub const EDGE_CHUNK: usize = 4096;
 
 /// Consecutive destination ranges holding about the same number of edges each: at most
 /// `EDGE_CHUNK`, and small enough for 8 tasks per thread (but at least 256), so a small graph
-/// still uses every thread; a node of higher degree is a range of its own. The split never
+/// still uses every thread; a node of higher degree is a range of its own. Hub rows (in-degree
+/// at least `hub_degree`, reduced separately by [`super::hub`]) count as one edge. The split never
 /// changes a destination's arithmetic (one thread reduces it, in edge order), so the output is
 /// the same bits for any split and thread count.
-pub fn edge_balanced_ranges(graph: &Graph) -> Vec<Range<usize>> {
-    let total = graph.num_edges() + graph.num_nodes();
+pub fn edge_balanced_ranges(graph: &Graph, hub_degree: usize) -> Vec<Range<usize>> {
+    let load_of = |i: usize| {
+        let d = graph.in_degree(i);
+        if d >= hub_degree { 1 } else { d + 1 }
+    };
+    let total: usize = (0..graph.num_nodes()).map(load_of).sum();
     let chunk = (total / (8 * rayon::current_num_threads())).clamp(256, EDGE_CHUNK);
     let mut ranges = Vec::new();
     let (mut start, mut load) = (0, 0);
     for i in 0..graph.num_nodes() {
-        let d = graph.in_degree(i) + 1;
+        let d = load_of(i);
         if load > 0 && load + d > chunk {
             ranges.push(start..i);
             (start, load) = (i, 0);
@@ -71,11 +80,25 @@ struct Share<'a> {
 }
 
 /// Runs the algebra over `graph`'s edges; `weights` asks for the `[E x H]` attention weights.
+/// Destinations with at least [`HUB_DEGREE`] incoming edges are split across threads
+/// ([`super::hub`]).
 pub fn attend_sparse(
     graph: &Graph,
     score: &Score,
     inputs: &AttentionInputs<'_>,
     weights: bool,
+) -> Result<AttentionOutput> {
+    attend_sparse_with(graph, score, inputs, weights, HUB_DEGREE, HUB_SEGMENT)
+}
+
+/// [`attend_sparse`] with the hub threshold and segment length given (tests use small ones).
+pub(crate) fn attend_sparse_with(
+    graph: &Graph,
+    score: &Score,
+    inputs: &AttentionInputs<'_>,
+    weights: bool,
+    hub_degree: usize,
+    segment: usize,
 ) -> Result<AttentionOutput> {
     let dims = inputs.validate(graph, score)?;
     let (heads, cols) = (dims.heads, dims.heads * dims.value_dim);
@@ -86,7 +109,7 @@ pub fn attend_sparse(
     // Split every output into disjoint per-task slices.
     let mut shares = Vec::new();
     let (mut out_rest, mut lse_rest, mut w_rest) = (out.as_mut_slice(), lse.as_mut_slice(), w.as_mut_slice());
-    for nodes in edge_balanced_ranges(graph) {
+    for nodes in edge_balanced_ranges(graph, hub_degree) {
         let n = nodes.len();
         let (o, orest) = out_rest.split_at_mut(n * cols);
         let (l, lrest) = lse_rest.split_at_mut(n * heads);
@@ -99,10 +122,30 @@ pub fn attend_sparse(
         (out_rest, lse_rest, w_rest) = (orest, lrest, wrest);
         shares.push(Share { nodes, out: o, lse: l, w: wt });
     }
-    shares.into_par_iter().for_each_init(Vec::new, |scratch: &mut Vec<f32>, share| {
+    shares.into_par_iter().for_each_init(Scratch::default, |scratch: &mut Scratch, share| {
         // One SIMD dispatch per task: the per-edge dot products and axpys inline into the loop.
-        pulp::Arch::new().dispatch(ShareTask { graph, score, inputs, dims: &dims, weights, share, scratch });
+        pulp::Arch::new().dispatch(ShareTask {
+            graph,
+            score,
+            inputs,
+            dims: &dims,
+            weights,
+            hub_degree,
+            share,
+            scratch,
+        });
     });
+    attend_hubs(
+        graph,
+        score,
+        inputs,
+        &dims,
+        hub_degree,
+        segment,
+        out.as_mut_slice(),
+        &mut lse,
+        weights.then_some(w.as_mut_slice()),
+    );
     Ok(AttentionOutput { out, weights: weights.then_some(w), log_sum_exp: lse })
 }
 
@@ -113,8 +156,17 @@ struct ShareTask<'a, 'b> {
     inputs: &'a AttentionInputs<'b>,
     dims: &'a Dims,
     weights: bool,
+    hub_degree: usize,
     share: Share<'a>,
-    scratch: &'a mut Vec<f32>,
+    scratch: &'a mut Scratch,
+}
+
+/// Per-thread scratch: the `[H x deg]` scores and the sources of one destination; both grow to
+/// the largest degree once and are reused.
+#[derive(Default)]
+struct Scratch {
+    scores: Vec<f32>,
+    sources: Vec<usize>,
 }
 
 impl WithSimd for ShareTask<'_, '_> {
@@ -122,15 +174,18 @@ impl WithSimd for ShareTask<'_, '_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let ShareTask { graph, score, inputs, dims, weights, share, scratch } = self;
+        let ShareTask { graph, score, inputs, dims, weights, hub_degree, share, scratch } = self;
         let heads = dims.heads;
         let cols = heads * dims.value_dim;
         let first_edge = graph.edge_range(share.nodes.start).start;
         for i in share.nodes.clone() {
             let local = i - share.nodes.start;
             let edges = graph.edge_range(i);
-            if scratch.len() < edges.len() * heads {
-                scratch.resize(edges.len() * heads, 0.0); // grows to the largest degree once
+            if edges.len() >= hub_degree {
+                continue; // a hub row: reduced by `hub::attend_hubs`, split across threads
+            }
+            if scratch.scores.len() < edges.len() * heads {
+                scratch.scores.resize(edges.len() * heads, 0.0); // grows to the largest degree once
             }
             let w_row = if weights {
                 Some(&mut share.w[(edges.start - first_edge) * heads..(edges.end - first_edge) * heads])
@@ -147,14 +202,15 @@ impl WithSimd for ShareTask<'_, '_> {
                 &mut share.out[local * cols..(local + 1) * cols],
                 &mut share.lse[local * heads..(local + 1) * heads],
                 w_row,
-                &mut scratch[..edges.len() * heads],
+                &mut scratch.scores[..edges.len() * heads],
+                &mut scratch.sources,
             );
         }
     }
 }
 
 /// Reduces destination `i` into its output row `[H*dv]`, lse `[H]` and weight rows `[deg x H]`.
-/// `s` is the `[H x deg]` score scratch.
+/// `s` is the `[H x deg]` score scratch, `src` scratch for the sources.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn destination<S: Simd>(
@@ -166,28 +222,21 @@ fn destination<S: Simd>(
     i: usize,
     row: &mut [f32],
     lse: &mut [f32],
-    mut w_row: Option<&mut [f32]>,
+    w_row: Option<&mut [f32]>,
     s: &mut [f32],
+    src: &mut Vec<usize>,
 ) {
-    let (heads, dk, dv) = (dims.heads, dims.key_dim, dims.value_dim);
+    let (heads, dv) = (dims.heads, dims.value_dim);
     let edges = graph.edge_range(i);
     let deg = edges.len();
     if deg == 0 {
         return; // out 0, lse -inf, weights 0: as allocated
     }
     let q_row = inputs.query.row(i);
+    src.clear();
+    src.extend(graph.incoming(i));
     // s[h][t] = score(q_i[h], k_j[h]) + b_t[h]
-    for (t, j) in graph.incoming(i).enumerate() {
-        let k_row = inputs.key.row(j);
-        for h in 0..heads {
-            let (q, k) = (&q_row[h * dk..(h + 1) * dk], &k_row[h * dk..(h + 1) * dk]);
-            let x = match score {
-                Score::Dot { scale } => scale * within::dot(simd, q, k),
-                _ => score.edge(h, q, k),
-            };
-            s[h * deg + t] = x + inputs.bias.map_or(0.0, |b| b[(edges.start + t) * heads + h]);
-        }
-    }
+    edge_scores(simd, score, inputs, dims, q_row, src, edges.start, s, deg);
     // Edge softmax per head.
     let mut any = false;
     for h in 0..heads {
@@ -205,14 +254,72 @@ fn destination<S: Simd>(
     if !any {
         return;
     }
-    // out_i[h] = sum_t p[h][t] v_j[h]
-    for (t, j) in graph.incoming(i).enumerate() {
-        let v_row = inputs.value.row(j);
-        for h in 0..heads {
-            let p = s[h * deg + t];
-            within::axpy(simd, &mut row[h * dv..(h + 1) * dv], p, &v_row[h * dv..(h + 1) * dv]);
-            if let Some(w) = w_row.as_deref_mut() {
-                w[t * heads + h] = p;
+    // out_i[h] = sum_t p[h][t] v_j[h]: head by head, the output block in registers while the
+    // incoming value rows stream past (the sources were gathered into `src` above).
+    let value = inputs.value;
+    for h in 0..heads {
+        let p = &s[h * deg..(h + 1) * deg];
+        within::weighted_sum(simd, &mut row[h * dv..(h + 1) * dv], p, |t| &value.row(src[t])[h * dv..]);
+    }
+    if let Some(w) = w_row {
+        for (t, wt) in w.chunks_exact_mut(heads).enumerate() {
+            for (h, x) in wt.iter_mut().enumerate() {
+                *x = s[h * deg + t];
+            }
+        }
+    }
+}
+
+/// Scores of one destination's edges `t < src.len()` (sources `src`, edge ids `first_edge + t`)
+/// for every head: `s[h * stride + t] = score(q_i[h], k_{src[t]}[h]) + bias[(first_edge + t) * H + h]`.
+/// Each key row is read once, for all heads.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) fn edge_scores<S: Simd>(
+    simd: S,
+    score: &Score,
+    inputs: &AttentionInputs<'_>,
+    dims: &Dims,
+    q_row: &[f32],
+    src: &[usize],
+    first_edge: usize,
+    s: &mut [f32],
+    stride: usize,
+) {
+    let (heads, dk) = (dims.heads, dims.key_dim);
+    match score {
+        Score::Dot { scale } => {
+            for (t, &j) in src.iter().enumerate() {
+                let k_row = inputs.key.row(j);
+                for h in 0..heads {
+                    let (q, k) = (&q_row[h * dk..(h + 1) * dk], &k_row[h * dk..(h + 1) * dk]);
+                    s[h * stride + t] = scale * within::dot(simd, q, k);
+                }
+            }
+        }
+        Score::Gat { negative_slope } => {
+            for (t, &j) in src.iter().enumerate() {
+                let k_row = inputs.key.row(j);
+                for h in 0..heads {
+                    s[h * stride + t] = leaky_relu(q_row[h] + k_row[h], *negative_slope);
+                }
+            }
+        }
+        Score::GatV2 { attention, negative_slope } => {
+            for (t, &j) in src.iter().enumerate() {
+                let k_row = inputs.key.row(j);
+                for h in 0..heads {
+                    let (q, k, a) =
+                        (&q_row[h * dk..(h + 1) * dk], &k_row[h * dk..(h + 1) * dk], &attention[h * dk..(h + 1) * dk]);
+                    within::gatv2_row(simd, &mut s[h * stride + t..h * stride + t + 1], q, k, a, *negative_slope);
+                }
+            }
+        }
+    }
+    if let Some(b) = inputs.bias {
+        for t in 0..src.len() {
+            for h in 0..heads {
+                s[h * stride + t] += b[(first_edge + t) * heads + h];
             }
         }
     }
