@@ -84,6 +84,13 @@ fn sparse(c: &mut Criterion) {
                 group.bench_function(BenchmarkId::new(format!("{score}/knn{k}"), graph.num_nodes()), |bench| {
                     bench.iter(|| black_box(attend(&graph, &s, &x, Path::Sparse, false).expect("sparse")))
                 });
+                // The same k-NN graph without the class token: every in-degree k, the fixed-degree path.
+                let plain = Graph::spatial_knn(g, g, k, true).expect("k <= g*g");
+                let (s, q, kk, v) = inputs(score, plain.num_nodes());
+                let x = AttentionInputs::new(&q, &kk, &v, HEADS);
+                group.bench_function(BenchmarkId::new(format!("{score}/fixed-knn{k}"), plain.num_nodes()), |bench| {
+                    bench.iter(|| black_box(attend(&plain, &s, &x, Path::Sparse, false).expect("sparse")))
+                });
             }
         }
     }

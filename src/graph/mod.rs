@@ -122,6 +122,41 @@ impl Graph {
         Self::from_csr_with(num_nodes, offsets, sources, Topology::Custom)
     }
 
+    /// A k-NN graph from its `[N x k]` neighbour table (ViG's `nn_idx`, DGL's `knn_graph`
+    /// output): node `i` receives edges from `table[i * k .. (i + 1) * k]`, in that order. An
+    /// index `>= N` is an [`Error::NodeOutOfRange`] that names its row and slot.
+    ///
+    /// ```
+    /// use patchgraph::Graph;
+    /// let g = Graph::from_neighbor_table(3, 2, vec![1, 2, 0, 2, 0, 1]).unwrap();
+    /// assert_eq!(g.fixed_in_degree(), Some(2));
+    /// assert_eq!(g.incoming(1).collect::<Vec<_>>(), [0, 2]);
+    /// assert!(Graph::from_neighbor_table(3, 2, vec![1, 2, 0, 3, 0, 1]).is_err());
+    /// ```
+    pub fn from_neighbor_table(num_nodes: usize, k: usize, table: Vec<u32>) -> Result<Graph> {
+        if table.len() != num_nodes * k {
+            return Err(Error::shape(
+                "neighbour table",
+                format!("[{num_nodes} x {k}] = {} entries", num_nodes * k),
+                format!("{} entries", table.len()),
+            ));
+        }
+        if let Some(e) = table.iter().position(|&s| s as usize >= num_nodes) {
+            return Err(Error::NodeOutOfRange {
+                what: format!("neighbour table row {} slot {}", e / k, e % k),
+                index: table[e] as usize,
+                num_nodes,
+            });
+        }
+        let offsets = (0..=num_nodes).map(|i| i * k).collect();
+        Ok(Graph {
+            num_nodes,
+            edges: Edges::Csr { offsets, sources: table },
+            blocks: vec![0, num_nodes],
+            topology: Topology::Custom,
+        })
+    }
+
     pub(crate) fn from_csr_with(
         num_nodes: usize,
         offsets: Vec<usize>,
@@ -349,6 +384,24 @@ impl Graph {
                 }
             }
         }
+    }
+
+    /// The stored sources of the incoming edges of `i` (its CSR slice, in edge order), or `None`
+    /// for an implicit complete graph.
+    pub fn stored_sources(&self, i: usize) -> Option<&[u32]> {
+        match &self.edges {
+            Edges::Csr { offsets, sources } => Some(&sources[offsets[i]..offsets[i + 1]]),
+            Edges::Complete { .. } => None,
+        }
+    }
+
+    /// `Some(k)` when every node has exactly `k` stored incoming edges (a k-NN graph): then the
+    /// CSR sources are the `[N x k]` neighbour table, `sources[i * k .. (i + 1) * k]` for node
+    /// `i`. `None` for implicit complete graphs and graphs of varying in-degree.
+    pub fn fixed_in_degree(&self) -> Option<usize> {
+        let Edges::Csr { offsets, .. } = &self.edges else { return None };
+        let k = offsets.get(1).copied().unwrap_or(0);
+        offsets.iter().enumerate().all(|(i, &o)| o == i * k).then_some(k)
     }
 
     /// The CSR arrays `(offsets, sources)`, or `None` for an implicit complete graph.

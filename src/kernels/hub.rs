@@ -110,7 +110,7 @@ pub(super) fn attend_hubs(
         .zip(w_slices.par_iter_mut())
         .map_init(
             || (Vec::new(), Vec::new()),
-            |(scores, sources): &mut (Vec<f32>, Vec<usize>), (sg, w_seg)| {
+            |(scores, sources): &mut (Vec<f32>, Vec<u32>), (sg, w_seg)| {
                 let mut part = Partial { m: vec![0.0; heads], l: vec![0.0; heads], o: vec![0.0; heads * dv] };
                 pulp::Arch::new().dispatch(SegmentTask {
                     graph,
@@ -184,7 +184,7 @@ struct SegmentTask<'a, 'b> {
     part: &'a mut Partial,
     w: Option<&'a mut [f32]>,
     scores: &'a mut Vec<f32>,
-    sources: &'a mut Vec<usize>,
+    sources: &'a mut Vec<u32>,
 }
 
 impl WithSimd for SegmentTask<'_, '_> {
@@ -196,7 +196,10 @@ impl WithSimd for SegmentTask<'_, '_> {
         let (heads, dv) = (dims.heads, dims.value_dim);
         let len = sg.t1 - sg.t0;
         sources.clear();
-        sources.extend(graph.incoming(sg.node).skip(sg.t0).take(len));
+        match graph.stored_sources(sg.node) {
+            Some(src) => sources.extend_from_slice(&src[sg.t0..sg.t1]),
+            None => sources.extend(graph.incoming(sg.node).skip(sg.t0).take(len).map(|j| j as u32)),
+        }
         scores.resize(heads * len, 0.0);
         let first_edge = graph.edge_range(sg.node).start + sg.t0;
         edge_scores(simd, score, inputs, dims, inputs.query.row(sg.node), sources, first_edge, scores, len);
@@ -212,7 +215,9 @@ impl WithSimd for SegmentTask<'_, '_> {
             }
             part.l[h] = within::exp_sub_sum(simd, sh, m); // sh = exp(s - m)
             let src = &sources[..];
-            within::weighted_sum(simd, &mut part.o[h * dv..(h + 1) * dv], sh, |t| &value.row(src[t])[h * dv..]);
+            within::weighted_sum(simd, &mut part.o[h * dv..(h + 1) * dv], sh, |t| {
+                &value.row(src[t] as usize)[h * dv..]
+            });
         }
         if let Some(w) = w {
             for (t, wt) in w.chunks_exact_mut(heads).enumerate() {

@@ -638,20 +638,6 @@ impl<'r, R: Fn(usize) -> &'r [f32]> WithSimd for WeightedSum<'_, R> {
     }
 }
 
-/// Asks the CPU to start loading the cache lines of `x` into L1 (a hint: it never changes a
-/// result, and a kernel that gathers rows calls it for the rows it will read next).
-#[inline(always)]
-pub fn prefetch(x: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in x.chunks(16) {
-        // SAFETY: `prefetch` needs SSE, which every x86-64 CPU has; it is a hint that never
-        // faults or reads the data into a register, and the address points into a live slice.
-        unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr().cast()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = x;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Inside a dispatch
 

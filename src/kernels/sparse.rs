@@ -166,7 +166,7 @@ struct ShareTask<'a, 'b> {
 #[derive(Default)]
 struct Scratch {
     scores: Vec<f32>,
-    sources: Vec<usize>,
+    sources: Vec<u32>,
 }
 
 impl WithSimd for ShareTask<'_, '_> {
@@ -210,7 +210,8 @@ impl WithSimd for ShareTask<'_, '_> {
 }
 
 /// Reduces destination `i` into its output row `[H*dv]`, lse `[H]` and weight rows `[deg x H]`.
-/// `s` is the `[H x deg]` score scratch, `src` scratch for the sources.
+/// `s` is the `[H x deg]` score scratch, `buf` scratch for the sources of an implicit
+/// (complete) graph; stored graphs lend their CSR slice.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn destination<S: Simd>(
@@ -224,7 +225,7 @@ fn destination<S: Simd>(
     lse: &mut [f32],
     w_row: Option<&mut [f32]>,
     s: &mut [f32],
-    src: &mut Vec<usize>,
+    buf: &mut Vec<u32>,
 ) {
     let (heads, dv) = (dims.heads, dims.value_dim);
     let edges = graph.edge_range(i);
@@ -233,8 +234,14 @@ fn destination<S: Simd>(
         return; // out 0, lse -inf, weights 0: as allocated
     }
     let q_row = inputs.query.row(i);
-    src.clear();
-    src.extend(graph.incoming(i));
+    let src: &[u32] = match graph.stored_sources(i) {
+        Some(src) => src,
+        None => {
+            buf.clear();
+            buf.extend(graph.incoming(i).map(|j| j as u32));
+            buf
+        }
+    };
     // s[h][t] = score(q_i[h], k_j[h]) + b_t[h]
     edge_scores(simd, score, inputs, dims, q_row, src, edges.start, s, deg);
     // Edge softmax per head.
@@ -255,11 +262,11 @@ fn destination<S: Simd>(
         return;
     }
     // out_i[h] = sum_t p[h][t] v_j[h]: head by head, the output block in registers while the
-    // incoming value rows stream past (the sources were gathered into `src` above).
+    // incoming value rows stream past.
     let value = inputs.value;
     for h in 0..heads {
         let p = &s[h * deg..(h + 1) * deg];
-        within::weighted_sum(simd, &mut row[h * dv..(h + 1) * dv], p, |t| &value.row(src[t])[h * dv..]);
+        within::weighted_sum(simd, &mut row[h * dv..(h + 1) * dv], p, |t| &value.row(src[t] as usize)[h * dv..]);
     }
     if let Some(w) = w_row {
         for (t, wt) in w.chunks_exact_mut(heads).enumerate() {
@@ -281,7 +288,7 @@ pub(super) fn edge_scores<S: Simd>(
     inputs: &AttentionInputs<'_>,
     dims: &Dims,
     q_row: &[f32],
-    src: &[usize],
+    src: &[u32],
     first_edge: usize,
     s: &mut [f32],
     stride: usize,
@@ -290,7 +297,7 @@ pub(super) fn edge_scores<S: Simd>(
     match score {
         Score::Dot { scale } => {
             for (t, &j) in src.iter().enumerate() {
-                let k_row = inputs.key.row(j);
+                let k_row = inputs.key.row(j as usize);
                 for h in 0..heads {
                     let (q, k) = (&q_row[h * dk..(h + 1) * dk], &k_row[h * dk..(h + 1) * dk]);
                     s[h * stride + t] = scale * within::dot(simd, q, k);
@@ -299,7 +306,7 @@ pub(super) fn edge_scores<S: Simd>(
         }
         Score::Gat { negative_slope } => {
             for (t, &j) in src.iter().enumerate() {
-                let k_row = inputs.key.row(j);
+                let k_row = inputs.key.row(j as usize);
                 for h in 0..heads {
                     s[h * stride + t] = leaky_relu(q_row[h] + k_row[h], *negative_slope);
                 }
@@ -307,7 +314,7 @@ pub(super) fn edge_scores<S: Simd>(
         }
         Score::GatV2 { attention, negative_slope } => {
             for (t, &j) in src.iter().enumerate() {
-                let k_row = inputs.key.row(j);
+                let k_row = inputs.key.row(j as usize);
                 for h in 0..heads {
                     let (q, k, a) =
                         (&q_row[h * dk..(h + 1) * dk], &k_row[h * dk..(h + 1) * dk], &attention[h * dk..(h + 1) * dk]);
