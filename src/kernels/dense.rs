@@ -44,7 +44,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
-/// Query rows per task.
+/// Query rows per task, at most (a block's rows are cut into equal tiles of at most this).
 pub const QUERY_TILE: usize = 128;
 /// Key/value rows per streamed tile.
 pub const KEY_TILE: usize = 256;
@@ -129,9 +129,12 @@ pub fn attend_dense(
     let mut tasks = Vec::new();
     for block in 0..blocks.len() - 1 {
         let m = blocks[block + 1] - blocks[block];
+        // Tiles of equal size (at most QUERY_TILE rows): N = 197 is two tiles of 99 and 98 rows,
+        // not 128 and 69, so the tasks of a small block balance across threads.
+        let tile = m.div_ceil(m.div_ceil(QUERY_TILE).max(1)).max(1);
         for head in 0..dims.heads {
-            for q0 in (0..m).step_by(QUERY_TILE) {
-                tasks.push(Task { block, head, q0, q1: (q0 + QUERY_TILE).min(m) });
+            for q0 in (0..m).step_by(tile) {
+                tasks.push(Task { block, head, q0, q1: (q0 + tile).min(m) });
             }
         }
     }

@@ -44,6 +44,30 @@ const ROW_SPLIT_BELOW_COLUMN_BLOCKS: usize = 4;
 /// (`n <= 96`: every `[6400 x 64]` output of a small ViT) still give every thread work. The
 /// tiles depend only on the shape, never on the thread count, so the bits do not either.
 pub fn xwt_into(y: &mut [f32], accum: Accum, x: MatRef<'_, f32>, w: MatRef<'_, f32>) {
+    xwt_tiles(y, Start::Accum(accum), x, w)
+}
+
+/// `y = x w^T + b` (the bias broadcast to every row), `y [m x n]` row-major, `b [n]`: each tile
+/// writes its part of the bias and accumulates its GEMM onto it while it is in cache, on the
+/// tile's own thread (no serial broadcast pass over `y`).
+///
+/// # Panics
+/// If the shapes disagree (as [`xwt_into`]) or `b.len() != n`.
+pub fn xwt_bias_into(y: &mut [f32], x: MatRef<'_, f32>, w: MatRef<'_, f32>, b: &[f32]) {
+    assert_eq!(b.len(), w.nrows(), "xwt_bias_into: {} biases for {} outputs", b.len(), w.nrows());
+    xwt_tiles(y, Start::Bias(b), x, w)
+}
+
+/// What a tile of `y` starts from.
+#[derive(Clone, Copy)]
+enum Start<'a> {
+    /// Its current values (`Accum::Add`) or nothing (`Accum::Replace`).
+    Accum(Accum),
+    /// The bias row broadcast.
+    Bias(&'a [f32]),
+}
+
+fn xwt_tiles(y: &mut [f32], start: Start<'_>, x: MatRef<'_, f32>, w: MatRef<'_, f32>) {
     use rayon::prelude::*;
     let (m, k, n) = (x.nrows(), x.ncols(), w.nrows());
     assert_eq!(w.ncols(), k, "xwt_into: x is [{m} x {k}], w is [{} x {}]", w.nrows(), w.ncols());
@@ -63,7 +87,18 @@ pub fn xwt_into(y: &mut [f32], accum: Accum, x: MatRef<'_, f32>, w: MatRef<'_, f
         // disjoint from every other tile, and the view's strides (row stride `n`, column
         // stride 1) stay inside the buffer: its last element is `(r0 + rows - 1) * n + n0 +
         // width - 1 < m * n`.
-        let yb = unsafe { MatMut::from_raw_parts_mut(y_ptr.0.add(r0 * n + n0), rows, width, n as isize, 1) };
+        let mut yb = unsafe { MatMut::from_raw_parts_mut(y_ptr.0.add(r0 * n + n0), rows, width, n as isize, 1) };
+        let accum = match start {
+            Start::Accum(accum) => accum,
+            Start::Bias(b) => {
+                for r in 0..rows {
+                    for (c, &bc) in b[n0..n0 + width].iter().enumerate() {
+                        *yb.as_mut().get_mut(r, c) = bc;
+                    }
+                }
+                Accum::Add
+            }
+        };
         matmul(yb, accum, x.subrows(r0, rows), w.subrows(n0, width).transpose(), 1.0, Par::Seq);
     };
     if small || tiles <= 1 || rayon::current_num_threads() == 1 {
@@ -82,6 +117,28 @@ unsafe impl Sync for SendPtr {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `xwt_bias_into` equals the f64 product plus the bias, overwrites whatever `y` held, and
+    /// gives the bits of broadcasting the bias first and accumulating with `xwt_into`.
+    #[test]
+    fn bias_tiles_equal_the_broadcast_then_accumulate() {
+        for (m, k, n) in [(5, 3, 4), (200, 64, 97), (1100, 64, 64), (197, 192, 576)] {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.1).collect();
+            let b: Vec<f32> = (0..n).map(|j| j as f32 * 0.25 - 3.0).collect();
+            let (xm, wm) = (MatRef::from_row_major_slice(&x, m, k), MatRef::from_row_major_slice(&w, n, k));
+            let mut got = vec![f32::NAN; m * n];
+            xwt_bias_into(&mut got, xm, wm, &b);
+            let mut want: Vec<f32> = (0..m * n).map(|e| b[e % n]).collect();
+            xwt_into(&mut want, Accum::Add, xm, wm);
+            assert_eq!(got, want, "{m}x{k}x{n}");
+            for (e, g) in got.iter().enumerate() {
+                let exact = (0..k).map(|c| x[(e / n) * k + c] as f64 * w[(e % n) * k + c] as f64).sum::<f64>()
+                    + b[e % n] as f64;
+                assert!((*g as f64 - exact).abs() <= 1e-4 * exact.abs().max(1.0), "{m}x{k}x{n} at {e}");
+            }
+        }
+    }
 
     /// The tiles (several column blocks and row blocks, partial last ones) on 1 and 2 threads equal a plain
     /// f64 triple loop, with the same bits on both thread counts; `Accum::Add` adds onto `y`.

@@ -134,20 +134,12 @@ impl Linear {
             ));
         }
         let w = self.weight.as_faer().subrows(0, outputs);
-        // y starts as the bias broadcast to every row and the GEMM accumulates onto it: one pass
-        // over y instead of zeroing it and adding the bias afterwards.
-        let mut y = match &self.bias {
-            Some(b) => {
-                let mut data = Vec::with_capacity(x.rows() * outputs);
-                for _ in 0..x.rows() {
-                    data.extend_from_slice(&b[..outputs]);
-                }
-                Matrix::from_vec(x.rows(), outputs, data)?
-            }
-            None => Matrix::zeros(x.rows(), outputs),
-        };
-        let accum = if self.bias.is_some() { Accum::Add } else { Accum::Replace };
-        crate::kernels::gemm::xwt_into(y.as_mut_slice(), accum, x.as_faer(), w);
+        // Each GEMM tile starts from its part of the broadcast bias and accumulates onto it.
+        let mut y = Matrix::zeros(x.rows(), outputs);
+        match &self.bias {
+            Some(b) => crate::kernels::gemm::xwt_bias_into(y.as_mut_slice(), x.as_faer(), w, &b[..outputs]),
+            None => crate::kernels::gemm::xwt_into(y.as_mut_slice(), Accum::Replace, x.as_faer(), w),
+        }
         Ok(y)
     }
 
