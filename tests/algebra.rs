@@ -474,6 +474,23 @@ fn dense_streams_several_key_tiles() {
     }
 }
 
+/// `auto_path` follows the measured crossovers: a random graph of density 0.2 runs sparse at
+/// N = 785 (crossover 0.3) and dense at N = 3137 (crossover 0.15); complete graphs always run
+/// dense; a bias or asking for weights keeps a dense graph on the sparse path.
+#[test]
+fn auto_path_follows_the_measured_crossover() {
+    use patchgraph::attention::auto_path;
+    for (n, want) in [(785, Path::Sparse), (3137, Path::Dense)] {
+        let k = n / 5; // density k / n = 0.2
+        let g = Graph::random(n, k, 7, false).unwrap();
+        assert!((g.num_edges() as f64 / (n * n) as f64 - 0.2).abs() < 0.01);
+        assert_eq!(auto_path(&g, false, false), want, "n = {n}");
+        assert_eq!(auto_path(&g, true, false), Path::Sparse, "n = {n} with a bias");
+        assert_eq!(auto_path(&g, false, true), Path::Sparse, "n = {n} with weights");
+    }
+    assert_eq!(auto_path(&Graph::complete(5, false), true, true), Path::Dense);
+}
+
 /// `Auto` sends a dense enough graph to the dense kernel with a mask: the same answer as the
 /// sparse kernel; with a duplicate edge (not expressible as a mask) it stays on the sparse path.
 #[test]

@@ -1,8 +1,8 @@
 //! `attend`: the one entry point that picks an implementation of the algebra for a graph.
 //!
 //! Complete graphs (and batches of them) go to the dense kernel. A single-block graph whose
-//! edge density `E / N^2` is at least [`DENSE_DENSITY`] (the crossover measured by `patchgraph
-//! bench`) also goes to the dense kernel, as a mask over the complete graph, when it has no
+//! edge density `E / N^2` is at least [`dense_density`]`(N)` (the crossover measured by
+//! `patchgraph bench`: 0.3 up to N = 785, 0.15 from N = 3137) also goes to the dense kernel, as a mask over the complete graph, when it has no
 //! duplicate edge, no edge bias and no weights are asked for (the dense kernel reports those in
 //! the complete graph's edge order). Everything else goes to the sparse kernel. [`Path`] forces
 //! a choice (tests compare all three).
@@ -37,20 +37,64 @@ pub enum Path {
     Reference,
 }
 
-/// Edge density `E / N^2` from which `Auto` prefers the dense kernel with a mask. Measured with
-/// `patchgraph bench` (random graphs, dot score, H = 12, d = 64, 2 threads): sparse stopped
-/// being faster at densities 0.28 (N = 50), 0.24 (N = 197) and 0.31 (N = 785); see
-/// `notes/benchmarks.md`.
+/// Edge density `E / N^2` from which `Auto` prefers the dense kernel with a mask, for graphs of
+/// up to [`DENSE_DENSITY_SMALL_N`] nodes. Measured with `patchgraph bench` (random graphs, dot
+/// score, H = 12, d = 64, 2 threads): sparse stopped being faster at densities 0.28-0.64
+/// (N = 50), 0.24-0.37 (N = 197) and 0.31 (N = 785); see `notes/benchmarks.md`.
 pub const DENSE_DENSITY: f64 = 0.3;
+
+/// The crossover density for graphs of at least [`DENSE_DENSITY_LARGE_N`] nodes: 0.12-0.18 at
+/// N = 3137, where gathering random key and value rows from a 10 MB working set is bound by the
+/// caches while the dense kernel stays compute-bound.
+pub const DENSE_DENSITY_LARGE: f64 = 0.15;
+
+/// Largest node count measured with the small-graph crossover.
+pub const DENSE_DENSITY_SMALL_N: usize = 785;
+
+/// Smallest node count measured with the large-graph crossover.
+pub const DENSE_DENSITY_LARGE_N: usize = 3137;
+
+/// The edge density from which `Auto` runs an `n`-node graph densely: [`DENSE_DENSITY`] up to
+/// 785 nodes, [`DENSE_DENSITY_LARGE`] from 3137, linear in `ln n` between the two measurements.
+///
+/// ```
+/// use patchgraph::attention::dense_density;
+/// assert_eq!(dense_density(197), 0.3);
+/// assert_eq!(dense_density(12_545), 0.15);
+/// let mid = dense_density(1568);
+/// assert!(0.15 < mid && mid < 0.3);
+/// ```
+pub fn dense_density(n: usize) -> f64 {
+    if n <= DENSE_DENSITY_SMALL_N {
+        return DENSE_DENSITY;
+    }
+    if n >= DENSE_DENSITY_LARGE_N {
+        return DENSE_DENSITY_LARGE;
+    }
+    let (a, b) = ((DENSE_DENSITY_SMALL_N as f64).ln(), (DENSE_DENSITY_LARGE_N as f64).ln());
+    let t = ((n as f64).ln() - a) / (b - a);
+    DENSE_DENSITY + t * (DENSE_DENSITY_LARGE - DENSE_DENSITY)
+}
+
+/// The kernel `Path::Auto` runs `graph` on: [`Path::Dense`] for complete graphs (and batches of
+/// them), and for a single-block graph at least [`dense_density`] dense with no edge bias and no
+/// weights asked for (unless it has a duplicate edge, which a mask cannot express: found while
+/// building the mask, then it runs sparse); [`Path::Sparse`] otherwise.
+pub fn auto_path(graph: &Graph, has_bias: bool, weights: bool) -> Path {
+    let n = graph.num_nodes();
+    let maskable = !weights && !has_bias && graph.blocks().len() == 2 && n > 0;
+    if graph.is_complete() || (maskable && graph.num_edges() as f64 >= dense_density(n) * (n as f64) * (n as f64)) {
+        Path::Dense
+    } else {
+        Path::Sparse
+    }
+}
 
 /// The mask of `graph` over the complete graph on its nodes (`mask[i * N + j]` for `j -> i`),
 /// if `Auto` should run it densely (see the module docs).
 fn dense_mask(graph: &Graph, inputs: &AttentionInputs<'_>, weights: bool) -> Option<Vec<bool>> {
     let n = graph.num_nodes();
-    if weights || inputs.bias.is_some() || graph.blocks().len() != 2 || n == 0 {
-        return None;
-    }
-    if (graph.num_edges() as f64) < DENSE_DENSITY * (n as f64) * (n as f64) {
+    if graph.is_complete() || auto_path(graph, inputs.bias.is_some(), weights) != Path::Dense {
         return None;
     }
     let mut mask = vec![false; n * n];

@@ -32,7 +32,10 @@ mod reference;
 pub(crate) mod score;
 
 pub use backward::{AttentionGrads, attend_backward, attend_backward_qkv, attend_backward_reference};
-pub use dispatch::{DENSE_DENSITY, Path, attend};
+pub use dispatch::{
+    DENSE_DENSITY, DENSE_DENSITY_LARGE, DENSE_DENSITY_LARGE_N, DENSE_DENSITY_SMALL_N, Path, attend, auto_path,
+    dense_density,
+};
 pub use inputs::{AttentionInputs, AttentionOutput, Dims};
 pub use reference::attend_reference;
 pub use score::{Score, leaky_relu};
