@@ -15,6 +15,10 @@
 //! weights:                         a_t = exp(s_t - m_s) exp(m_s - M) / L
 //! ```
 //!
+//! Only a few destinations are split: a graph with more than [`MAX_HUBS`] of them (a complete
+//! graph run on the sparse path) has enough destinations to keep every thread busy, and
+//! splitting them all would hold a partial row per segment.
+//!
 //! Segments depend on the degree only, never on the thread count, and the merge runs in segment
 //! order, so a hub's output is the same bits on any pool (`tests` below, and
 //! `tests/algebra.rs` on every graph). A hub whose edges are all masked outputs zeros.
@@ -44,6 +48,19 @@ pub const HUB_DEGREE: usize = 2048;
 /// Edges per segment of a hub row.
 pub const HUB_SEGMENT: usize = 512;
 
+/// Graphs with more high-degree destinations than this have no hub rows: their destinations
+/// already give every thread work (a complete graph run on the sparse path has `N` of them), and
+/// splitting them all would hold `N * deg / HUB_SEGMENT` partial rows at once.
+pub const MAX_HUBS: usize = 64;
+
+/// The hub threshold in effect for `graph`: `hub_degree` when at most [`MAX_HUBS`] destinations
+/// reach it, else `usize::MAX` (no hubs). Depends on the graph only, never on the thread count.
+pub fn effective_hub_degree(graph: &Graph, hub_degree: usize) -> usize {
+    let hub_degree = hub_degree.max(1);
+    let count = (0..graph.num_nodes()).filter(|&i| graph.in_degree(i) >= hub_degree).take(MAX_HUBS + 1).count();
+    if count > MAX_HUBS { usize::MAX } else { hub_degree }
+}
+
 /// One segment: hub `node`, its edges `first_edge + t0 .. first_edge + t1` (`t` local to the
 /// node's edge list).
 #[derive(Clone, Copy, Debug)]
@@ -62,7 +79,8 @@ struct Partial {
 
 /// Reduces every destination of `graph` with at least `hub_degree` incoming edges into `out`
 /// (`[N x H*dv]`), `lse` (`[N x H]`) and, when given, the weights `w` (`[E x H]`), split into
-/// segments of `segment` edges. Other destinations are left untouched.
+/// segments of `segment` edges. Other destinations are left untouched. `hub_degree` is the
+/// threshold in effect ([`effective_hub_degree`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn attend_hubs(
     graph: &Graph,
@@ -77,7 +95,7 @@ pub(super) fn attend_hubs(
 ) {
     assert!(segment > 0, "attend_hubs: segments of 0 edges");
     let (heads, dv) = (dims.heads, dims.value_dim);
-    let hubs: Vec<usize> = (0..graph.num_nodes()).filter(|&i| graph.in_degree(i) >= hub_degree.max(1)).collect();
+    let hubs: Vec<usize> = (0..graph.num_nodes()).filter(|&i| graph.in_degree(i) >= hub_degree).collect();
     if hubs.is_empty() {
         return;
     }
@@ -301,6 +319,22 @@ mod tests {
                 assert_eq!(runs[0], runs[1], "n={n} seg={segment}: depends on the thread count");
             }
         }
+    }
+
+    /// More than `MAX_HUBS` high-degree destinations (a complete graph on the sparse path): no
+    /// hub rows, and the answer still equals the reference; up to `MAX_HUBS`, the threshold holds.
+    #[test]
+    fn many_high_degree_destinations_are_not_split() {
+        let n = MAX_HUBS + 6;
+        let complete = Graph::complete(n, true);
+        assert_eq!(effective_hub_degree(&complete, 10), usize::MAX);
+        assert_eq!(effective_hub_degree(&hub_graph(n), 10), 10); // two nodes reach 10
+        let (q, k, v) = (sine(n, 6, 0.3), sine(n, 6, 0.6), sine(n, 6, 0.9));
+        let inputs = AttentionInputs::new(&q, &k, &v, 2);
+        let score = Score::Dot { scale: 0.3 };
+        let got = attend_sparse_with(&complete, &score, &inputs, true, 10, 4).unwrap();
+        let oracle = attend_reference(&complete, &score, &inputs, true).unwrap();
+        assert!(got.out.max_abs_diff(&oracle.out) < 1e-5);
     }
 
     /// Through `attend` (the default thresholds): a 3000-source class row equals the reference.
