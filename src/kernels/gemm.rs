@@ -82,23 +82,25 @@ fn xwt_tiles(y: &mut [f32], start: Start<'_>, x: MatRef<'_, f32>, w: MatRef<'_, 
         let (r0, n0) = ((t / col_blocks) * row_block, (t % col_blocks) * COLUMN_BLOCK);
         let (rows, width) = (row_block.min(m - r0), COLUMN_BLOCK.min(n - n0));
         let y_ptr = &y_ptr;
+        let accum = match start {
+            Start::Accum(accum) => accum,
+            Start::Bias(b) => {
+                for r in r0..r0 + rows {
+                    // SAFETY: row `r` of this tile, `y[r * n + n0 .. r * n + n0 + width]`: inside
+                    // the live `[m x n]` buffer `y` (r < m, n0 + width <= n) and written by this
+                    // tile only; the slice ends before the tile's view is made below.
+                    let row = unsafe { std::slice::from_raw_parts_mut(y_ptr.0.add(r * n + n0), width) };
+                    row.copy_from_slice(&b[n0..n0 + width]);
+                }
+                Accum::Add
+            }
+        };
         // SAFETY: `y` is a live row-major `[m x n]` buffer borrowed mutably for this whole
         // call; tile `t` writes only rows `r0 .. r0 + rows` x columns `n0 .. n0 + width` of it,
         // disjoint from every other tile, and the view's strides (row stride `n`, column
         // stride 1) stay inside the buffer: its last element is `(r0 + rows - 1) * n + n0 +
         // width - 1 < m * n`.
-        let mut yb = unsafe { MatMut::from_raw_parts_mut(y_ptr.0.add(r0 * n + n0), rows, width, n as isize, 1) };
-        let accum = match start {
-            Start::Accum(accum) => accum,
-            Start::Bias(b) => {
-                for r in 0..rows {
-                    for (c, &bc) in b[n0..n0 + width].iter().enumerate() {
-                        *yb.as_mut().get_mut(r, c) = bc;
-                    }
-                }
-                Accum::Add
-            }
-        };
+        let yb = unsafe { MatMut::from_raw_parts_mut(y_ptr.0.add(r0 * n + n0), rows, width, n as isize, 1) };
         matmul(yb, accum, x.subrows(r0, rows), w.subrows(n0, width).transpose(), 1.0, Par::Seq);
     };
     if small || tiles <= 1 || rayon::current_num_threads() == 1 {
