@@ -80,6 +80,31 @@ struct Scratch {
     l: Vec<f32>,
 }
 
+impl Scratch {
+    /// Grows the buffers to the sizes of a call with key width `dk` and value width `dv`.
+    fn fit(&mut self, dk: usize, dv: usize) {
+        for (buf, len) in [
+            (&mut self.s, QUERY_TILE * KEY_TILE),
+            (&mut self.gather, KEY_TILE * dk),
+            (&mut self.o, QUERY_TILE * dv),
+            (&mut self.m, QUERY_TILE),
+            (&mut self.l, QUERY_TILE),
+        ] {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Each thread's dense-kernel scratch. Every task overwrites what it reads, so a buffer's
+    /// earlier contents never reach a result.
+    static SCRATCH: std::cell::RefCell<Scratch> = const {
+        std::cell::RefCell::new(Scratch { s: Vec::new(), gather: Vec::new(), o: Vec::new(), m: Vec::new(), l: Vec::new() })
+    };
+}
+
 /// A raw pointer that tasks write through at disjoint positions.
 #[derive(Clone, Copy)]
 struct SharedMut(*mut f32);
@@ -149,16 +174,14 @@ pub fn attend_dense(
     // once per task. Grouping never changes a task's arithmetic: the same bits on any pool.
     let group = tasks.len().div_ceil(4 * rayon::current_num_threads()).max(1);
     tasks.par_chunks(group).for_each(|group| {
-        let mut scratch = Scratch {
-            s: vec![0.0; QUERY_TILE * KEY_TILE],
-            gather: vec![0.0; KEY_TILE * dims.key_dim],
-            o: vec![0.0; QUERY_TILE * dv],
-            m: vec![0.0; QUERY_TILE],
-            l: vec![0.0; QUERY_TILE],
-        };
-        for task in group {
-            run_task(&problem, *task, &mut scratch, out_ptr, lse_ptr, weights.then_some(w_ptr));
-        }
+        // Scratch lives with the thread and is reused across groups and calls (a ViT runs this
+        // kernel 12 times per image): grown when a call needs more, never zeroed again.
+        SCRATCH.with_borrow_mut(|scratch| {
+            scratch.fit(dims.key_dim, dv);
+            for task in group {
+                run_task(&problem, *task, scratch, out_ptr, lse_ptr, weights.then_some(w_ptr));
+            }
+        })
     });
     Ok(AttentionOutput { out, weights: weights.then_some(w), log_sum_exp: lse })
 }

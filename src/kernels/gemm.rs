@@ -67,17 +67,58 @@ enum Start<'a> {
     Bias(&'a [f32]),
 }
 
+/// `x w^T + b` in a new row-major `[m x n]` buffer, which is never zeroed first: each tile
+/// writes its part of the bias, then accumulates its GEMM onto it ([`xwt_bias_into`]'s bits).
+///
+/// # Panics
+/// As [`xwt_bias_into`].
+pub fn xwt_bias(x: MatRef<'_, f32>, w: MatRef<'_, f32>, b: &[f32]) -> Vec<f32> {
+    assert_eq!(b.len(), w.nrows(), "xwt_bias: {} biases for {} outputs", b.len(), w.nrows());
+    assert_eq!(
+        w.ncols(),
+        x.ncols(),
+        "xwt_bias: x is [{} x {}], w is [{} x {}]",
+        x.nrows(),
+        x.ncols(),
+        w.nrows(),
+        w.ncols()
+    );
+    let len = x.nrows() * w.nrows();
+    let mut y: Vec<f32> = Vec::with_capacity(len);
+    // SAFETY: `y` owns `len` floats of capacity; with `Start::Bias` every tile writes its whole
+    // `rows x width` block (the bias rows) through raw pointers before the GEMM reads it, and the
+    // tiles cover `[m x n]` exactly, so after the call all `len` floats are initialised.
+    unsafe {
+        xwt_tiles_raw(y.as_mut_ptr(), len, Start::Bias(b), x, w);
+        y.set_len(len);
+    }
+    y
+}
+
 fn xwt_tiles(y: &mut [f32], start: Start<'_>, x: MatRef<'_, f32>, w: MatRef<'_, f32>) {
+    let (m, n) = (x.nrows(), w.nrows());
+    assert_eq!(y.len(), m * n, "xwt_into: y holds {} values, not {m} x {n}", y.len());
+    // SAFETY: `y` is a live, initialised, exclusively borrowed buffer of `m * n` floats.
+    unsafe { xwt_tiles_raw(y.as_mut_ptr(), y.len(), start, x, w) }
+}
+
+/// The tiled product into the `len = m * n` floats at `y`.
+///
+/// # Safety
+/// `y` must be valid for writes of `len` floats and not accessed elsewhere during the call; with
+/// `Start::Accum(Accum::Add)` they must be initialised (with `Start::Bias` or
+/// `Start::Accum(Accum::Replace)` every float is written before it is read).
+unsafe fn xwt_tiles_raw(y: *mut f32, len: usize, start: Start<'_>, x: MatRef<'_, f32>, w: MatRef<'_, f32>) {
     use rayon::prelude::*;
     let (m, k, n) = (x.nrows(), x.ncols(), w.nrows());
     assert_eq!(w.ncols(), k, "xwt_into: x is [{m} x {k}], w is [{} x {}]", w.nrows(), w.ncols());
-    assert_eq!(y.len(), m * n, "xwt_into: y holds {} values, not {m} x {n}", y.len());
+    assert_eq!(len, m * n, "xwt_into: y holds {len} values, not {m} x {n}");
     let col_blocks = n.div_ceil(COLUMN_BLOCK);
     let small = m * k * n < PARALLEL_FLOPS;
     let row_block = if small || col_blocks >= ROW_SPLIT_BELOW_COLUMN_BLOCKS { m.max(1) } else { ROW_BLOCK };
     let row_blocks = m.div_ceil(row_block);
     let tiles = row_blocks * col_blocks;
-    let y_ptr = SendPtr(y.as_mut_ptr());
+    let y_ptr = SendPtr(y);
     let tile = |t: usize| {
         let (r0, n0) = ((t / col_blocks) * row_block, (t % col_blocks) * COLUMN_BLOCK);
         let (rows, width) = (row_block.min(m - r0), COLUMN_BLOCK.min(n - n0));
@@ -85,12 +126,13 @@ fn xwt_tiles(y: &mut [f32], start: Start<'_>, x: MatRef<'_, f32>, w: MatRef<'_, 
         let accum = match start {
             Start::Accum(accum) => accum,
             Start::Bias(b) => {
+                let src = &b[n0..n0 + width];
                 for r in r0..r0 + rows {
                     // SAFETY: row `r` of this tile, `y[r * n + n0 .. r * n + n0 + width]`: inside
-                    // the live `[m x n]` buffer `y` (r < m, n0 + width <= n) and written by this
-                    // tile only; the slice ends before the tile's view is made below.
-                    let row = unsafe { std::slice::from_raw_parts_mut(y_ptr.0.add(r * n + n0), width) };
-                    row.copy_from_slice(&b[n0..n0 + width]);
+                    // the `[m x n]` buffer (r < m, n0 + width <= n), written by this tile only,
+                    // through a raw copy (the floats may not be initialised yet), before the
+                    // tile's view is made below.
+                    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), y_ptr.0.add(r * n + n0), width) };
                 }
                 Accum::Add
             }
@@ -139,6 +181,21 @@ mod tests {
                     + b[e % n] as f64;
                 assert!((*g as f64 - exact).abs() <= 1e-4 * exact.abs().max(1.0), "{m}x{k}x{n} at {e}");
             }
+        }
+    }
+
+    /// `xwt_bias` (never zeroed) gives the bits of `xwt_bias_into`, for shapes with partial
+    /// tiles and for empty ones.
+    #[test]
+    fn fresh_bias_product_equals_the_in_place_one() {
+        for (m, k, n) in [(0, 3, 4), (5, 3, 0), (5, 0, 4), (197, 192, 576), (1100, 64, 200)] {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 3 % 17) as f32 - 8.0) * 0.1).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 7 % 19) as f32 - 9.0) * 0.1).collect();
+            let b: Vec<f32> = (0..n).map(|j| j as f32 * 0.5 - 1.0).collect();
+            let (xm, wm) = (MatRef::from_row_major_slice(&x, m, k), MatRef::from_row_major_slice(&w, n, k));
+            let mut want = vec![0.0; m * n];
+            xwt_bias_into(&mut want, xm, wm, &b);
+            assert_eq!(xwt_bias(xm, wm, &b), want, "{m}x{k}x{n}");
         }
     }
 

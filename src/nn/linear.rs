@@ -134,13 +134,18 @@ impl Linear {
             ));
         }
         let w = self.weight.as_faer().subrows(0, outputs);
-        // Each GEMM tile starts from its part of the broadcast bias and accumulates onto it.
-        let mut y = Matrix::zeros(x.rows(), outputs);
+        // Each GEMM tile starts from its part of the broadcast bias and accumulates onto it (the
+        // output is never zeroed first).
         match &self.bias {
-            Some(b) => crate::kernels::gemm::xwt_bias_into(y.as_mut_slice(), x.as_faer(), w, &b[..outputs]),
-            None => crate::kernels::gemm::xwt_into(y.as_mut_slice(), Accum::Replace, x.as_faer(), w),
+            Some(b) => {
+                Matrix::from_vec(x.rows(), outputs, crate::kernels::gemm::xwt_bias(x.as_faer(), w, &b[..outputs]))
+            }
+            None => {
+                let mut y = Matrix::zeros(x.rows(), outputs);
+                crate::kernels::gemm::xwt_into(y.as_mut_slice(), Accum::Replace, x.as_faer(), w);
+                Ok(y)
+            }
         }
-        Ok(y)
     }
 
     /// Stacks the layers' outputs: weights row-wise, biases end to end (one GEMM computes all
