@@ -2,9 +2,9 @@
 //!
 //! Complete graphs (and batches of them) go to the dense kernel. A single-block graph whose
 //! edge density `E / N^2` is at least [`dense_density`]`(N)` (the crossover measured by
-//! `patchgraph bench`: 0.3 up to N = 785, 0.15 from N = 3137) also goes to the dense kernel, as a mask over the complete graph, when it has no
-//! duplicate edge, no edge bias and no weights are asked for (the dense kernel reports those in
-//! the complete graph's edge order). Everything else goes to the sparse kernel. [`Path`] forces
+//! `patchgraph bench`: 0.3 up to N = 785, 0.15 from N = 3137) also goes to the dense kernel,
+//! as a mask over the complete graph, when it has no duplicate edge, no edge bias and no
+//! weights are asked for (the dense kernel reports those in the complete graph's edge order). Everything else goes to the sparse kernel. [`Path`] forces
 //! a choice (tests compare all three).
 //!
 //! ```

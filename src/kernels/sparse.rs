@@ -7,16 +7,16 @@
 //!     for each head h:
 //!         m = max_t s[h][t];  z = sum_t exp(s[h][t] - m)     (edge softmax, SIMD exp)
 //!         p[h][t] = exp(s[h][t] - m) / z;  lse_i[h] = m + ln z
-//!     out_i[h] = sum_t p[h][t] v_j[h]                       (SpMM; v_j read once, SIMD axpy)
+//!     out_i[h] = sum_t p[h][t] v_j[h]                       (SpMM; per head, SIMD weighted sum)
 //! ```
 //! No `[E x H x d]` message tensor is formed: per thread, only a `[H x deg]` score scratch. The
 //! weighted sum runs head by head with the output block in registers while the value rows
 //! stream past ([`super::simd::weighted_sum`]).
 //! Work is split by edge count, not node count, so a high-degree node does not serialise a
 //! thread's share, and a hub row (a class token joined to every patch, in-degree at least
-//! [`HUB_DEGREE`]) is itself split across threads by [`super::hub`]. Each destination is reduced by one thread
-//! in its edge order, so the result is the same bits whatever the thread count. A node with no
-//! incoming edge (or only `-inf`-masked ones) outputs zeros.
+//! [`HUB_DEGREE`]) is itself split across threads by [`super::hub`]. Each other destination is
+//! reduced by one thread in its edge order, so the result is the same bits whatever the thread
+//! count. A node with no incoming edge (or only `-inf`-masked ones) outputs zeros.
 //!
 //! ```
 //! use patchgraph::{Graph, Matrix};
