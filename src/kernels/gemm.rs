@@ -47,17 +47,6 @@ pub fn xwt_into(y: &mut [f32], accum: Accum, x: MatRef<'_, f32>, w: MatRef<'_, f
     xwt_tiles(y, Start::Accum(accum), x, w)
 }
 
-/// `y = x w^T + b` (the bias broadcast to every row), `y [m x n]` row-major, `b [n]`: each tile
-/// writes its part of the bias and accumulates its GEMM onto it while it is in cache, on the
-/// tile's own thread (no serial broadcast pass over `y`).
-///
-/// # Panics
-/// If the shapes disagree (as [`xwt_into`]) or `b.len() != n`.
-pub fn xwt_bias_into(y: &mut [f32], x: MatRef<'_, f32>, w: MatRef<'_, f32>, b: &[f32]) {
-    assert_eq!(b.len(), w.nrows(), "xwt_bias_into: {} biases for {} outputs", b.len(), w.nrows());
-    xwt_tiles(y, Start::Bias(b), x, w)
-}
-
 /// What a tile of `y` starts from.
 #[derive(Clone, Copy)]
 enum Start<'a> {
@@ -67,11 +56,12 @@ enum Start<'a> {
     Bias(&'a [f32]),
 }
 
-/// `x w^T + b` in a new row-major `[m x n]` buffer, which is never zeroed first: each tile
-/// writes its part of the bias, then accumulates its GEMM onto it ([`xwt_bias_into`]'s bits).
+/// `y = x w^T + b` (the bias broadcast to every row) in a new row-major `[m x n]` buffer,
+/// which is never zeroed first: each tile writes its part of the bias and accumulates its GEMM
+/// onto it while it is in cache, on the tile's own thread (no serial broadcast pass over `y`).
 ///
 /// # Panics
-/// As [`xwt_bias_into`].
+/// If the shapes disagree (as [`xwt_into`]) or `b.len() != n`.
 pub fn xwt_bias(x: MatRef<'_, f32>, w: MatRef<'_, f32>, b: &[f32]) -> Vec<f32> {
     assert_eq!(b.len(), w.nrows(), "xwt_bias: {} biases for {} outputs", b.len(), w.nrows());
     assert_eq!(
@@ -162,17 +152,17 @@ unsafe impl Sync for SendPtr {}
 mod tests {
     use super::*;
 
-    /// `xwt_bias_into` equals the f64 product plus the bias, overwrites whatever `y` held, and
-    /// gives the bits of broadcasting the bias first and accumulating with `xwt_into`.
+    /// `xwt_bias` (a buffer never zeroed) equals the f64 product plus the bias and gives the
+    /// bits of broadcasting the bias first and accumulating with `xwt_into`, for shapes with
+    /// partial tiles and for empty ones.
     #[test]
     fn bias_tiles_equal_the_broadcast_then_accumulate() {
-        for (m, k, n) in [(5, 3, 4), (200, 64, 97), (1100, 64, 64), (197, 192, 576)] {
+        for (m, k, n) in [(0, 3, 4), (5, 3, 0), (5, 0, 4), (5, 3, 4), (200, 64, 97), (1100, 64, 64), (197, 192, 576)] {
             let x: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
             let w: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.1).collect();
             let b: Vec<f32> = (0..n).map(|j| j as f32 * 0.25 - 3.0).collect();
             let (xm, wm) = (MatRef::from_row_major_slice(&x, m, k), MatRef::from_row_major_slice(&w, n, k));
-            let mut got = vec![f32::NAN; m * n];
-            xwt_bias_into(&mut got, xm, wm, &b);
+            let got = xwt_bias(xm, wm, &b);
             let mut want: Vec<f32> = (0..m * n).map(|e| b[e % n]).collect();
             xwt_into(&mut want, Accum::Add, xm, wm);
             assert_eq!(got, want, "{m}x{k}x{n}");
@@ -181,21 +171,6 @@ mod tests {
                     + b[e % n] as f64;
                 assert!((*g as f64 - exact).abs() <= 1e-4 * exact.abs().max(1.0), "{m}x{k}x{n} at {e}");
             }
-        }
-    }
-
-    /// `xwt_bias` (never zeroed) gives the bits of `xwt_bias_into`, for shapes with partial
-    /// tiles and for empty ones.
-    #[test]
-    fn fresh_bias_product_equals_the_in_place_one() {
-        for (m, k, n) in [(0, 3, 4), (5, 3, 0), (5, 0, 4), (197, 192, 576), (1100, 64, 200)] {
-            let x: Vec<f32> = (0..m * k).map(|i| ((i * 3 % 17) as f32 - 8.0) * 0.1).collect();
-            let w: Vec<f32> = (0..n * k).map(|i| ((i * 7 % 19) as f32 - 9.0) * 0.1).collect();
-            let b: Vec<f32> = (0..n).map(|j| j as f32 * 0.5 - 1.0).collect();
-            let (xm, wm) = (MatRef::from_row_major_slice(&x, m, k), MatRef::from_row_major_slice(&w, n, k));
-            let mut want = vec![0.0; m * n];
-            xwt_bias_into(&mut want, xm, wm, &b);
-            assert_eq!(xwt_bias(xm, wm, &b), want, "{m}x{k}x{n}");
         }
     }
 

@@ -53,12 +53,14 @@ pub const HUB_SEGMENT: usize = 512;
 /// splitting them all would hold `N * deg / HUB_SEGMENT` partial rows at once.
 pub const MAX_HUBS: usize = 64;
 
-/// The hub threshold in effect for `graph`: `hub_degree` when at most [`MAX_HUBS`] destinations
-/// reach it, else `usize::MAX` (no hubs). Depends on the graph only, never on the thread count.
-pub fn effective_hub_degree(graph: &Graph, hub_degree: usize) -> usize {
+/// The hub rows of `graph`: the destinations with at least `hub_degree` incoming edges, in
+/// order, or none when more than [`MAX_HUBS`] reach it. Depends on the graph only, never on the
+/// thread count.
+pub fn hub_nodes(graph: &Graph, hub_degree: usize) -> Vec<usize> {
     let hub_degree = hub_degree.max(1);
-    let count = (0..graph.num_nodes()).filter(|&i| graph.in_degree(i) >= hub_degree).take(MAX_HUBS + 1).count();
-    if count > MAX_HUBS { usize::MAX } else { hub_degree }
+    let hubs: Vec<usize> =
+        (0..graph.num_nodes()).filter(|&i| graph.in_degree(i) >= hub_degree).take(MAX_HUBS + 1).collect();
+    if hubs.len() > MAX_HUBS { Vec::new() } else { hubs }
 }
 
 /// One segment: hub `node`, its edges `first_edge + t0 .. first_edge + t1` (`t` local to the
@@ -77,17 +79,16 @@ struct Partial {
     o: Vec<f32>,
 }
 
-/// Reduces every destination of `graph` with at least `hub_degree` incoming edges into `out`
-/// (`[N x H*dv]`), `lse` (`[N x H]`) and, when given, the weights `w` (`[E x H]`), split into
-/// segments of `segment` edges. Other destinations are left untouched. `hub_degree` is the
-/// threshold in effect ([`effective_hub_degree`]).
+/// Reduces the destinations `hubs` ([`hub_nodes`]) of `graph` into `out` (`[N x H*dv]`), `lse`
+/// (`[N x H]`) and, when given, the weights `w` (`[E x H]`), split into segments of `segment`
+/// edges. Other destinations are left untouched.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn attend_hubs(
     graph: &Graph,
     score: &Score,
     inputs: &AttentionInputs<'_>,
     dims: &Dims,
-    hub_degree: usize,
+    hubs: &[usize],
     segment: usize,
     out: &mut [f32],
     lse: &mut [f32],
@@ -95,7 +96,6 @@ pub(super) fn attend_hubs(
 ) {
     assert!(segment > 0, "attend_hubs: segments of 0 edges");
     let (heads, dv) = (dims.heads, dims.value_dim);
-    let hubs: Vec<usize> = (0..graph.num_nodes()).filter(|&i| graph.in_degree(i) >= hub_degree).collect();
     if hubs.is_empty() {
         return;
     }
@@ -149,7 +149,7 @@ pub(super) fn attend_hubs(
     // Merge each hub's segments in order.
     let cols = heads * dv;
     let mut k = 0;
-    for &node in &hubs {
+    for &node in hubs {
         let first = k;
         while k < segments.len() && segments[k].node == node {
             k += 1;
@@ -327,8 +327,8 @@ mod tests {
     fn many_high_degree_destinations_are_not_split() {
         let n = MAX_HUBS + 6;
         let complete = Graph::complete(n, true);
-        assert_eq!(effective_hub_degree(&complete, 10), usize::MAX);
-        assert_eq!(effective_hub_degree(&hub_graph(n), 10), 10); // two nodes reach 10
+        assert_eq!(hub_nodes(&complete, 10), Vec::<usize>::new());
+        assert_eq!(hub_nodes(&hub_graph(n), 10), [0, 1]); // two nodes reach 10
         let (q, k, v) = (sine(n, 6, 0.3), sine(n, 6, 0.6), sine(n, 6, 0.9));
         let inputs = AttentionInputs::new(&q, &k, &v, 2);
         let score = Score::Dot { scale: 0.3 };

@@ -29,7 +29,7 @@
 //! assert_eq!(out.out.as_slice(), &[0.0, 0.0, 2.0]);
 //! ```
 
-use super::hub::{HUB_DEGREE, HUB_SEGMENT, attend_hubs, effective_hub_degree};
+use super::hub::{HUB_DEGREE, HUB_SEGMENT, attend_hubs, hub_nodes};
 use super::simd::within;
 use crate::attention::{AttentionInputs, AttentionOutput, Dims, Score, leaky_relu};
 use crate::error::Result;
@@ -101,7 +101,9 @@ pub(crate) fn attend_sparse_with(
     segment: usize,
 ) -> Result<AttentionOutput> {
     let dims = inputs.validate(graph, score)?;
-    let hub_degree = effective_hub_degree(graph, hub_degree);
+    let hubs = hub_nodes(graph, hub_degree);
+    // The threshold the ranges and tasks skip by: none when there are no hub rows.
+    let hub_degree = if hubs.is_empty() { usize::MAX } else { hub_degree.max(1) };
     let (heads, cols) = (dims.heads, dims.heads * dims.value_dim);
     let mut out = Matrix::zeros(dims.nodes, cols);
     let mut lse = vec![f32::NEG_INFINITY; dims.nodes * heads];
@@ -141,7 +143,7 @@ pub(crate) fn attend_sparse_with(
         score,
         inputs,
         &dims,
-        hub_degree,
+        &hubs,
         segment,
         out.as_mut_slice(),
         &mut lse,
