@@ -33,12 +33,30 @@ pub const IMAGENET_LABELS: &str = include_str!("../data/imagenet_labels.txt");
 
 /// Reads a checkpoint into timm's names: safetensors as it is, a NumPy `.npz` as Google's ViT
 /// naming mapped to timm's (transposes and head reshapes as timm's `_load_weights`).
+///
+/// A NaN or infinity in any tensor is an [`Error::NonFinite`] naming the tensor and the index
+/// when the model takes it (see [`load_checkpoint_with`] to allow them).
 pub fn load_checkpoint(path: impl AsRef<Path>) -> Result<TensorMap> {
-    let path = path.as_ref();
+    load_checkpoint_with(path, false)
+}
+
+/// [`load_checkpoint`], with `allow_nonfinite` saying whether NaN and infinities load
+/// (`--allow-nonfinite`, for people who know what they are doing) or are errors.
+pub fn load_checkpoint_with(path: impl AsRef<Path>, allow_nonfinite: bool) -> Result<TensorMap> {
+    let mut map = read_checkpoint(path.as_ref(), allow_nonfinite)?;
+    map.set_allow_nonfinite(allow_nonfinite);
+    Ok(map)
+}
+
+fn read_checkpoint(path: &Path, allow_nonfinite: bool) -> Result<TensorMap> {
     let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
     let what = path.display().to_string();
     if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
-        google_vit_to_timm(TensorMap::from_npz_bytes(&bytes, &what)?, &what)
+        let mut google = TensorMap::from_npz_bytes(&bytes, &what)?;
+        google.set_allow_nonfinite(allow_nonfinite);
+        // Named as the file names them (Google's), before the mapping moves values around.
+        google.ensure_finite()?;
+        google_vit_to_timm(google, &what)
     } else if path.extension().is_some_and(|e| e == "pth" || e == "pt" || e == "bin" || e == "ckpt") {
         Err(Error::Format {
             path: what,
@@ -54,8 +72,13 @@ pub fn load_checkpoint(path: impl AsRef<Path>) -> Result<TensorMap> {
 /// Builds the ViT of `config` from the checkpoint at `path`, adapting the class count and the
 /// position-embedding grid as timm does; returns the notes of what was adapted.
 pub fn load_vit(path: impl AsRef<Path>, config: VitConfig) -> Result<(Vit, Vec<String>)> {
+    load_vit_with(path, config, false)
+}
+
+/// [`load_vit`], with `allow_nonfinite` as for [`load_checkpoint_with`].
+pub fn load_vit_with(path: impl AsRef<Path>, config: VitConfig, allow_nonfinite: bool) -> Result<(Vit, Vec<String>)> {
     let path = path.as_ref();
-    Vit::load_adapting(config, load_checkpoint(path)?, &path.display().to_string())
+    Vit::load_adapting(config, load_checkpoint_with(path, allow_nonfinite)?, &path.display().to_string())
 }
 
 /// timm's evaluation preprocessing for a model of `img_size`.
@@ -312,9 +335,19 @@ impl PreparedVit {
     /// one channel) and normalised as in training. Any other checkpoint (timm, Google) needs
     /// `config`, and inputs go through timm's eval transform (crop 0.875) with `normalization`.
     pub fn load(path: impl AsRef<Path>, config: Option<VitConfig>, normalization: Normalization) -> Result<Self> {
+        Self::load_with(path, config, normalization, false)
+    }
+
+    /// [`PreparedVit::load`], with `allow_nonfinite` as for [`load_checkpoint_with`].
+    pub fn load_with(
+        path: impl AsRef<Path>,
+        config: Option<VitConfig>,
+        normalization: Normalization,
+        allow_nonfinite: bool,
+    ) -> Result<Self> {
         let path = path.as_ref();
         let what = path.display().to_string();
-        let map = load_checkpoint(path)?;
+        let map = load_checkpoint_with(path, allow_nonfinite)?;
         let saved: Option<VitConfig> =
             map.metadata().get("patchgraph_vit_config").and_then(|s| serde_json::from_str(s).ok());
         let trained: Option<crate::train::TrainConfig> =

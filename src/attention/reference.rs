@@ -76,7 +76,9 @@ pub fn attend_reference(
                     score_f64(score, h, q, k) + b
                 })
                 .collect();
-            let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            // A NaN score makes the max NaN (`f64::max` would skip it), so it reaches every weight.
+            let m =
+                s.iter().fold(f64::NEG_INFINITY, |m, &x| if x.is_nan() || m.is_nan() { f64::NAN } else { m.max(x) });
             if m == f64::NEG_INFINITY {
                 continue; // no incoming edge (or all masked): out_i = 0, weights 0
             }

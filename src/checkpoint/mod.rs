@@ -47,6 +47,9 @@ pub struct TensorMap {
     metadata: BTreeMap<String, String>,
     /// When collecting ([`TensorMap::collect_problems`]), every failed `take` is recorded here.
     problems: Option<Vec<String>>,
+    /// Whether [`TensorMap::take`] and [`TensorMap::take_any`] hand out NaN and infinities
+    /// (`--allow-nonfinite`); by default a non-finite value is an error naming its position.
+    allow_nonfinite: bool,
 }
 
 fn shape_str(shape: &[usize]) -> String {
@@ -209,7 +212,47 @@ impl TensorMap {
         if t.shape != shape {
             return Err(Error::shape(format!("checkpoint tensor `{name}`"), shape_str(shape), shape_str(&t.shape)));
         }
+        self.check_finite(name, t)?;
         Ok(self.floats.remove(name).map(|t| t.data).unwrap_or_default())
+    }
+
+    /// Unless non-finite values are allowed, an [`Error::NonFinite`] naming `name`, the first
+    /// bad value's index in `t`'s shape and its flat position.
+    fn check_finite(&self, name: &str, t: &Tensor) -> Result<()> {
+        if self.allow_nonfinite {
+            return Ok(());
+        }
+        crate::error::ensure_finite("", &t.data).map_err(|e| match e {
+            Error::NonFinite { position, value, .. } => Error::NonFinite {
+                what: format!(
+                    "checkpoint tensor `{name}` {} at index {:?} (load with --allow-nonfinite to accept it)",
+                    shape_str(&t.shape),
+                    unravel(position, &t.shape)
+                ),
+                position,
+                value,
+            },
+            other => other,
+        })
+    }
+
+    /// Whether NaN and infinities are handed out by [`TensorMap::take`] and
+    /// [`TensorMap::take_any`] (`true`) or reported as [`Error::NonFinite`] (`false`, the
+    /// default): the library side of the command line's `--allow-nonfinite`.
+    pub fn set_allow_nonfinite(&mut self, allow: bool) {
+        self.allow_nonfinite = allow;
+    }
+
+    /// See [`TensorMap::set_allow_nonfinite`].
+    pub fn allows_nonfinite(&self) -> bool {
+        self.allow_nonfinite
+    }
+
+    /// The first non-finite value of any float tensor (in name order), as the error that
+    /// [`TensorMap::take`] would give for it; `Ok` when every value is finite or non-finite
+    /// values are allowed. For checking a whole file before writing it elsewhere.
+    pub fn ensure_finite(&self) -> Result<()> {
+        self.floats.iter().try_for_each(|(name, t)| self.check_finite(name, t))
     }
 
     /// From now on, [`TensorMap::take`] records problems instead of failing, so that a model
@@ -236,8 +279,11 @@ impl TensorMap {
         self.ints.remove(name).ok_or_else(|| Error::MissingTensor { name: name.to_string() })
     }
 
-    /// Removes and returns the float tensor `name` whatever its shape.
+    /// Removes and returns the float tensor `name` whatever its shape (non-finite values are
+    /// an error unless allowed, as for [`TensorMap::take`]).
     pub fn take_any(&mut self, name: &str) -> Result<Tensor> {
+        let t = self.floats.get(name).ok_or_else(|| Error::MissingTensor { name: name.to_string() })?;
+        self.check_finite(name, t)?;
         self.floats.remove(name).ok_or_else(|| Error::MissingTensor { name: name.to_string() })
     }
 
@@ -263,21 +309,7 @@ impl TensorMap {
     }
 }
 
-/// Writes `bytes` to `path` via `path.tmp` and a rename, so a failure leaves no partial file.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    let io = |source| Error::Io { path: path.to_path_buf(), source };
-    if let Err(e) = std::fs::write(&tmp, bytes) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(e));
-    }
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io(e)
-    })
-}
+pub(crate) use crate::atomic_file::write_atomically;
 
 /// One line of an [`Error::Checkpoint`] for a failed take of `name` with `shape`.
 fn problem_line(name: &str, shape: &[usize], e: &Error) -> String {
@@ -285,8 +317,21 @@ fn problem_line(name: &str, shape: &[usize], e: &Error) -> String {
         Error::MissingTensor { .. } => format!("missing tensor `{name}` (expected shape {})", shape_str(shape)),
         Error::Shape { got, .. } => format!("tensor `{name}`: expected shape {}, found {got}", shape_str(shape)),
         Error::DType { dtype, .. } => format!("tensor `{name}`: dtype {dtype}, expected a float type"),
+        Error::NonFinite { what, value, .. } => format!("{what}: non-finite value {value}"),
         other => format!("tensor `{name}`: {other}"),
     }
+}
+
+/// The index in `shape` of flat (row-major) position `flat`.
+fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
+    let mut index = vec![0; shape.len()];
+    for (i, &d) in shape.iter().enumerate().rev() {
+        if d > 0 {
+            index[i] = flat % d;
+            flat /= d;
+        }
+    }
+    index
 }
 
 /// IEEE half to single precision.
@@ -359,7 +404,7 @@ mod tests {
         map.save_safetensors(&path).unwrap();
         let back = TensorMap::load_safetensors(&path).unwrap();
         assert_eq!(back, map);
-        assert!(!dir.join("m.safetensors.tmp").exists());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file is left");
         assert!(map.save_safetensors(dir.join("no/such/dir/m.safetensors")).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -281,7 +281,13 @@ impl WithSimd for OnlineSoftmax<'_> {
         for (a, row) in s.chunks_exact_mut(cols).enumerate() {
             let m_new = m[a].max(within::max(simd, row));
             if m_new == f32::NEG_INFINITY {
-                row.fill(0.0); // nothing unmasked yet: no contribution, and no NaN from -inf - -inf
+                // Nothing unmasked yet: no contribution, and no NaN from -inf - -inf. Unless the
+                // max skipped a NaN score (SIMD max is unspecified with NaN): then the row's
+                // result is NaN, never the zeros of a node without edges.
+                if row.iter().any(|v| v.is_nan()) {
+                    l[a] = f32::NAN;
+                }
+                row.fill(0.0);
                 continue;
             }
             let c = (m[a] - m_new).exp(); // 0 when m[a] = -inf
@@ -322,6 +328,9 @@ fn run_task(p: &Problem<'_>, t: Task, sc: &mut Scratch, out: SharedMut, lse: Sha
         let lse_a = if l[a] > 0.0 {
             simd::scale(row, 1.0 / l[a]);
             m[a] + l[a].ln()
+        } else if l[a].is_nan() {
+            row.fill(f32::NAN); // a NaN score propagates to the whole row (and its weights)
+            f32::NAN
         } else {
             row.fill(0.0);
             f32::NEG_INFINITY

@@ -160,6 +160,17 @@ pub(super) fn attend_hubs(
         for h in 0..heads {
             let m = parts.iter().map(|p| p.m[h]).fold(f32::NEG_INFINITY, f32::max);
             let lse_h = &mut lse[node * heads + h];
+            if parts.iter().any(|p| p.l[h].is_nan()) {
+                // A NaN score in some segment: the head's output, lse and weights are NaN (the
+                // `l > 0` tests below would otherwise drop that segment as if masked).
+                *lse_h = f32::NAN;
+                row[h * dv..(h + 1) * dv].fill(f32::NAN);
+                if let Some(w) = w.as_deref_mut() {
+                    let e = graph.edge_range(node);
+                    (e.start..e.end).for_each(|e| w[e * heads + h] = f32::NAN);
+                }
+                continue;
+            }
             if m == f32::NEG_INFINITY {
                 *lse_h = f32::NEG_INFINITY; // every edge masked: zeros
                 if let Some(w) = w.as_deref_mut() {
@@ -227,8 +238,10 @@ impl WithSimd for SegmentTask<'_, '_> {
             let m = within::max(simd, sh);
             part.m[h] = m;
             if m == f32::NEG_INFINITY {
-                sh.fill(0.0); // all masked in this segment: l = 0, o = 0
-                part.l[h] = 0.0;
+                // all masked in this segment: l = 0, o = 0; unless the max skipped NaN scores,
+                // which make l NaN for the merge to propagate
+                part.l[h] = if sh.iter().any(|v| v.is_nan()) { f32::NAN } else { 0.0 };
+                sh.fill(0.0);
                 continue;
             }
             part.l[h] = within::exp_sub_sum(simd, sh, m); // sh = exp(s - m)

@@ -253,6 +253,14 @@ fn destination<S: Simd>(
         let sh = &mut s[h * deg..(h + 1) * deg];
         let m = within::max(simd, sh);
         if m == f32::NEG_INFINITY {
+            if sh.iter().any(|v| v.is_nan()) {
+                // The max skipped NaN scores (SIMD max is unspecified with NaN): the head's
+                // output and weights are NaN, not the zeros of an all-masked node.
+                sh.fill(f32::NAN);
+                lse[h] = f32::NAN;
+                any = true;
+                continue;
+            }
             sh.fill(0.0); // all masked: no contribution
             continue;
         }

@@ -55,7 +55,9 @@ impl MaxRelative {
                     let xj = x.row(j);
                     for c in 0..d {
                         let v = xj[c] - xi[c];
-                        if arg[c] == NONE || v > row[c] {
+                        // A NaN difference wins and stays (nothing compares above it), so a
+                        // NaN input reaches the output instead of being skipped by `>`.
+                        if arg[c] == NONE || v > row[c] || (v.is_nan() && !row[c].is_nan()) {
                             row[c] = v;
                             arg[c] = j as u32;
                         }
