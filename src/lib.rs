@@ -15,6 +15,7 @@
 
 #![warn(missing_docs)]
 
+pub mod atomic_file;
 pub mod attention;
 pub mod attention_map;
 pub mod bench;
@@ -25,6 +26,7 @@ pub mod graph;
 pub mod image;
 pub mod infer;
 pub mod kernels;
+pub mod limits;
 pub mod nn;
 pub mod tensor;
 pub mod train;

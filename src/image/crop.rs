@@ -83,6 +83,7 @@ pub fn pad_zero(image: &ChwImage, height: usize, width: usize) -> Result<ChwImag
             reason: format!("cannot pad a {h} x {w} image to the smaller {height} x {width}"),
         });
     }
+    crate::limits::check_image_size("pad_zero target", height, width)?;
     let len = checked_len("pad_zero target", c, height, width)?;
     let mut data = vec![0.0; len];
     for ch in 0..c {

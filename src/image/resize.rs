@@ -126,6 +126,9 @@ fn taps(in_size: usize, out_size: usize, filter: Interpolation) -> Taps {
 /// ```
 pub fn resize_exact(image: &ChwImage, width: usize, height: usize, filter: Interpolation) -> Result<ChwImage> {
     let (c, h, w) = image.shape();
+    // A size from a flag or an aspect ratio (a 60000 x 1 image resized to shorter side 256 is
+    // 15 M pixels wide) is refused before the buffers are allocated.
+    crate::limits::check_image_size(&format!("resized from {h} x {w}"), height, width)?;
     checked_len("resize target", c, height, width)?;
     // Horizontal pass: [C*H x w] -> [C*H x width].
     let horizontal = if width == w {
@@ -200,6 +203,18 @@ pub fn resize_shorter_side(image: &ChwImage, size: usize, filter: Interpolation)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The issue's aborts: a 60000 x 1 image resized to shorter side 256 (a 47 GB buffer) and a
+    /// shorter side of 224 / 0.001 are typed errors, before any allocation of that size.
+    #[test]
+    fn huge_resize_targets_are_refused() {
+        let strip = ChwImage::filled(3, 1, 60_000, 0.5).unwrap();
+        let err = resize_shorter_side(&strip, 256, Interpolation::Bicubic).unwrap_err();
+        assert!(matches!(&err, Error::Image { reason, .. } if reason.contains("15360000")), "{err}");
+        let img = ChwImage::filled(3, 4, 4, 0.5).unwrap();
+        assert!(resize_shorter_side(&img, 224_000, Interpolation::Bilinear).is_err());
+        assert!(resize_exact(&img, usize::MAX, 2, Interpolation::Bilinear).is_err());
+    }
 
     #[test]
     fn kernels_match_pillow_values() {

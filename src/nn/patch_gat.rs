@@ -102,7 +102,8 @@ impl PatchGatConfig {
         if self.num_classes == 0 {
             return Err(Error::invalid("PatchGat", "num_classes must be at least 1"));
         }
-        Ok(())
+        // GATv2's lin_l and lin_r: 2 D^2 per layer.
+        crate::limits::check_patch_model("PatchGat", self.image, self.patch, self.dim, self.depth, 2, self.num_classes)
     }
 }
 

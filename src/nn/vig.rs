@@ -87,7 +87,8 @@ impl VigConfig {
         if self.num_classes == 0 || self.dim == 0 {
             return Err(Error::invalid("Vig", "num_classes and dim must be at least 1"));
         }
-        Ok(())
+        // graph_conv [2D x 2D] and the FFN's D -> 4D -> D: 13 D^2 per block, the largest 4 D^2.
+        crate::limits::check_patch_model("Vig", self.image, self.patch, self.dim, self.depth, 11, self.num_classes)
     }
 }
 

@@ -219,6 +219,50 @@ impl VitConfig {
         if self.eps.is_nan() || self.eps <= 0.0 {
             return bad("eps", format!("{} must be positive", self.eps));
         }
+        self.check_sizes()
+    }
+
+    /// The sizes a config implies, checked against [`crate::limits`] before anything is
+    /// allocated (a config read from a file, or `--img-size`, can say anything): tokens per
+    /// image, each parameter tensor, and all parameters together.
+    fn check_sizes(&self) -> Result<()> {
+        use crate::limits::{MAX_PARAMETERS, MAX_TOKENS, check_elements};
+        let bad = |what: &str, reason: String| Err(Error::invalid(format!("ViT config `{what}`"), reason));
+        let grid = self.grid();
+        let tokens = grid.checked_mul(grid).and_then(|p| p.checked_add(self.prefix_tokens()));
+        if tokens.is_none_or(|t| t > MAX_TOKENS) {
+            return bad(
+                "img_size",
+                format!(
+                    "{} px in patches of {} is a {grid} x {grid} grid: more than the limit of {MAX_TOKENS} (2^20) tokens",
+                    self.img_size, self.patch_size
+                ),
+            );
+        }
+        let (d, hidden, c, p) = (self.embed_dim, self.mlp_hidden(), self.in_chans, self.patch_size);
+        let per_block = [
+            ("blocks.N.attn.qkv.weight", vec![3, d, d]),
+            ("blocks.N.mlp.fc1.weight", vec![hidden, d]),
+            ("patch_embed.proj.weight", vec![d, c, p, p]),
+            ("pos_embed", vec![self.pos_tokens(), d]),
+            ("head.weight", vec![self.num_classes, d]),
+        ];
+        for (name, shape) in &per_block {
+            check_elements(&format!("ViT config: parameter `{name}`"), shape)?;
+        }
+        // Each block holds about 4 D^2 (attention) + 2 D hidden (MLP) values.
+        let block = 4 * d * d + 2 * d * hidden + 9 * d + hidden;
+        let stem = d * c * p * p + self.pos_tokens() * d + self.num_classes * d + 4 * d;
+        let total = block.checked_mul(self.depth).and_then(|b| b.checked_add(stem));
+        if total.is_none_or(|t| t > MAX_PARAMETERS) {
+            return bad(
+                "depth",
+                format!(
+                    "{} blocks of width {d} hold more than the limit of {MAX_PARAMETERS} (2^32) parameters",
+                    self.depth
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -291,6 +335,32 @@ mod tests {
         c.global_pool = GlobalPool::Avg;
         assert!(c.validate().is_ok());
         assert_eq!((c.num_tokens(), c.pos_tokens()), (16, 16));
+    }
+
+    /// Sizes from a file or a flag are checked before anything is allocated: a huge image
+    /// (`--img-size 1000000`, the abort), width, class count or depth is a typed error
+    /// naming the field, and the largest real configs pass.
+    #[test]
+    fn huge_sizes_are_refused_before_allocation() {
+        for name in ["vit_large_patch16_384", "vit_base_patch16_224"] {
+            VitConfig::arch(name).unwrap().validate().unwrap();
+        }
+        let base = VitConfig::arch("vit_base_patch16_224").unwrap();
+        type Edit = fn(&mut VitConfig);
+        let cases: [(&str, Edit); 6] = [
+            ("img_size", |c| c.img_size = 16 * 62_500), // 1,000,000 px
+            ("img_size", |c| (c.img_size, c.patch_size) = (usize::MAX - usize::MAX % 2, 2)),
+            ("qkv", |c| c.embed_dim = 12 << 18),
+            ("fc1", |c| c.mlp_ratio = 1e30),
+            ("head", |c| c.num_classes = usize::MAX),
+            ("depth", |c| c.depth = 1 << 40),
+        ];
+        for (field, edit) in cases {
+            let mut c = base.clone();
+            edit(&mut c);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(field), "{field}: {err}");
+        }
     }
 
     #[test]
