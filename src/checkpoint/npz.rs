@@ -29,7 +29,6 @@ use crate::error::{Error, Result};
 use std::fs::File;
 use std::io::{self, BufWriter, Cursor, Read, Seek, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipArchive, ZipWriter};
 
@@ -75,28 +74,11 @@ impl TensorMap {
     /// to a temporary file beside `path` and renamed over it at the end, so an error leaves no
     /// half-written file behind.
     pub fn save_npz(&self, path: impl AsRef<Path>) -> Result<()> {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let path = path.as_ref();
-        let io_err = |source: io::Error| Error::Io { path: path.to_path_buf(), source };
         self.check_npz_names()?;
-        let Some(file_name) = path.file_name() else {
-            return Err(io_err(io::Error::new(io::ErrorKind::InvalidInput, "not a path to a file")));
-        };
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(file_name);
-        tmp_name.push(format!(".{}-{}.tmp", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
-        let tmp = path.with_file_name(tmp_name);
-        let written = (|| -> io::Result<()> {
-            let file = File::create(&tmp)?;
+        crate::atomic_file::write_atomically_with(path.as_ref(), |file| {
             let writer = self.write_npz(BufWriter::new(file))?;
-            let file = writer.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, path)
-        })();
-        written.map_err(|source| {
-            // Best effort: the temporary file may not even exist.
-            let _ = std::fs::remove_file(&tmp);
-            io_err(source)
+            writer.into_inner().map_err(|e| e.into_error())?;
+            Ok(())
         })
     }
 
@@ -180,8 +162,27 @@ fn read_npz<R: Read + Seek>(reader: R, what: &str) -> Result<TensorMap> {
             return Err(format(format!("entry `{entry_name}` is not an .npy array (its name does not end in .npy)")));
         };
         let name = name.to_string();
+        // The declared size bounds what is read (a deflate bomb stops there), and is itself
+        // bounded by the largest tensor the library reads (8 bytes a value, plus the header).
+        let declared = entry.size();
+        let limit = (crate::limits::MAX_TENSOR_ELEMENTS as u64) * 8 + (1 << 20);
+        if declared > limit {
+            return Err(format(format!(
+                "entry `{entry_name}` declares {declared} bytes, beyond the limit of {limit} (2^30 values of 8 bytes)"
+            )));
+        }
         let mut bytes = Vec::new();
-        entry.read_to_end(&mut bytes).map_err(|e| format(format!("entry `{entry_name}`: cannot read it: {e}")))?;
+        (&mut entry)
+            .take(declared + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format(format!("entry `{entry_name}`: cannot read it: {e}")))?;
+        if bytes.len() as u64 != declared {
+            return Err(format(format!(
+                "entry `{entry_name}` holds {}{} bytes, its header declares {declared}",
+                if bytes.len() as u64 > declared { "more than " } else { "" },
+                bytes.len().min(declared as usize)
+            )));
+        }
         let array = parse_npy(&bytes).map_err(|e| match e {
             NpyError::Format(reason) => format(format!("entry `{entry_name}`: {reason}")),
             NpyError::DType(dtype) => {
@@ -200,7 +201,44 @@ fn read_npz<R: Read + Seek>(reader: R, what: &str) -> Result<TensorMap> {
             }
         }
     }
+    // The zip reader keeps one entry per name: a second entry of the same name in the central
+    // directory would have been dropped without a word. Count them from the directory itself.
+    let start = archive.central_directory_start();
+    let mut reader = archive.into_inner();
+    let names = central_directory_names(&mut reader, start)
+        .map_err(|e| format(format!("cannot read the zip central directory: {e}")))?;
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(dup) = names.iter().find(|n| !seen.insert(n.as_str())) {
+        return Err(format(format!(
+            "two entries named `{dup}` (an archive with duplicate names is ambiguous: which one is the tensor?)"
+        )));
+    }
     Ok(map)
+}
+
+/// The file names of the central directory's records, in order, read from `start` up to the
+/// first record that is not a central file header (`PK\x01\x02`).
+fn central_directory_names<R: Read + Seek>(reader: &mut R, start: u64) -> io::Result<Vec<String>> {
+    reader.seek(io::SeekFrom::Start(start))?;
+    let mut names = Vec::new();
+    let mut fixed = [0u8; 46];
+    loop {
+        match reader.read_exact(&mut fixed) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e),
+        }
+        if fixed[..4] != *b"PK\x01\x02" {
+            break;
+        }
+        let le16 = |at: usize| u16::from_le_bytes([fixed[at], fixed[at + 1]]) as usize;
+        let (name_len, extra_len, comment_len) = (le16(28), le16(30), le16(32));
+        let mut name = vec![0u8; name_len]; // at most 64 KiB
+        reader.read_exact(&mut name)?;
+        reader.seek(io::SeekFrom::Current((extra_len + comment_len) as i64))?;
+        names.push(String::from_utf8_lossy(&name).into_owned());
+    }
+    Ok(names)
 }
 
 enum NpyError {
@@ -587,6 +625,30 @@ mod tests {
             zip.write_all(bytes).unwrap();
         }
         zip.finish().unwrap().into_inner()
+    }
+
+    /// Two entries of one name (the zip reader keeps one of them): an error naming it, for
+    /// stored and deflated archives, whichever data differ. Made by renaming `b.npy` to
+    /// `a.npy` in the local and central headers (the CRCs cover the data, not the names).
+    #[test]
+    fn duplicate_entry_names_are_an_error() {
+        let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }";
+        let (x, y) = (npy(1, header, &f32s(&[1.0, 2.0])), npy(1, header, &f32s(&[3.0, 4.0])));
+        for method in [CompressionMethod::Stored, CompressionMethod::Deflated] {
+            let good = zip_of(&[("a.npy", &x), ("b.npy", &y)], method);
+            assert_eq!(TensorMap::from_npz_bytes(&good, "good.npz").unwrap().remaining(), vec!["a", "b"]);
+            let mut dup = good.clone();
+            let mut renamed = 0;
+            for at in 0..dup.len() - 5 {
+                if &dup[at..at + 5] == b"b.npy" {
+                    dup[at..at + 5].copy_from_slice(b"a.npy");
+                    renamed += 1;
+                }
+            }
+            assert_eq!(renamed, 2, "one local and one central header");
+            let err = TensorMap::from_npz_bytes(&dup, "dup.npz").unwrap_err().to_string();
+            assert!(err.contains("dup.npz") && err.contains("two entries named `a.npy`"), "{err}");
+        }
     }
 
     fn one(entry: &str, npy_bytes: &[u8]) -> Result<TensorMap> {
