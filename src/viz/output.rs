@@ -156,7 +156,7 @@ pub(crate) fn save(picture: &impl Picture, path: &Path) -> Result<()> {
         OutputFormat::Png => encode_png(&render_rgb(picture)?, &path.display().to_string())?,
         OutputFormat::Svg => render_svg(picture)?.into_bytes(),
     };
-    std::fs::write(path, bytes).map_err(|source| Error::Io { path: path.to_path_buf(), source })
+    crate::atomic_file::write_atomically(path, &bytes)
 }
 
 /// PNG bytes of an RGB image (the `image` crate's encoder, default settings: deterministic).
