@@ -55,7 +55,7 @@ fn run<M: Classifier>(
     let mut opt = AdamW::new(config.lr, config.weight_decay);
     let started = std::time::Instant::now();
     let epochs = config.epochs;
-    let metrics = train(&mut model, &mut opt, data.0, data.1, &config, 0, &mut |_| {}, &mut |m| {
+    let metrics = train(&mut model, &mut opt, data.0, data.1, &config, 0, &mut |_| {}, &mut |m, _, _| {
         if m.epoch % 10 == 0 || m.epoch == epochs {
             println!("  {name:<14} epoch {:>3}: test accuracy {:.4}", m.epoch, m.test_accuracy);
         }

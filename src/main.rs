@@ -42,13 +42,14 @@
 //! complete graph.
 
 use clap::{Parser, Subcommand};
+use patchgraph::atomic_file::{write_all_atomically, write_atomically};
 use patchgraph::attention_map::{self, Heads, layer_matrix, patch_values};
 use patchgraph::bench::{Case, GraphKind, MemoryProbe, Record, crossover, run_case};
 use patchgraph::checkpoint::TensorMap;
 use patchgraph::data::{ImageDataset, Split, load_dataset};
 use patchgraph::graph::GraphSpec;
 use patchgraph::image::{ChwImage, ImageTransform, Interpolation, Normalization, patch_grid, patchify};
-use patchgraph::infer::{PreparedVit, Preprocess, compare, load_inputs, load_labels, load_vit, predict, top_k};
+use patchgraph::infer::{PreparedVit, Preprocess, compare, load_inputs, load_labels, load_vit_with, predict, top_k};
 use patchgraph::nn::{
     Classifier, GlobalPool, Init, PatchGat, PatchGatConfig, Vig, VigConfig, Vit, VitConfig, VitOptions,
 };
@@ -68,6 +69,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// rayon threads for any command (default: rayon's, all cores). Same seed, same numbers,
+    /// whatever the count.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// Load checkpoints that hold NaN or infinities (by default each is an error naming the
+    /// tensor and index): graph --checkpoint, attention, infer, convert, train --resume.
+    #[arg(long, global = true)]
+    allow_nonfinite: bool,
 }
 
 #[derive(Subcommand)]
@@ -203,9 +212,6 @@ enum Command {
         /// Timed runs per case (the median is reported).
         #[arg(long, default_value_t = 10)]
         runs: usize,
-        /// rayon threads (default: rayon's, i.e. all cores).
-        #[arg(long)]
-        threads: Option<usize>,
         /// Skip the crossover search.
         #[arg(long)]
         no_crossover: bool,
@@ -307,9 +313,6 @@ enum Command {
         /// the same --epochs: the schedule spans them).
         #[arg(long)]
         resume: bool,
-        /// rayon threads (default: all cores).
-        #[arg(long)]
-        threads: Option<usize>,
     },
     /// Convert a ViT checkpoint (Google .npz or timm safetensors) to a timm-named safetensors file.
     Convert {
@@ -371,9 +374,6 @@ enum Command {
         /// Timed forwards per graph for --compare (the median is reported).
         #[arg(long, default_value_t = 3)]
         runs: usize,
-        /// rayon threads (default: all cores).
-        #[arg(long)]
-        threads: Option<usize>,
     },
 }
 
@@ -425,7 +425,9 @@ impl MemoryProbe for HeapProbe {
 fn main() -> ExitCode {
     // Training steps free and reallocate their activations every step: keep them in the heap.
     patchgraph::train::keep_freed_memory();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let done = thread_pool(cli.threads).and_then(|pool| pool.install(|| run(cli.command, cli.allow_nonfinite)));
+    match done {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -434,8 +436,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
-    match cli.command {
+fn run(command: Command, allow_nonfinite: bool) -> Result<()> {
+    match command {
         Command::Graph {
             image,
             patch,
@@ -463,7 +465,12 @@ fn run(cli: Cli) -> Result<()> {
                     (display, patch, patchify(&input, patch)?)
                 }
                 Some(ckpt) => {
-                    let model = PreparedVit::load(ckpt, model_config(&config, &arch)?, Normalization::inception())?;
+                    let model = PreparedVit::load_with(
+                        ckpt,
+                        model_config(&config, &arch)?,
+                        Normalization::inception(),
+                        allow_nonfinite,
+                    )?;
                     let (display, input) = model.prepare_path(&image)?;
                     let features = model.vit.layer_features(&[input], layer, &VitOptions::default())?;
                     println!(
@@ -512,7 +519,12 @@ fn run(cli: Cli) -> Result<()> {
             graph,
             out,
         } => {
-            let model = PreparedVit::load(&checkpoint, model_config(&config, &arch)?, parse_norm(&norm)?)?;
+            let model = PreparedVit::load_with(
+                &checkpoint,
+                model_config(&config, &arch)?,
+                parse_norm(&norm)?,
+                allow_nonfinite,
+            )?;
             let (display, input, name) = match (&image, &data) {
                 (Some(path), _) => {
                     let (d, i) = model.prepare_path(path)?;
@@ -606,14 +618,13 @@ fn run(cli: Cli) -> Result<()> {
             heads,
             head_dim,
             runs,
-            threads,
             no_crossover,
             json,
             plot,
             peers,
             vit,
             train,
-        } => thread_pool(threads)?.install(|| {
+        } => {
             if train {
                 bench_train(&batches, runs)
             } else if vit.is_empty() {
@@ -626,7 +637,7 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 bench_vit(&vit, &batches, runs, json.as_deref())
             }
-        }),
+        }
         Command::Train {
             data,
             image_size,
@@ -652,7 +663,6 @@ fn run(cli: Cli) -> Result<()> {
             limit,
             out,
             resume,
-            threads,
         } => {
             let graphs = match &graph {
                 Some(g) => g.split(',').map(|s| s.trim().parse()).collect::<Result<Vec<GraphSpec>>>()?,
@@ -728,9 +738,11 @@ fn run(cli: Cli) -> Result<()> {
                 std,
                 ..TrainConfig::mnist()
             };
+            // Every flag is checked before anything is written.
+            config.validate()?;
             let out = out.as_deref();
-            let job = TrainJob { config, train_set: &train_set, test_set: &test_set, out, resume };
-            thread_pool(threads)?.install(|| match family {
+            let job = TrainJob { config, train_set: &train_set, test_set: &test_set, out, resume, allow_nonfinite };
+            match family {
                 Family::Vit(vc) => {
                     vc.validate()?;
                     let model = Vit::new(vc, &mut Init::new(job.config.seed))?;
@@ -748,7 +760,7 @@ fn run(cli: Cli) -> Result<()> {
                     let text = format!("ViG D={dim} depth={depth} patch={patch} k={k} max dilation {max_dilation}");
                     job.run(model, &text, "patchgraph_vig_config", Vig::load)
                 }
-            })
+            }
         }
         Command::Convert { checkpoint, config, arch, img_size, out } => {
             let mut config = model_config(&config, &arch)?
@@ -756,7 +768,7 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(size) = img_size {
                 config.img_size = size;
             }
-            let (vit, notes) = load_vit(&checkpoint, config)?;
+            let (vit, notes) = load_vit_with(&checkpoint, config, allow_nonfinite)?;
             notes.iter().for_each(|n| println!("adapted: {n}"));
             vit.save_safetensors(&out)?;
             println!("wrote {} (timm names; config in its metadata)", out.display());
@@ -776,7 +788,6 @@ fn run(cli: Cli) -> Result<()> {
             crop_pct,
             norm,
             runs,
-            threads,
         } => {
             let args = InferArgs {
                 checkpoint,
@@ -792,8 +803,9 @@ fn run(cli: Cli) -> Result<()> {
                 crop_pct,
                 norm,
                 runs,
+                allow_nonfinite,
             };
-            thread_pool(threads)?.install(|| infer(&args))
+            infer(&args)
         }
     }
 }
@@ -819,6 +831,7 @@ struct InferArgs {
     crop_pct: f64,
     norm: String,
     runs: usize,
+    allow_nonfinite: bool,
 }
 
 fn infer(a: &InferArgs) -> Result<()> {
@@ -827,7 +840,11 @@ fn infer(a: &InferArgs) -> Result<()> {
     if let Some(size) = a.img_size {
         config.img_size = size;
     }
-    let (vit, notes) = load_vit(&a.checkpoint, config)?;
+    // timm's crop_pct: the crop is that fraction of the resized shorter side.
+    if !(a.crop_pct.is_finite() && a.crop_pct > 0.0 && a.crop_pct <= 1.0) {
+        return Err(Error::invalid("--crop-pct", format!("{}: must be in (0, 1] (timm's default 0.875)", a.crop_pct)));
+    }
+    let (vit, notes) = load_vit_with(&a.checkpoint, config, a.allow_nonfinite)?;
     let cfg = vit.config().clone();
     let normalization = parse_norm(&a.norm)?;
     let preprocess = Preprocess {
@@ -972,6 +989,7 @@ struct TrainJob<'a> {
     test_set: &'a ImageDataset,
     out: Option<&'a Path>,
     resume: bool,
+    allow_nonfinite: bool,
 }
 
 impl TrainJob<'_> {
@@ -984,42 +1002,79 @@ impl TrainJob<'_> {
         config_key: &str,
         load: fn(C, TensorMap, &str) -> Result<M>,
     ) -> Result<()> {
-        let TrainJob { config, train_set, test_set, out, resume } = self;
-        run_training(model, describe, config, train_set, test_set, out, resume, config_key, &|map, what| {
+        run_training(model, describe, self, config_key, &|map, what| {
             load(saved_config(&map, config_key, what)?, map, what)
         })
     }
 }
 
+/// The metadata key of the epoch count a checkpoint and an optimiser state were saved after.
+const EPOCH_KEY: &str = "patchgraph_epoch";
+
+/// The epoch count saved in `map`'s metadata (`fallback` for files written before it was).
+fn saved_epoch(map: &TensorMap, fallback: usize, what: &str) -> Result<usize> {
+    match map.metadata().get(EPOCH_KEY) {
+        None => Ok(fallback),
+        Some(v) => v.parse().map_err(|_| Error::Format {
+            path: what.to_string(),
+            reason: format!("`{EPOCH_KEY}` metadata `{v}` is not an epoch count"),
+        }),
+    }
+}
+
 /// `patchgraph train` (see [`TrainJob::run`]).
-#[allow(clippy::too_many_arguments)]
+///
+/// With `--out`, every epoch ends by writing `metrics.json`, `metrics.csv` and `curves.png`,
+/// then the optimiser state and the checkpoint together (both written to temporary files,
+/// then renamed): a run killed at any point leaves whole files of the last finished epoch,
+/// and `--resume` continues from the checkpoint's epoch (metrics of a later epoch, written
+/// before a kill, are dropped and recomputed).
 fn run_training<M: Classifier>(
     mut model: M,
     describe: &str,
-    config: TrainConfig,
-    train_set: &ImageDataset,
-    test_set: &ImageDataset,
-    out: Option<&Path>,
-    resume: bool,
+    job: TrainJob<'_>,
     config_key: &str,
     load: &dyn Fn(TensorMap, &str) -> Result<M>,
 ) -> Result<()> {
+    let TrainJob { config, train_set, test_set, out, resume, allow_nonfinite } = job;
     let mut opt = AdamW::new(config.lr, config.weight_decay);
     let mut history: Vec<serde_json::Value> = Vec::new();
     if let Some(dir) = out {
         std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
         if resume {
-            let ckpt = dir.join("checkpoint.safetensors");
-            let what = ckpt.display().to_string();
-            model = load(TensorMap::load_safetensors(&ckpt)?, &what)?;
-            let opt_path = dir.join("optimizer.safetensors");
-            opt.load_state(TensorMap::load_safetensors(&opt_path)?, &opt_path.display().to_string())?;
             let metrics = dir.join("metrics.json");
             let text =
                 std::fs::read_to_string(&metrics).map_err(|source| Error::Io { path: metrics.clone(), source })?;
             history = serde_json::from_str(&text)
                 .map_err(|e| Error::Format { path: metrics.display().to_string(), reason: e.to_string() })?;
-            println!("resuming after epoch {} (step {})", history.len(), opt.steps());
+            let ckpt = dir.join("checkpoint.safetensors");
+            let what = ckpt.display().to_string();
+            let mut map = TensorMap::load_safetensors(&ckpt)?;
+            map.set_allow_nonfinite(allow_nonfinite);
+            let epoch = saved_epoch(&map, history.len(), &what)?;
+            model = load(map, &what)?;
+            let opt_path = dir.join("optimizer.safetensors");
+            let opt_what = opt_path.display().to_string();
+            let mut state = TensorMap::load_safetensors(&opt_path)?;
+            state.set_allow_nonfinite(allow_nonfinite);
+            let opt_epoch = saved_epoch(&state, history.len(), &opt_what)?;
+            if opt_epoch != epoch {
+                return Err(Error::invalid(
+                    "--resume",
+                    format!(
+                        "{what} is from epoch {epoch} but {opt_what} from epoch {opt_epoch}: they are not one run's"
+                    ),
+                ));
+            }
+            if history.len() < epoch {
+                return Err(Error::invalid(
+                    "--resume",
+                    format!("{} holds {} epochs, the checkpoint {epoch}", metrics.display(), history.len()),
+                ));
+            }
+            history.truncate(epoch);
+            opt.load_state(state, &opt_what)?;
+            println!("resuming after epoch {epoch} (step {})", opt.steps());
         }
     }
     let start_epoch = history.len();
@@ -1046,37 +1101,39 @@ fn run_training<M: Classifier>(
         bar.set_position(p.batch as u64);
         bar.set_message(format!("loss {:.4} acc {:.3} {:.0} img/s", p.loss, p.accuracy, p.images_per_second));
     };
-    let mut on_epoch = |m: &EpochMetrics| -> Result<()> {
+    let train_config = serde_json::to_string(&config).map_err(|e| Error::invalid("train config", e.to_string()))?;
+    let mut on_epoch = |m: &EpochMetrics, model: &M, opt: &AdamW| -> Result<()> {
         bar.suspend(|| {
             println!(
                 "epoch {:>3}: train loss {:.4} acc {:.4} | test loss {:.4} acc {:.4} | lr {:.2e} | {:.0} img/s, {:.1} s",
                 m.epoch, m.train_loss, m.train_accuracy, m.test_loss, m.test_accuracy, m.lr, m.images_per_second, m.seconds
             )
         });
-        if let Some(dir) = out {
-            history.push(serde_json::to_value(m).map_err(|e| Error::invalid("metrics", e.to_string()))?);
-            write_metrics(dir, &history)?;
-            // loss and accuracy curves so far, redrawn every epoch
-            let points = load_training_metrics(&dir.join("metrics.json"))?;
-            plot_training(&[(describe.to_string(), points)], describe, &dir.join("curves.png"))?;
+        let Some(dir) = out else { return Ok(()) };
+        history.push(serde_json::to_value(m).map_err(|e| Error::invalid("metrics", e.to_string()))?);
+        write_metrics(dir, &history)?;
+        // loss and accuracy curves so far, redrawn every epoch
+        let points = load_training_metrics(&dir.join("metrics.json"))?;
+        plot_training(&[(describe.to_string(), points)], describe, &dir.join("curves.png"))?;
+        let mut map = model.state_dict()?;
+        map.set_metadata("format", "pt");
+        // the data handling (normalisation, graphs) so that other commands can prepare inputs alike
+        map.set_metadata("patchgraph_train_config", train_config.clone());
+        map.set_metadata(EPOCH_KEY, m.epoch.to_string());
+        if !map.metadata().contains_key(config_key) {
+            return Err(Error::invalid("checkpoint", format!("the model did not record `{config_key}`")));
         }
-        Ok(())
+        let mut state = opt.state_dict()?;
+        state.set_metadata(EPOCH_KEY, m.epoch.to_string());
+        let (ckpt, opt_bytes) = (map.to_safetensors_bytes()?, state.to_safetensors_bytes()?);
+        write_all_atomically(&[
+            (&dir.join("optimizer.safetensors"), &opt_bytes),
+            (&dir.join("checkpoint.safetensors"), &ckpt),
+        ])
     };
     let metrics = train(&mut model, &mut opt, train_set, test_set, &config, start_epoch, &mut on_batch, &mut on_epoch)?;
     bar.finish_and_clear();
     if let Some(dir) = out {
-        let mut map = model.state_dict()?;
-        map.set_metadata("format", "pt");
-        // the data handling (normalisation, graphs) so that other commands can prepare inputs alike
-        map.set_metadata(
-            "patchgraph_train_config",
-            serde_json::to_string(&config).map_err(|e| Error::invalid("train config", e.to_string()))?,
-        );
-        if !map.metadata().contains_key(config_key) {
-            return Err(Error::invalid("checkpoint", format!("the model did not record `{config_key}`")));
-        }
-        map.save_safetensors(dir.join("checkpoint.safetensors"))?;
-        opt.state_dict()?.save_safetensors(dir.join("optimizer.safetensors"))?;
         println!(
             "wrote {}/{{metrics.csv, metrics.json, curves.png, checkpoint.safetensors, optimizer.safetensors}}",
             dir.display()
@@ -1265,12 +1322,4 @@ fn print_stats(image: &Path, spec: &GraphSpec, rows: usize, cols: usize, g: &Gra
         if g.num_nodes() == 0 { 0.0 } else { g.num_edges() as f64 / g.num_nodes() as f64 }
     );
     println!("self-loops  {self_loops}");
-}
-
-/// Writes `bytes` to a temporary file beside `path`, then renames it: nothing half-written.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("partial");
-    let io = |source| Error::Io { path: path.to_path_buf(), source };
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
 }

@@ -31,12 +31,27 @@ pub struct AdamW {
     pub weight_decay: f32,
     step: u64,
     moments: Vec<(Vec<f32>, Vec<f32>)>,
+    /// Slots restored by [`AdamW::load_state`] and not yet checked against the model's
+    /// parameters by a step ([`AdamW::end_step`]).
+    restored: Option<Restored>,
+}
+
+/// What a restored state is checked against at its first step.
+#[derive(Clone, Debug, PartialEq)]
+struct Restored {
+    /// The file, for errors.
+    what: String,
+    /// The restored slot count.
+    slots: usize,
+    /// Slots the model visited so far in this step, and mismatches seen (slot, state, model).
+    visited: usize,
+    mismatches: Vec<(usize, usize, usize)>,
 }
 
 impl AdamW {
     /// PyTorch's defaults for betas and eps.
     pub fn new(lr: f32, weight_decay: f32) -> Self {
-        AdamW { lr, betas: (0.9, 0.999), eps: 1e-8, weight_decay, step: 0, moments: Vec::new() }
+        AdamW { lr, betas: (0.9, 0.999), eps: 1e-8, weight_decay, step: 0, moments: Vec::new(), restored: None }
     }
 
     /// Steps taken so far.
@@ -54,6 +69,12 @@ impl AdamW {
     /// position embeddings and class tokens).
     pub fn update(&mut self, slot: usize, param: &mut [f32], grad: &[f32], decay: bool) {
         debug_assert_eq!(param.len(), grad.len());
+        if let Some(r) = &mut self.restored {
+            r.visited = r.visited.max(slot + 1);
+            if let Some((m, _)) = self.moments.get(slot).filter(|(m, _)| m.len() != param.len()) {
+                r.mismatches.push((slot, m.len(), param.len()));
+            }
+        }
         if self.moments.len() <= slot {
             self.moments.resize_with(slot + 1, Default::default);
         }
@@ -78,6 +99,23 @@ impl AdamW {
 }
 
 impl AdamW {
+    /// Ends a step. After [`AdamW::load_state`], the first step checks the restored state
+    /// against the parameters the model visited: a slot count or a slot size that differs is an
+    /// [`crate::Error::Checkpoint`] naming each slot (the state belongs to another model), where
+    /// [`AdamW::update`] alone would silently start that slot's moments from zero.
+    pub fn end_step(&mut self) -> crate::Result<()> {
+        let Some(r) = self.restored.take() else { return Ok(()) };
+        let mut problems: Vec<String> = r
+            .mismatches
+            .iter()
+            .map(|(slot, state, model)| format!("slot {slot}: {state} moments for a parameter of {model} values"))
+            .collect();
+        if r.visited != r.slots {
+            problems.push(format!("{} slots in the state, the model has {} parameter tensors", r.slots, r.visited));
+        }
+        if problems.is_empty() { Ok(()) } else { Err(crate::Error::Checkpoint { path: r.what, problems }) }
+    }
+
     /// The optimiser state as named tensors (`adamw.m.{slot}`, `adamw.v.{slot}`) with the step
     /// count and hyper-parameters in the metadata, for resuming.
     pub fn state_dict(&self) -> crate::Result<crate::checkpoint::TensorMap> {
@@ -99,7 +137,14 @@ impl AdamW {
                 reason: format!("optimiser state without a `{key}` metadata entry"),
             })
         };
-        let (step, slots) = (meta("adamw.step")?, meta("adamw.slots")? as usize);
+        let (step, slots) = (meta("adamw.step")?, meta("adamw.slots")?);
+        // Two tensors per slot: a count beyond what the file holds is refused before anything
+        // of that size is allocated.
+        let held = map.remaining().len() / 2;
+        let slots = usize::try_from(slots).ok().filter(|&s| s <= held).ok_or_else(|| crate::Error::Format {
+            path: what.to_string(),
+            reason: format!("`adamw.slots` says {slots} slots, the file holds tensors for at most {held}"),
+        })?;
         let mut moments = Vec::with_capacity(slots);
         for slot in 0..slots {
             let m = map.take_any(&format!("adamw.m.{slot}"))?.data;
@@ -115,6 +160,7 @@ impl AdamW {
         map.finish()?;
         self.step = step;
         self.moments = moments;
+        self.restored = Some(Restored { what: what.to_string(), slots, visited: 0, mismatches: Vec::new() });
         Ok(())
     }
 }
@@ -145,6 +191,47 @@ mod tests {
         assert_eq!(opt.steps(), 2);
         let mut again = AdamW::new(0.01, 0.1);
         again.load_state(opt.state_dict().unwrap(), "state").unwrap();
+        again.restored = None;
         assert_eq!(again, opt);
+    }
+
+    /// A slot count in the metadata beyond the tensors present is a typed error (it used to
+    /// reach `Vec::with_capacity` and abort), and a state whose slots do not fit the model's
+    /// parameters fails at the first step instead of silently restarting the moments.
+    #[test]
+    fn restored_state_is_checked() {
+        let mut opt = AdamW::new(0.01, 0.0);
+        opt.begin_step();
+        opt.update(0, &mut [1.0, 2.0], &[0.1, 0.1], true);
+        opt.update(1, &mut [1.0], &[0.1], true);
+        let state = opt.state_dict().unwrap();
+        for slots in ["3", "18446744073709551615", "-1", "x"] {
+            let mut bad = state.clone();
+            bad.set_metadata("adamw.slots", slots);
+            let err = AdamW::new(0.01, 0.0).load_state(bad, "opt.safetensors").unwrap_err();
+            assert!(matches!(err, crate::Error::Format { .. }), "{slots}: {err}");
+        }
+        // the same model: fine
+        let mut same = AdamW::new(0.01, 0.0);
+        same.load_state(state.clone(), "opt").unwrap();
+        same.begin_step();
+        same.update(0, &mut [1.0, 2.0], &[0.1, 0.1], true);
+        same.update(1, &mut [1.0], &[0.1], true);
+        same.end_step().unwrap();
+        // a parameter of another size, and a missing slot
+        let mut other = AdamW::new(0.01, 0.0);
+        other.load_state(state.clone(), "opt").unwrap();
+        other.begin_step();
+        other.update(0, &mut [1.0, 2.0, 3.0], &[0.1, 0.1, 0.1], true);
+        let Err(crate::Error::Checkpoint { problems, .. }) = other.end_step() else { panic!("expected a mismatch") };
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("slot 0: 2 moments for a parameter of 3 values"), "{problems:?}");
+        assert!(problems[1].contains("2 slots in the state, the model has 1"), "{problems:?}");
+        // non-finite moments are refused by name
+        let mut nan = state;
+        let v = nan.take_any("adamw.v.1").unwrap();
+        nan.insert("adamw.v.1", v.shape, vec![f32::NAN]).unwrap();
+        let err = AdamW::new(0.01, 0.0).load_state(nan, "opt").unwrap_err();
+        assert!(matches!(&err, crate::Error::NonFinite { what, .. } if what.contains("adamw.v.1")), "{err}");
     }
 }

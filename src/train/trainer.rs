@@ -20,7 +20,7 @@
 //! let mut vit = Vit::new(c, &mut Init::new(0)).unwrap();
 //! let config = TrainConfig { epochs: 1, batch_size: 50, limit: Some(100), ..TrainConfig::mnist() };
 //! let mut opt = AdamW::new(config.lr, config.weight_decay);
-//! let metrics = train(&mut vit, &mut opt, &data, &data, &config, 0, &mut |_| {}, &mut |_| Ok(())).unwrap();
+//! let metrics = train(&mut vit, &mut opt, &data, &data, &config, 0, &mut |_| {}, &mut |_, _, _| Ok(())).unwrap();
 //! assert_eq!(metrics.len(), 1);
 //! ```
 
@@ -91,6 +91,49 @@ impl TrainConfig {
             graphs: Vec::new(),
             limit: None,
         }
+    }
+
+    /// Checks every hyper-parameter against its domain; each error names the flag:
+    /// at least one epoch (`--epochs 0` would write an untrained checkpoint as if trained), a
+    /// positive batch, a finite positive learning rate with `0 <= min_lr <= lr`, a finite
+    /// warm-up in `[0, epochs]`, finite non-negative weight decay, smoothing in `[0, 1)`, a
+    /// positive clipping norm, and positive finite per-channel std.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |flag: &str, reason: String| Err(Error::invalid(flag, reason));
+        if self.epochs == 0 {
+            return bad("--epochs", "0 trains nothing: give at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return bad("--batch", "0: give at least 1 image per step".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad("--lr", format!("{}: the learning rate must be positive and finite", self.lr));
+        }
+        if !(self.min_lr.is_finite() && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
+            return bad("min_lr", format!("{}: must be in [0, lr = {}]", self.min_lr, self.lr));
+        }
+        if !(self.warmup_epochs.is_finite() && self.warmup_epochs >= 0.0 && self.warmup_epochs <= self.epochs as f32) {
+            return bad("--warmup", format!("{}: must be in [0, --epochs = {}]", self.warmup_epochs, self.epochs));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad("--weight-decay", format!("{}: must be non-negative and finite", self.weight_decay));
+        }
+        if !(self.smoothing >= 0.0 && self.smoothing < 1.0) {
+            return bad("--smoothing", format!("{}: label smoothing must be in [0, 1)", self.smoothing));
+        }
+        if let Some(c) = self.clip_grad.filter(|c| !(c.is_finite() && *c > 0.0)) {
+            return bad("clip_grad", format!("{c}: the clipping norm must be positive and finite"));
+        }
+        if self.mean.is_empty() || self.std.is_empty() {
+            return bad("mean/std", "give at least one value each".into());
+        }
+        if let Some(s) = self.std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return bad("std", format!("{s}: every channel's std must be positive and finite"));
+        }
+        if let Some(m) = self.mean.iter().find(|m| !m.is_finite()) {
+            return bad("mean", format!("{m}: must be finite"));
+        }
+        Ok(())
     }
 }
 
@@ -174,8 +217,14 @@ pub fn evaluate<M: Classifier>(model: &M, data: &ImageDataset, config: &TrainCon
 }
 
 /// Trains `model` for `config.epochs - start_epoch` epochs (resume from `start_epoch` with the
-/// optimiser's restored state); `on_batch` sees progress, `on_epoch` each epoch's metrics (to
-/// write files and checkpoints). Returns the metrics of the epochs run.
+/// optimiser's restored state); `on_batch` sees progress, `on_epoch` each epoch's metrics with
+/// the model and optimiser as they are at its end (to write files and checkpoints). Returns the
+/// metrics of the epochs run.
+///
+/// Errors before the first step: [`TrainConfig::validate`]'s, an empty training set, a model
+/// whose classes, input shape or mean/std do not fit the data, and a resume that does not fit
+/// the schedule (`start_epoch` not below `epochs`, or an optimiser whose step count is not
+/// `start_epoch` epochs of this configuration's batches).
 #[allow(clippy::too_many_arguments)]
 pub fn train<M: Classifier>(
     model: &mut M,
@@ -185,11 +234,21 @@ pub fn train<M: Classifier>(
     config: &TrainConfig,
     start_epoch: usize,
     on_batch: &mut dyn FnMut(BatchProgress),
-    on_epoch: &mut dyn FnMut(&EpochMetrics) -> Result<()>,
+    on_epoch: &mut dyn FnMut(&EpochMetrics, &M, &AdamW) -> Result<()>,
 ) -> Result<Vec<EpochMetrics>> {
+    config.validate()?;
     let n = config.limit.map_or(train_set.len(), |l| l.min(train_set.len()));
-    if n == 0 || config.batch_size == 0 {
-        return Err(Error::invalid("training", "no training images or a zero batch size"));
+    if n == 0 {
+        return Err(Error::invalid("training", "no training images (an empty set, or --limit 0)"));
+    }
+    let channels = train_set.shape().0;
+    for (name, v) in [("mean", &config.mean), ("std", &config.std)] {
+        if v.len() != 1 && v.len() != channels {
+            return Err(Error::invalid(
+                format!("training `{name}`"),
+                format!("{} values for {channels}-channel images: give 1 or {channels}", v.len()),
+            ));
+        }
     }
     if model.num_classes() < train_set.classes {
         return Err(Error::invalid(
@@ -212,6 +271,28 @@ pub fn train<M: Classifier>(
         warmup_steps: (config.warmup_epochs * steps_per_epoch as f32) as u64,
         total_steps: steps_per_epoch * config.epochs as u64,
     };
+    // A resumed run continues its own schedule: the optimiser's step count must be where
+    // `start_epoch` epochs of this configuration leave it.
+    if start_epoch >= config.epochs {
+        return Err(Error::invalid(
+            "resume",
+            format!(
+                "{start_epoch} epochs are already done, the schedule has {}: give a larger --epochs to train on",
+                config.epochs
+            ),
+        ));
+    }
+    if opt.steps() != start_epoch as u64 * steps_per_epoch {
+        return Err(Error::invalid(
+            "resume",
+            format!(
+                "the optimiser has taken {} steps, but {start_epoch} epochs of {steps_per_epoch} batches are {}: \
+                 the state is from another run (other --batch, --limit or data)",
+                opt.steps(),
+                start_epoch as u64 * steps_per_epoch
+            ),
+        ));
+    }
     let mut all = Vec::new();
     for epoch in start_epoch..config.epochs {
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
@@ -253,6 +334,7 @@ pub fn train<M: Classifier>(
             opt.lr = lr;
             opt.begin_step();
             model.visit_params_mut(&grads, &mut |slot, p, g, decay| opt.update(slot, p, g, decay));
+            opt.end_step()?;
             loss_sum += loss as f64 * chunk.len() as f64;
             correct += (0..labels.len()).filter(|&r| top_k(logits.row(r), 1)[0].0 == labels[r]).count();
             seen += chunk.len();
@@ -277,7 +359,7 @@ pub fn train<M: Classifier>(
             images_per_second: seen as f32 / seconds.max(1e-9),
             seconds,
         };
-        on_epoch(&m)?;
+        on_epoch(&m, model, opt)?;
         all.push(m);
     }
     Ok(all)
