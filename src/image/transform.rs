@@ -113,7 +113,14 @@ impl ImageTransform {
     /// Loads the file at `path` ([`load_image_with`], with its I/O and codec errors) and runs the
     /// pipeline on it.
     pub fn apply_path(&self, path: impl AsRef<Path>) -> Result<ChwImage> {
-        self.apply_chw(load_image_with(path, self.channels)?)
+        let path = path.as_ref();
+        // A step's image error names the file it came from.
+        self.apply_chw(load_image_with(path, self.channels)?).map_err(|e| match e {
+            crate::Error::Image { what, reason } => {
+                crate::Error::Image { what: format!("{} ({what})", path.display()), reason }
+            }
+            other => other,
+        })
     }
 
     /// Runs steps 2 to 4 on an image already in `[C x H x W]` (`channels` is not checked here:

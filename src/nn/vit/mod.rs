@@ -253,10 +253,18 @@ impl Vit {
         let mut x = self.embed(images)?;
         let mut static_graphs: Vec<(GraphSpec, Graph)> = Vec::new();
         let mut weights = Vec::new();
-        for (block, spec) in self.blocks.iter().zip(&specs) {
+        for (l, (block, spec)) in self.blocks.iter().zip(&specs).enumerate() {
             let graph = self.layer_graph(block, spec, &x, b, &mut static_graphs)?;
             let fo = ForwardOptions { path: options.path, weights: options.weights, ..Default::default() };
-            weights.extend(block.forward_in_place(&graph, &mut x, &fo)?);
+            // A NaN that reached a block (from a weight loaded with --allow-nonfinite) is
+            // reported with the block it reached.
+            let w = block.forward_in_place(&graph, &mut x, &fo).map_err(|e| match e {
+                Error::NonFinite { what, position, value } => {
+                    Error::NonFinite { what: format!("block {l}: {what}"), position, value }
+                }
+                other => other,
+            })?;
+            weights.extend(w);
         }
         if let Some(n) = &self.norm {
             x = n.forward(&x)?;
