@@ -136,17 +136,44 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
 ///
 /// Errors: [`Error::Invalid`] for a zero `size`, a `root` that is not a folder or has no class
 /// folders, or class folders without a single image file (all of them named); [`Error::Io`] for
-/// an unreadable folder or file; [`Error::Codec`] naming a file that does not decode.
+/// an unreadable folder or file; [`Error::Codec`] naming a file that does not decode;
+/// [`Error::Image`] naming a file whose size is beyond [`crate::limits::check_image_size`].
 pub fn load_image_folder(root: impl AsRef<Path>, size: (usize, usize), channels: Channels) -> Result<ImageDataset> {
-    let root = root.as_ref();
-    let (height, width) = size;
+    load_folder(root.as_ref(), size, channels, None)
+}
+
+/// [`load_image_folder`], labels numbered by `names` (the training split's classes) when given:
+/// a class folder of `root` is labelled with the position of its name in `names`, and one whose
+/// name is not there is an error naming it; the dataset then has `names.len()` classes, named
+/// `names`, even where `root` holds only some of them.
+fn load_folder(
+    root: &Path,
+    (height, width): (usize, usize),
+    channels: Channels,
+    names: Option<&[String]>,
+) -> Result<ImageDataset> {
     if height == 0 || width == 0 {
         return Err(Error::invalid("image folder size", format!("{height} x {width}: both sides must be at least 1")));
     }
     let classes = class_folders(root)?;
+    let names: Vec<String> = match names {
+        Some(names) => names.to_vec(),
+        None => classes.iter().map(|(name, _)| name.clone()).collect(),
+    };
     let mut files: Vec<(PathBuf, usize)> = Vec::new();
     let mut empty = Vec::new();
-    for (label, (name, path)) in classes.iter().enumerate() {
+    for (name, path) in &classes {
+        // By name, not by position: a split that lacks a class must not shift the others.
+        let Some(label) = names.iter().position(|n| n == name) else {
+            return Err(Error::invalid(
+                "image folder splits",
+                format!(
+                    "class folder `{name}` ({}) is not a class of the training split (its classes: {})",
+                    path.display(),
+                    names.join(", ")
+                ),
+            ));
+        };
         let found = image_files(path)?;
         if found.is_empty() {
             empty.push(name.as_str());
@@ -172,16 +199,21 @@ pub fn load_image_folder(root: impl AsRef<Path>, size: (usize, usize), channels:
         pixels.extend(image?); // the first failure in file order
     }
     let labels = files.iter().map(|(_, label)| *label).collect();
-    let names: Vec<String> = classes.into_iter().map(|(name, _)| name).collect();
     ImageDataset::new(pixels, labels, (channels.count(), height, width), names.len())?.with_class_names(names)
 }
 
 /// Loads one split of an image folder with `root/train/` and `root/test/` (or `root/val/` where
-/// there is no `test/`), each in the [`load_image_folder`] layout. Where both splits exist their
-/// class folders must have the same names, so that a label means the same class in both.
+/// there is no `test/`), each in the [`load_image_folder`] layout.
+///
+/// The training split's class folders define the classes: where `train/` exists, both splits
+/// are labelled by class *name* with `train/`'s indices and have its class count and names, so
+/// that a label means the same class in both, also when the test split holds only some of the
+/// classes. A test class folder that `train/` lacks is an error (for either split: a model
+/// trained on `train/` could not be tested on it). Without `train/`, the test split numbers its
+/// own folders.
 ///
 /// Errors: [`Error::Invalid`] if the split's folder is missing (naming what was looked for) or
-/// the two splits' classes differ (naming the classes found in one only); otherwise
+/// the test split has a class that the training split has not (naming it); otherwise
 /// [`load_image_folder`]'s errors.
 pub fn load_image_folder_split(
     root: impl AsRef<Path>,
@@ -192,9 +224,9 @@ pub fn load_image_folder_split(
     let root = root.as_ref();
     let train = Some(root.join("train")).filter(|p| p.is_dir());
     let test = [root.join("test"), root.join("val")].into_iter().find(|p| p.is_dir());
-    let (wanted, other) = match split {
-        Split::Train => (train, test),
-        Split::Test => (test, train),
+    let wanted = match split {
+        Split::Train => train.clone(),
+        Split::Test => test.clone(),
     };
     let Some(wanted) = wanted else {
         let looked = match split {
@@ -203,26 +235,26 @@ pub fn load_image_folder_split(
         };
         return Err(Error::invalid("image folder", format!("{} has no {looked} folder", root.display())));
     };
-    if let Some(other) = other {
-        let (mine, theirs) = (image_folder_classes(&wanted)?, image_folder_classes(&other)?);
-        if mine != theirs {
-            let only = |a: &[String], b: &[String]| {
-                let v: Vec<&str> = a.iter().filter(|c| !b.contains(c)).map(String::as_str).collect();
-                if v.is_empty() { "none".to_string() } else { v.join(", ") }
-            };
+    let Some(train) = train else {
+        return load_image_folder(&wanted, size, channels);
+    };
+    let names = image_folder_classes(&train)?;
+    if let Some(test) = &test {
+        let extra: Vec<String> = image_folder_classes(test)?.into_iter().filter(|c| !names.contains(c)).collect();
+        if !extra.is_empty() {
             return Err(Error::invalid(
                 "image folder splits",
                 format!(
-                    "{} and {} have different classes: only in the first {}; only in the second {}",
-                    wanted.display(),
-                    other.display(),
-                    only(&mine, &theirs),
-                    only(&theirs, &mine)
+                    "{} has class folder(s) {} that {} has not (its classes: {}); a label must mean the same class in both splits",
+                    test.display(),
+                    extra.join(", "),
+                    train.display(),
+                    names.join(", ")
                 ),
             ));
         }
     }
-    load_image_folder(&wanted, size, channels)
+    load_folder(&wanted, size, channels, Some(&names))
 }
 
 /// A small synthetic image folder, for this module's and [`super::load_dataset`]'s tests.
@@ -353,14 +385,44 @@ mod tests {
         assert_eq!((val.labels(), val.shape()), (&[0, 1][..], (1, 4, 4)));
         assert!(constant(&val, 0, 0, 0.0) && constant(&val, 1, 0, 1.0));
 
-        // test/ wins over val/, and its classes must match train/'s.
+        // test/ wins over val/, and a class that train/ lacks is an error for either split.
         std::fs::create_dir_all(root.join("test/bird")).unwrap();
         std::fs::create_dir_all(root.join("test/cat")).unwrap();
         for split in [Split::Test, Split::Train] {
-            let msg = load_image_folder_split(root, split, (4, 4), Channels::Rgb).unwrap_err().to_string();
-            assert!(msg.contains("different classes") && msg.contains("bird") && msg.contains("dog"), "{msg}");
+            let err = load_image_folder_split(root, split, (4, 4), Channels::Rgb).unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, Error::Invalid { .. }), "{msg}");
+            assert!(msg.contains("bird"), "{msg}");
+            assert!(msg.contains("cat, dog"), "{msg}"); // the training classes
         }
         let msg = load_image_folder_split(root.join("val"), Split::Train, (4, 4), Channels::Rgb).unwrap_err();
         assert!(msg.to_string().contains("no train/ folder"), "{msg}");
+    }
+
+    /// A test split with only some of the training classes keeps the training labels: `dog` is
+    /// class 1 of train/ (cat, dog) and stays 1 in a test/ that holds no `cat`, rather than
+    /// becoming class 0 of a one-class folder.
+    #[test]
+    fn test_labels_map_by_name_to_the_training_classes() {
+        let tmp = TempDir::new("folder-subset");
+        let root = tmp.path();
+        fixture::write(&root.join("train"));
+        std::fs::create_dir_all(root.join("test/dog")).unwrap();
+        ::image::GrayImage::from_pixel(2, 2, ::image::Luma([255])).save(root.join("test/dog/d.png")).unwrap();
+        let test = load_image_folder_split(root, Split::Test, (2, 2), Channels::Gray).unwrap();
+        assert_eq!((test.labels(), test.classes), (&[1][..], 2));
+        assert_eq!(test.class_names().unwrap(), ["cat", "dog"]);
+        assert!(constant(&test, 0, 0, 1.0));
+        // The training split is unaffected, and through load_dataset it is the same.
+        let train = load_image_folder_split(root, Split::Train, (2, 2), Channels::Gray).unwrap();
+        assert_eq!((train.labels(), train.classes), (&[0, 0, 0, 1][..], 2));
+        let via = crate::data::load_dataset(root, Split::Test, Some((2, 2)), Some(1)).unwrap();
+        assert_eq!(via, test);
+
+        // A test class that train/ lacks is named in the error, also when it sorts first.
+        std::fs::create_dir_all(root.join("test/ant")).unwrap();
+        ::image::GrayImage::from_pixel(2, 2, ::image::Luma([0])).save(root.join("test/ant/a.png")).unwrap();
+        let msg = load_image_folder_split(root, Split::Test, (2, 2), Channels::Gray).unwrap_err().to_string();
+        assert!(msg.contains("ant") && msg.contains("cat, dog"), "{msg}");
     }
 }

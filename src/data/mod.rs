@@ -54,8 +54,8 @@ pub struct ImageDataset {
     pixels: Vec<f32>,
     labels: Vec<usize>,
     shape: (usize, usize, usize),
-    /// Number of classes (`max label + 1` for IDX files; 10 for CIFAR-10; the number of class
-    /// folders for an image folder).
+    /// Number of classes (10 for IDX files unless told otherwise, see [`load_mnist_with_classes`];
+    /// 10 for CIFAR-10; the training split's class folders for an image folder).
     pub classes: usize,
     class_names: Option<Vec<String>>,
 }
@@ -129,11 +129,39 @@ impl ImageDataset {
     }
 }
 
+/// The number of classes [`load_mnist`] and [`load_dataset`] give IDX files: 10, the digits of
+/// MNIST and the garments of Fashion-MNIST.
+pub const IDX_DEFAULT_CLASSES: usize = 10;
+
 /// Reads `{train,t10k}-images-idx3-ubyte[.gz]` and `{train,t10k}-labels-idx1-ubyte[.gz]` from
-/// `dir` (MNIST, Fashion-MNIST): u8 pixels scaled by 1/255, one channel. The image and label
-/// counts must agree.
+/// `dir` (MNIST, Fashion-MNIST): u8 pixels scaled by 1/255, one channel, 10 classes
+/// ([`IDX_DEFAULT_CLASSES`]). The image and label counts must agree; a label of 10 or more is an
+/// error. [`load_mnist_with_classes`] takes another class count.
 pub fn load_mnist(dir: impl AsRef<Path>, split: Split) -> Result<ImageDataset> {
+    load_mnist_with_classes(dir, split, IDX_DEFAULT_CLASSES)
+}
+
+/// [`load_mnist`] for IDX files with `classes` classes: every label must be below `classes`,
+/// and the dataset has `classes` classes whatever labels occur (a split that lacks a class
+/// still numbers the others as the full dataset does).
+///
+/// Errors: [`Error::Invalid`] for `classes` 0; [`Error::Format`] naming the labels file, the
+/// label's index and its value for a label `>= classes`, or naming a file whose dimensions do
+/// not fit (3 for the images, 1 for the labels, equal counts); [`read_idx`]'s errors.
+///
+/// ```
+/// use patchgraph::data::{Split, load_mnist_with_classes};
+/// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist5k");
+/// assert_eq!(load_mnist_with_classes(dir, Split::Test, 12).unwrap().classes, 12);
+/// // The digits go up to 9: 5 classes are too few, and the error says where.
+/// let msg = load_mnist_with_classes(dir, Split::Test, 5).unwrap_err().to_string();
+/// assert!(msg.contains("t10k-labels-idx1-ubyte") && msg.contains("is not below 5 classes"), "{msg}");
+/// ```
+pub fn load_mnist_with_classes(dir: impl AsRef<Path>, split: Split, classes: usize) -> Result<ImageDataset> {
     let dir = dir.as_ref();
+    if classes == 0 {
+        return Err(Error::invalid("IDX class count", "must be at least 1"));
+    }
     let prefix = match split {
         Split::Train => "train",
         Split::Test => "t10k",
@@ -145,19 +173,26 @@ pub fn load_mnist(dir: impl AsRef<Path>, split: Split) -> Result<ImageDataset> {
     };
     let images_path = find(&format!("{prefix}-images-idx3-ubyte"));
     let labels_path = find(&format!("{prefix}-labels-idx1-ubyte"));
-    let images = read_idx(&images_path)?;
-    let labels = read_idx(&labels_path)?;
     let shown = |p: &Path| p.display().to_string();
-    let [n, h, w] = images.dims[..] else {
-        return Err(Error::Format {
-            path: shown(&images_path),
-            reason: format!("expected 3 dimensions (count, rows, columns), found {:?}", images.dims),
-        });
-    };
+    // The labels first: they are small, and a bad one is reported without decoding the images.
+    let labels = read_idx(&labels_path)?;
     let [m] = labels.dims[..] else {
         return Err(Error::Format {
             path: shown(&labels_path),
             reason: format!("expected 1 dimension, found {:?}", labels.dims),
+        });
+    };
+    if let Some((i, &l)) = labels.data.iter().enumerate().find(|&(_, &l)| usize::from(l) >= classes) {
+        return Err(Error::Format {
+            path: shown(&labels_path),
+            reason: format!("label[{i}] = {l} is not below {classes} classes"),
+        });
+    }
+    let images = read_idx(&images_path)?;
+    let [n, h, w] = images.dims[..] else {
+        return Err(Error::Format {
+            path: shown(&images_path),
+            reason: format!("expected 3 dimensions (count, rows, columns), found {:?}", images.dims),
         });
     };
     if n != m {
@@ -166,9 +201,8 @@ pub fn load_mnist(dir: impl AsRef<Path>, split: Split) -> Result<ImageDataset> {
             reason: format!("{m} labels for {n} images in {}", shown(&images_path)),
         });
     }
-    let labels: Vec<usize> = labels.data.iter().map(|&l| l as usize).collect();
-    let classes = labels.iter().max().map_or(0, |m| m + 1);
-    let pixels = images.data.iter().map(|&p| p as f32 / 255.0).collect();
+    let labels: Vec<usize> = labels.data.iter().map(|&l| usize::from(l)).collect();
+    let pixels = images.data.iter().map(|&p| f32::from(p) / 255.0).collect();
     ImageDataset::new(pixels, labels, (1, h, w), classes)
 }
 
@@ -179,7 +213,7 @@ pub const DEFAULT_FOLDER_IMAGE_SIZE: (usize, usize) = (32, 32);
 /// this order):
 ///
 /// 1. **IDX** (MNIST, Fashion-MNIST): `dir` holds `train-images-idx3-ubyte[.gz]` or
-///    `t10k-images-idx3-ubyte[.gz]`: [`load_mnist`].
+///    `t10k-images-idx3-ubyte[.gz]`: [`load_mnist`], 10 classes ([`IDX_DEFAULT_CLASSES`]).
 /// 2. **CIFAR-10 binary**: `dir` or `dir/cifar-10-batches-bin` holds `data_batch_1.bin` or
 ///    `test_batch.bin`: [`load_cifar10`].
 /// 3. **Image folder**: `dir` has a `train/`, `test/` or `val/` sub-folder (of class folders):
@@ -323,6 +357,40 @@ mod tests {
         let err = load_mnist(&dir, Split::Train).unwrap_err().to_string();
         assert!(err.contains("3 labels for 2 images"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Writes a 1-dimensional u8 IDX file of `labels` and a `[n x 1 x 1]` image file to `dir`.
+    fn write_idx_pair(dir: &Path, labels: &[u8]) {
+        let n = labels.len() as u8;
+        let mut lab = vec![0, 0, 8, 1, 0, 0, 0, n];
+        lab.extend_from_slice(labels);
+        std::fs::write(dir.join("train-labels-idx1-ubyte"), &lab).unwrap();
+        let mut img = vec![0, 0, 8, 3, 0, 0, 0, n, 0, 0, 0, 1, 0, 0, 0, 1];
+        img.extend(std::iter::repeat_n(7u8, labels.len()));
+        std::fs::write(dir.join("train-images-idx3-ubyte"), &img).unwrap();
+    }
+
+    /// A label of 200 used to make a dataset of 201 classes; it is an error naming the labels
+    /// file, the label's index and its value, and the class count is 10 whatever labels occur.
+    #[test]
+    fn idx_labels_beyond_the_classes_are_errors() {
+        let tmp = testdir::TempDir::new("idx-labels");
+        write_idx_pair(tmp.path(), &[3, 1, 200, 4]);
+        let err = load_mnist(tmp.path(), Split::Train).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Format { .. }), "{msg}");
+        assert!(msg.contains("train-labels-idx1-ubyte") && msg.contains("label[2] = 200"), "{msg}");
+        let msg = load_dataset(tmp.path(), Split::Train, None, None).unwrap_err().to_string();
+        assert!(msg.contains("label[2] = 200") && msg.contains("10 classes"), "{msg}");
+        // With more classes it loads, with exactly that many.
+        let data = load_mnist_with_classes(tmp.path(), Split::Train, 256).unwrap();
+        assert_eq!((data.classes, data.labels()), (256, &[3, 1, 200, 4][..]));
+        // Labels 0..=4 only: still the 10 classes of MNIST, not 5.
+        write_idx_pair(tmp.path(), &[0, 4, 2]);
+        assert_eq!(load_mnist(tmp.path(), Split::Train).unwrap().classes, 10);
+        let msg = load_mnist_with_classes(tmp.path(), Split::Train, 4).unwrap_err().to_string();
+        assert!(msg.contains("label[1] = 4 is not below 4 classes"), "{msg}");
+        assert!(matches!(load_mnist_with_classes(tmp.path(), Split::Train, 0), Err(Error::Invalid { .. })));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! Built by [`Graph::grid`], which documents the definition.
 
-use super::{Graph, Topology, ensure_u32_nodes};
+use super::{Graph, Topology, check_edges, ensure_u32_nodes};
 use crate::error::{Error, Result};
 
 /// Which cells count as neighbours on the patch grid.
@@ -48,7 +48,9 @@ impl Graph {
     /// Interior in-degrees: `2 radius (radius + 1)` for `Four`, `(2 radius + 1)^2 - 1` for
     /// `Eight`, plus one with self-loops; fewer at the borders.
     ///
-    /// Errors: `rows` or `cols` zero, `radius` zero, more cells than `u32` indices.
+    /// Errors: `rows` or `cols` zero, `radius` zero, more cells than `u32` indices, a bound on
+    /// the edges (`N` times the square of side `2 radius + 1`, clipped to the grid) beyond
+    /// [`crate::limits::MAX_EDGES`].
     pub fn grid(
         rows: usize,
         cols: usize,
@@ -60,6 +62,12 @@ impl Graph {
         if radius == 0 {
             return Err(Error::invalid("grid radius", "must be at least 1"));
         }
+        // At most `min(rows, 2R + 1) x min(cols, 2R + 1)` cells around each (the Chebyshev square;
+        // the Manhattan diamond is inside it): that bound on the edges is checked before the
+        // sources are pushed one by one.
+        let side = |len: usize| radius.checked_mul(2).map_or(len, |d| d.saturating_add(1).min(len));
+        let per_node = side(rows) * side(cols) - usize::from(!self_loops);
+        check_edges(&format!("grid graph {rows} x {cols}, radius {radius}"), n.checked_mul(per_node))?;
         let topology = Topology::Grid { rows, cols, neighbourhood, radius, self_loops };
         Ok(Graph::from_fn_unchecked(n, topology, |i, out| {
             let (r, c) = (i / cols, i % cols);

@@ -65,6 +65,7 @@ impl KnnOptions {
                 format!("{} * {} nearest requested, {available} candidates among {n} nodes", self.k, self.dilation),
             ));
         }
+        super::check_edges(&format!("feature k-NN graph on {n} nodes, k = {}", self.k), n.checked_mul(self.k))?;
         ensure_finite("feature k-NN features", x.as_slice())
     }
 }

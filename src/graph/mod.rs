@@ -116,6 +116,23 @@ impl Graph {
         }
     }
 
+    /// [`Graph::complete`], checked: an error ([`Error::Invalid`]) if `n` is beyond the `u32`
+    /// node range or its `n^2` (or `n (n - 1)`) edges would exceed [`crate::limits::MAX_EDGES`]
+    /// or overflow. Nothing is allocated either way, but kernels and [`Graph::materialize`]
+    /// would allocate per edge: builders from user sizes ([`GraphSpec::build`]) go through here.
+    ///
+    /// ```
+    /// use patchgraph::Graph;
+    /// assert_eq!(Graph::try_complete(197, true).unwrap(), Graph::complete(197, true));
+    /// assert!(Graph::try_complete(1 << 20, true).is_err()); // 2^40 edges
+    /// ```
+    pub fn try_complete(n: usize, self_loops: bool) -> Result<Graph> {
+        ensure_u32_nodes("complete graph", n)?;
+        let edges = if self_loops { n.checked_mul(n) } else { n.checked_mul(n.saturating_sub(1)) };
+        check_edges(&format!("complete graph on {n} nodes"), edges)?;
+        Ok(Graph::complete(n, self_loops))
+    }
+
     /// A graph from CSR-by-destination arrays: the sources of the edges into `i` are
     /// `sources[offsets[i]..offsets[i+1]]`. Validates lengths, monotone offsets and indices.
     pub fn from_csr(num_nodes: usize, offsets: Vec<usize>, sources: Vec<u32>) -> Result<Graph> {
@@ -134,10 +151,13 @@ impl Graph {
     /// assert!(Graph::from_neighbor_table(3, 2, vec![1, 2, 0, 3, 0, 1]).is_err());
     /// ```
     pub fn from_neighbor_table(num_nodes: usize, k: usize, table: Vec<u32>) -> Result<Graph> {
-        if table.len() != num_nodes * k {
+        // `num_nodes` sizes the offsets allocated below: bounded like every node count, and
+        // `num_nodes * k` must not wrap into a length that the table happens to have.
+        ensure_u32_nodes("neighbour table", num_nodes)?;
+        if num_nodes.checked_mul(k) != Some(table.len()) {
             return Err(Error::shape(
                 "neighbour table",
-                format!("[{num_nodes} x {k}] = {} entries", num_nodes * k),
+                format!("[{num_nodes} x {k}] entries"),
                 format!("{} entries", table.len()),
             ));
         }
@@ -163,6 +183,8 @@ impl Graph {
         sources: Vec<u32>,
         topology: Topology,
     ) -> Result<Graph> {
+        // `num_nodes + 1` must not wrap to the length of an empty `offsets` (then indexed).
+        ensure_u32_nodes("CSR graph", num_nodes)?;
         if offsets.len() != num_nodes + 1 {
             return Err(Error::shape(
                 "CSR offsets",
@@ -219,9 +241,8 @@ impl Graph {
                 });
             }
         }
-        if num_nodes > u32::MAX as usize {
-            return Err(Error::invalid("graph size", format!("{num_nodes} nodes exceed the u32 index range")));
-        }
+        ensure_u32_nodes("graph size", num_nodes)?;
+        check_edges("edge_index", Some(sources.len()))?;
         let pairs = sources.iter().zip(targets).map(|(&s, &t)| (s as u32, t));
         Ok(Self::from_pairs_unchecked(num_nodes, pairs, sources.len(), Topology::Custom))
     }
@@ -230,7 +251,8 @@ impl Graph {
     /// sources then the targets), e.g. read from a safetensors file. A shape other than
     /// `[2, E]`, a negative index or one `>= N` is an error naming the position.
     pub fn from_edge_index_tensor(num_nodes: usize, shape: &[usize], data: &[i64]) -> Result<Graph> {
-        if shape.len() != 2 || shape[0] != 2 || data.len() != 2 * shape[1] {
+        // `2 * E` checked: a wrapped product would pass for an empty `data` and size the rows.
+        if shape.len() != 2 || shape[0] != 2 || shape[1].checked_mul(2) != Some(data.len()) {
             return Err(Error::shape(
                 "edge_index",
                 "[2, E] with 2 * E values",
@@ -458,10 +480,10 @@ impl Graph {
     /// stays implicit (the dense path takes it); otherwise it is stored as CSR. The block
     /// structure is kept either way.
     pub fn disjoint_union(graphs: &[Graph]) -> Result<Graph> {
-        let total: usize = graphs.iter().map(|g| g.num_nodes).sum();
-        if total > u32::MAX as usize {
-            return Err(Error::invalid("batch", format!("{total} nodes exceed the u32 index range")));
-        }
+        let total = graphs.iter().try_fold(0usize, |t, g| t.checked_add(g.num_nodes));
+        let total = total.filter(|&t| t <= u32::MAX as usize).ok_or_else(|| {
+            Error::invalid("batch", format!("{} graphs: their nodes exceed the u32 index range", graphs.len()))
+        })?;
         let mut blocks = vec![0];
         for g in graphs {
             let base = *blocks.last().unwrap_or(&0);
@@ -476,7 +498,9 @@ impl Graph {
         }
         let mut offsets = Vec::with_capacity(total + 1);
         offsets.push(0);
-        let mut sources = Vec::with_capacity(graphs.iter().map(Graph::num_edges).sum());
+        // Stored edge by edge from here: an implicit complete part may stand for more than fit.
+        let edges = graphs.iter().try_fold(0usize, |t, g| t.checked_add(g.num_edges()));
+        let mut sources = Vec::with_capacity(check_edges("batch", edges)?);
         let mut base = 0u32;
         for g in graphs {
             for i in 0..g.num_nodes {
@@ -519,9 +543,27 @@ pub(crate) fn ensure_u32_nodes(what: &str, num_nodes: usize) -> Result<()> {
     Ok(())
 }
 
+/// The edge count `edges` (`None` when computing it overflowed), or an [`Error::Invalid`]
+/// naming `what` if it overflowed or exceeds [`crate::limits::MAX_EDGES`]. Builders call it with
+/// the count (or a bound on it) before allocating any edge.
+pub(crate) fn check_edges(what: &str, edges: Option<usize>) -> Result<usize> {
+    use crate::limits::MAX_EDGES;
+    match edges {
+        Some(e) if e <= MAX_EDGES => Ok(e),
+        _ => Err(Error::invalid(
+            what,
+            format!(
+                "{} edges, more than the limit of {MAX_EDGES} (2^31) per graph",
+                edges.map_or_else(|| "more than 2^64".to_string(), |e| e.to_string())
+            ),
+        )),
+    }
+}
+
 /// Edges of a complete graph on `m` nodes: `m^2` with self-loops, `m (m - 1)` without.
 pub(crate) fn complete_edges(m: usize, self_loops: bool) -> usize {
-    if self_loops { m * m } else { m * m.saturating_sub(1) }
+    // Saturating: an implicit complete graph of any size has a count (capped at usize::MAX).
+    if self_loops { m.saturating_mul(m) } else { m.saturating_mul(m.saturating_sub(1)) }
 }
 
 /// Iterator over the sources of a node's incoming edges.

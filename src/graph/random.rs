@@ -2,7 +2,7 @@
 //!
 //! Built by [`Graph::random`], which documents the definition.
 
-use super::{Graph, Topology, ensure_u32_nodes};
+use super::{Graph, Topology, check_edges, ensure_u32_nodes};
 use crate::error::{Error, Result};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -26,7 +26,7 @@ impl Graph {
     /// destination, so it costs `O(degree)` per destination and no allocation after the first.
     ///
     /// Errors: `degree` larger than the candidates (`n` with self-loops, `n - 1` without),
-    /// `n` beyond the `u32` index range.
+    /// `n` beyond the `u32` index range, `n degree` edges beyond [`crate::limits::MAX_EDGES`].
     pub fn random(n: usize, degree: usize, seed: u64, self_loops: bool) -> Result<Graph> {
         ensure_u32_nodes("random graph", n)?;
         let available = if self_loops { n } else { n.saturating_sub(1) };
@@ -36,6 +36,7 @@ impl Graph {
                 format!("{degree} distinct sources requested, {available} available among {n} nodes"),
             ));
         }
+        check_edges(&format!("random graph on {n} nodes, degree {degree}"), n.checked_mul(degree))?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         // `pool` is the identity permutation of the candidates between destinations.
         let mut pool: Vec<u32> = (0..available as u32).collect();

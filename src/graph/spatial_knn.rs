@@ -3,7 +3,7 @@
 //! Built by [`Graph::spatial_knn`], which documents the definition.
 
 use super::grid::grid_nodes;
-use super::{Graph, Topology};
+use super::{Graph, Topology, check_edges};
 use crate::error::{Error, Result};
 
 impl Graph {
@@ -27,7 +27,7 @@ impl Graph {
     /// only until the `k`-th candidate is provably final: `O(k)` work per node, not `O(N)`.
     ///
     /// Errors: `rows` or `cols` zero, `k` zero, `k` larger than the candidates (`rows * cols`
-    /// with `include_self`, one fewer without).
+    /// with `include_self`, one fewer without), `N k` edges beyond [`crate::limits::MAX_EDGES`].
     pub fn spatial_knn(rows: usize, cols: usize, k: usize, include_self: bool) -> Result<Graph> {
         let n = grid_nodes(rows, cols)?;
         let available = if include_self { n } else { n - 1 };
@@ -37,6 +37,7 @@ impl Graph {
                 format!("{k} is not in 1..={available} (the candidates of a {rows} x {cols} grid)"),
             ));
         }
+        check_edges(&format!("spatial k-NN graph {rows} x {cols}, k = {k}"), n.checked_mul(k))?;
         // Smallest half-width whose full square holds k cells besides the centre.
         let mut h0 = 0usize;
         while (2 * h0 + 1) * (2 * h0 + 1) < k + 1 {

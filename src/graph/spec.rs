@@ -29,7 +29,7 @@
 //! assert!("grid:5".parse::<GraphSpec>().is_err());
 //! ```
 
-use super::{Graph, KnnOptions, Metric, Neighbourhood, WindowKind};
+use super::{Graph, KnnOptions, Metric, Neighbourhood, WindowKind, check_edges};
 use crate::error::{Error, Result};
 use crate::tensor::Matrix;
 use std::fmt;
@@ -78,9 +78,12 @@ pub enum GraphSpec {
     },
 }
 
-fn parse_num<T: FromStr>(spec: &str, field: Option<&str>, default: Option<T>) -> Result<T> {
+fn parse_num<T: FromStr<Err: fmt::Display>>(spec: &str, field: Option<&str>, default: Option<T>) -> Result<T> {
     match (field, default) {
-        (Some(f), _) => f.parse().map_err(|_| Error::invalid("graph spec", format!("`{spec}`: `{f}` is not a number"))),
+        // The parser's own message tells "not a number" from "too large" (`knn:99999999999999999999`).
+        (Some(f), _) => f
+            .parse()
+            .map_err(|e: T::Err| Error::invalid("graph spec", format!("`{spec}`: `{f}` is not a valid number ({e})"))),
         (None, Some(d)) => Ok(d),
         (None, None) => Err(Error::invalid("graph spec", format!("`{spec}` needs a number after `:`"))),
     }
@@ -172,10 +175,20 @@ impl GraphSpec {
     /// Builds the graph over a `rows x cols` patch grid. `features` `[rows*cols x D]` (patch
     /// nodes only, no class token) are required by feature k-NN. With `class_token`, node 0 is
     /// the class token linked both ways to every patch.
+    ///
+    /// Errors ([`Error::Invalid`]) where the builder's do, and for a graph whose edges would
+    /// exceed [`crate::limits::MAX_EDGES`] or whose sizes overflow, checked before allocating
+    /// (a `complete` graph on a 2^16 x 2^16 grid would have 2^64 edges).
     pub fn build(&self, rows: usize, cols: usize, features: Option<&Matrix>, class_token: bool) -> Result<Graph> {
-        let n = rows * cols;
+        let n = rows.checked_mul(cols).ok_or_else(|| {
+            Error::invalid("graph spec", format!("`{self}` on a {rows} x {cols} grid: the node count overflows"))
+        })?;
         let patches = match *self {
-            GraphSpec::Complete => return Ok(Graph::complete(n + class_token as usize, true)),
+            GraphSpec::Complete => {
+                let nodes = n.checked_add(usize::from(class_token));
+                let nodes = nodes.ok_or_else(|| Error::invalid("graph spec", "the node count overflows"))?;
+                return Graph::try_complete(nodes, true);
+            }
             GraphSpec::Grid { neighbourhood, radius } => Graph::grid(rows, cols, neighbourhood, radius, true)?,
             GraphSpec::Window { kind, size } => Graph::window(rows, cols, kind, size)?,
             GraphSpec::SpatialKnn { k } => Graph::spatial_knn(rows, cols, k, true)?,
@@ -187,6 +200,107 @@ impl GraphSpec {
             }
             GraphSpec::Random { degree, seed } => Graph::random(n, degree, seed, false)?,
         };
-        Ok(if class_token { patches.with_global_node(true) } else { patches })
+        if !class_token {
+            return Ok(patches);
+        }
+        // The token adds `2 n + 1` edges: its self-loop and one each way per patch.
+        let edges = n.checked_mul(2).and_then(|e| e.checked_add(patches.num_edges() + 1));
+        check_edges(&format!("`{self}` with a class token"), edges)?;
+        Ok(patches.with_global_node(true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::MAX_EDGES;
+
+    fn invalid(r: Result<Graph>) -> String {
+        match r {
+            Err(e @ Error::Invalid { .. }) => e.to_string(),
+            other => panic!("expected Error::Invalid, got {other:?}"),
+        }
+    }
+
+    /// Numbers beyond their type are typed errors that say so, not panics.
+    #[test]
+    fn huge_numbers_in_specs_are_errors() {
+        for s in ["knn:99999999999999999999", "random:1:18446744073709551616", "grid4:-1", "window:1e3"] {
+            let err = s.parse::<GraphSpec>().unwrap_err();
+            assert!(matches!(err, Error::Invalid { .. }), "{s}: {err}");
+            assert!(err.to_string().contains(s), "{s}: {err}");
+        }
+        let msg = "knn:99999999999999999999".parse::<GraphSpec>().unwrap_err().to_string();
+        assert!(msg.contains("too large"), "{msg}");
+        // Parsed, then refused by the builder on a 4 x 4 grid.
+        for s in ["random:4294967296:1", "knn:4294967296", "fknn:4294967296:4294967296", "nat:4294967297"] {
+            let spec: GraphSpec = s.parse().unwrap();
+            let x = Matrix::zeros(16, 2);
+            for token in [false, true] {
+                let msg = invalid(spec.build(4, 4, Some(&x), token));
+                assert!(!msg.is_empty(), "{s}");
+            }
+        }
+        // Radius and window sizes far past the grid are clipped, not multiplied out.
+        let g = "grid8:18446744073709551615".parse::<GraphSpec>().unwrap().build(3, 3, None, true).unwrap();
+        assert_eq!(g.num_edges(), 9 * 9 + 2 * 9 + 1);
+        let g = "window:18446744073709551615".parse::<GraphSpec>().unwrap().build(3, 2, None, false).unwrap();
+        assert_eq!(g.num_edges(), 36);
+    }
+
+    /// Graphs past `MAX_EDGES` (2^31) are refused before allocating: `complete` on a 2^16 x 2^16
+    /// grid (2^64 edges) used to be returned as if it could run; a grid size whose product
+    /// overflows used to panic.
+    #[test]
+    fn edge_counts_beyond_the_limit_are_refused() {
+        let complete = GraphSpec::Complete;
+        let msg = invalid(complete.build(1 << 16, 1 << 16, None, false));
+        assert!(msg.contains("limit") || msg.contains("u32"), "{msg}");
+        // 46,340^2 < 2^31 < 46,341^2: the limit is exact, the class token counted.
+        assert!(complete.build(46_340, 1, None, false).is_ok());
+        const { assert!(46_341 * 46_341 > MAX_EDGES && 46_340 * 46_340 <= MAX_EDGES) };
+        assert!(complete.build(46_341, 1, None, false).is_err());
+        assert!(complete.build(46_340, 1, None, true).is_err()); // 46,341 nodes with the token
+        assert!(invalid(complete.build(usize::MAX, 2, None, false)).contains("overflows"));
+        assert!(invalid(Graph::try_complete(usize::MAX, false)).contains("u32"));
+
+        // Each builder checks its count (or its documented bound) first. These would need tens
+        // of GiB for the sources alone, so refusing them is all a test can exercise.
+        let grid = "grid8:1".parse::<GraphSpec>().unwrap();
+        assert!(invalid(grid.build(60_000, 60_000, None, false)).contains("2^31"));
+        let window = "window:1000".parse::<GraphSpec>().unwrap();
+        assert!(invalid(window.build(50_000, 50_000, None, false)).contains("2^31"));
+        assert!(invalid(Graph::window(50_000, 50_000, WindowKind::Sliding, 3)).contains("2^31"));
+        assert!(invalid(Graph::spatial_knn(50_000, 50_000, 2, true)).contains("2^31"));
+        assert!(invalid(Graph::random(1 << 31, 2, 0, false)).contains("2^31"));
+        // The exact partition count at a size that fits: 5 x 3 in windows of 2 is row lengths
+        // 2, 2, 1 by column lengths 2, 1: (4 + 4 + 1) (4 + 1) = 45.
+        assert_eq!(Graph::window(5, 3, WindowKind::Partition, 2).unwrap().num_edges(), 45);
+        // A batch that would store an implicit complete part edge by edge.
+        let parts = [Graph::complete(1 << 16, true), Graph::from_edge_index(2, &[0], &[1]).unwrap()];
+        assert!(invalid(Graph::disjoint_union(&parts)).contains("2^31"));
+    }
+
+    /// The raw constructors: wrapped sizes, negative and out-of-range indices, length
+    /// mismatches are typed errors (the wrapped `2 * E`, `N * k` and `N + 1` used to panic or
+    /// slip through).
+    #[test]
+    fn raw_constructors_refuse_bad_input() {
+        let half = (usize::MAX >> 1) + 1;
+        assert!(matches!(Graph::from_edge_index_tensor(3, &[2, half], &[]), Err(Error::Shape { .. })));
+        assert!(matches!(Graph::from_edge_index_tensor(3, &[2, 1], &[0, -1]), Err(Error::Invalid { .. })));
+        assert!(matches!(
+            Graph::from_edge_index_tensor(3, &[2, 2], &[0, 1, 2, 3]),
+            Err(Error::NodeOutOfRange { index: 3, num_nodes: 3, .. })
+        ));
+        assert!(matches!(Graph::from_edge_index_tensor(3, &[2, 2, 1], &[0, 1, 2, 0]), Err(Error::Shape { .. })));
+        assert!(matches!(Graph::from_edge_index(3, &[0, 1], &[1]), Err(Error::Shape { .. })));
+        assert!(matches!(Graph::from_edge_index(0, &[0], &[0]), Err(Error::NodeOutOfRange { .. })));
+        assert!(Graph::from_neighbor_table(half, 2, vec![]).is_err());
+        assert!(Graph::from_neighbor_table(1 << 33, 0, vec![]).is_err());
+        assert!(Graph::from_csr(usize::MAX, vec![], vec![]).is_err());
+        assert!(Graph::from_csr(2, vec![0, 1, 1], vec![2]).is_err());
+        let g = Graph::from_edge_index_tensor(3, &[2, 2], &[0, 2, 1, 1]).unwrap();
+        assert_eq!(g.incoming(1).collect::<Vec<_>>(), [0, 2]);
     }
 }

@@ -3,7 +3,7 @@
 //! Built by [`Graph::window`], which documents the exact rules.
 
 use super::grid::grid_nodes;
-use super::{Graph, Topology};
+use super::{Graph, Topology, check_edges};
 use crate::error::{Error, Result};
 
 /// Which local-window rule.
@@ -49,6 +49,7 @@ impl Graph {
     /// Errors: `rows` or `cols` zero, `size` zero; for [`WindowKind::Sliding`] also `size` even
     /// or larger than `rows` or `cols` (as NATTEN). A partition window larger than the grid is
     /// allowed: it is clipped (one window, the complete graph with self-loops, stored as CSR).
+    /// More edges than [`crate::limits::MAX_EDGES`] is an error, checked before allocating.
     pub fn window(rows: usize, cols: usize, kind: WindowKind, size: usize) -> Result<Graph> {
         let n = grid_nodes(rows, cols)?;
         if size == 0 {
@@ -79,6 +80,19 @@ impl Graph {
                 start..start + size
             }
         };
+        // The exact edge count, checked before any source is pushed. Partition: per axis, the
+        // windows of length `min(s, len)` and the shorter last one, each window a complete block,
+        // so E = (sum of row-window lengths squared) x (the same for columns). Sliding: N s^2.
+        let squares = |len: usize| {
+            let s = size.min(len);
+            let (full, rest) = (len / s, len % s);
+            full.checked_mul(s * s)?.checked_add(rest * rest)
+        };
+        let edges = match kind {
+            WindowKind::Partition => squares(rows).zip(squares(cols)).and_then(|(a, b)| a.checked_mul(b)),
+            WindowKind::Sliding => size.checked_mul(size).and_then(|s2| s2.checked_mul(n)),
+        };
+        check_edges(&format!("window graph {rows} x {cols}, size {size}"), edges)?;
         let topology = Topology::Window { rows, cols, kind, size };
         Ok(Graph::from_fn_unchecked(n, topology, |i, out| {
             let (r, c) = (i / cols, i % cols);

@@ -2,11 +2,12 @@
 
 use std::path::Path;
 
-use ::image::{DynamicImage, GrayImage, ImageReader, RgbImage};
+use ::image::{DynamicImage, GrayImage, ImageReader, Limits, RgbImage};
 use serde::{Deserialize, Serialize};
 
 use super::chw::{ChwImage, checked_len};
 use crate::error::{Error, Result};
+use crate::limits::{MAX_IMAGE_SIDE, check_image_size};
 
 /// How many channels a decoded image gets.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -49,15 +50,39 @@ pub fn load_image(path: impl AsRef<Path>) -> Result<ChwImage> {
 /// extension. Integer samples are divided by their maximum (255 for 8-bit, as torchvision's
 /// `ToTensor`; 65535 for 16-bit); float samples (OpenEXR, Radiance HDR) are clamped to `[0, 1]`.
 ///
+/// The width and height are read from the file's header and checked against
+/// [`check_image_size`] before anything is decoded.
+///
 /// Errors: [`Error::Io`] if the file cannot be opened or read, [`Error::Codec`] if it is not an
 /// image the decoder understands (or exceeds the decoder's default memory limits),
-/// [`Error::Image`] if it decodes to zero pixels, [`Error::NonFinite`] for a NaN float sample.
+/// [`Error::Image`] naming the file if its header states a size beyond
+/// [`crate::limits::MAX_IMAGE_SIDE`] or [`crate::limits::MAX_IMAGE_PIXELS`], or if it decodes to
+/// zero pixels, [`Error::NonFinite`] for a NaN float sample.
 pub fn load_image_with(path: impl AsRef<Path>, channels: Channels) -> Result<ChwImage> {
     let path = path.as_ref();
+    let shown = path.display().to_string();
     let io_err = |source| Error::Io { path: path.to_path_buf(), source };
-    let reader = ImageReader::open(path).map_err(io_err)?.with_guessed_format().map_err(io_err)?;
-    let decoded = reader.decode().map_err(|source| Error::Codec { path: path.display().to_string(), source })?;
-    from_dynamic_image_named(&decoded, channels, &path.display().to_string())
+    let codec = |source| Error::Codec { path: shown.clone(), source };
+    let open = || -> Result<ImageReader<std::io::BufReader<std::fs::File>>> {
+        ImageReader::open(path).map_err(io_err)?.with_guessed_format().map_err(io_err)
+    };
+    // The size from the header alone, checked before the decoder allocates its buffer: a
+    // file of a few bytes can announce 4 G x 4 G pixels.
+    // No limits on this reader, or the decoder's own would answer first (a codec error that
+    // does not say which limit): only the header is read.
+    let mut header = open()?;
+    header.no_limits();
+    let (width, height) = header.into_dimensions().map_err(codec)?;
+    check_image_size(&format!("{shown} (decoded)"), height as usize, width as usize)?;
+    let mut reader = open()?;
+    // The same bound for the decoder itself (a file that changed between the two reads, a
+    // format whose decoder sizes frames on its own), on top of the crate's default memory cap.
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE as u32);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE as u32);
+    reader.limits(limits);
+    let decoded = reader.decode().map_err(codec)?;
+    from_dynamic_image_named(&decoded, channels, &shown)
 }
 
 /// Converts a decoded image into `[C x H x W]` with values in `[0, 1]` (see [`load_image_with`]
@@ -233,5 +258,54 @@ mod tests {
         assert_eq!(to_dynamic_image(&chw).unwrap(), dynimg);
         let two = ChwImage::filled(2, 1, 1, 0.0).unwrap();
         assert!(matches!(to_dynamic_image(&two), Err(Error::Image { .. })));
+    }
+
+    /// The CRC-32 (IEEE) that PNG chunks carry, bit by bit.
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+
+    /// A 2 x 2 RGB PNG whose IHDR states `width x height` instead, with its CRC fixed up so
+    /// that the decoder believes it.
+    fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+        let mut png = Vec::new();
+        DynamicImage::ImageRgb8(RgbImage::from_pixel(2, 2, Rgb([1, 2, 3])))
+            .write_to(&mut std::io::Cursor::new(&mut png), ::image::ImageFormat::Png)
+            .unwrap();
+        // Signature (8), IHDR length (4), "IHDR" (4), width, height; the CRC covers "IHDR" + 13.
+        png[16..20].copy_from_slice(&width.to_be_bytes());
+        png[20..24].copy_from_slice(&height.to_be_bytes());
+        let crc = crc32(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        png
+    }
+
+    /// Sizes stated by the header beyond the limits are an `Image` error naming the file (they
+    /// used to reach the decoder: a codec error, or a buffer of the stated size allocated up
+    /// front when within the decoder's default 512 MiB).
+    #[test]
+    fn header_sizes_beyond_the_limits_are_refused_before_decoding() {
+        let dir = std::env::temp_dir().join(format!("pg-load-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = dir.join("ok.png");
+        std::fs::write(&ok, png_claiming(2, 2)).unwrap();
+        assert_eq!(load_image(&ok).unwrap().shape(), (3, 2, 2));
+        // One side past 65,536; then 2^27 + 1 pixels in sides within it; then 2^30 x 2^30.
+        for (w, h) in [(65_537, 1), (1 << 16, (1 << 11) + 1), (1 << 30, 1 << 30)] {
+            let path = dir.join(format!("claims-{w}x{h}.png"));
+            std::fs::write(&path, png_claiming(w, h)).unwrap();
+            let err = load_image(&path).unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, Error::Image { .. }), "{w} x {h}: {msg}");
+            assert!(msg.contains(&format!("claims-{w}x{h}.png")) && msg.contains("beyond the limits"), "{msg}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
