@@ -54,10 +54,28 @@ pub fn check_elements(what: &str, shape: &[usize]) -> Result<usize> {
             what,
             format!(
                 "shape {shape:?} holds {} elements, more than the limit of {MAX_TENSOR_ELEMENTS} (2^30) per tensor",
-                product.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string())
+                count_text(product)
             ),
         )),
     }
+}
+
+/// The edge count `edges` (`None` when computing it overflowed), or an [`Error::Invalid`]
+/// naming `what` if it overflowed or exceeds [`MAX_EDGES`]. Graph builders call it with the
+/// count (or a bound on it) before allocating any edge.
+pub fn check_edges(what: &str, edges: Option<usize>) -> Result<usize> {
+    match edges {
+        Some(e) if e <= MAX_EDGES => Ok(e),
+        _ => Err(Error::invalid(
+            what,
+            format!("{} edges, more than the limit of {MAX_EDGES} (2^31) per graph", count_text(edges)),
+        )),
+    }
+}
+
+/// A count for an error message; `None` is a count that overflowed.
+fn count_text(count: Option<usize>) -> String {
+    count.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string())
 }
 
 /// Checks an image size `height x width` (in pixels) against [`MAX_IMAGE_SIDE`] and

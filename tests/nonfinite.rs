@@ -232,27 +232,26 @@ fn no_model_absorbs_a_nan_weight() {
         }
     }
     // GAT, GATv2, ViG: a NaN in each weight tensor in turn
-    let digit = image(1, 28, 28);
     for v2 in [false, true] {
         let config = PatchGatConfig { dim: 16, depth: 2, heads: 2, v2, ..PatchGatConfig::mnist() };
         let model = PatchGat::new(config.clone(), &mut Init::new(0)).unwrap();
-        let state = model.state_dict().unwrap();
-        for (name, _) in state.shapes() {
-            let mut map = state.clone();
-            map.set_allow_nonfinite(true);
-            poison(&mut map, name, 0, f32::NAN);
-            let m = PatchGat::load(config.clone(), map, "nan").unwrap();
-            assert_not_absorbed(&format!("GAT v2={v2} {name}"), m.logits(std::slice::from_ref(&digit), &[]));
-        }
+        each_weight_poisoned(&format!("GAT v2={v2}"), &model, |map| PatchGat::load(config.clone(), map, "nan"));
     }
     let config = VigConfig { dim: 16, depth: 2, ..VigConfig::mnist() };
     let model = Vig::new(config.clone(), &mut Init::new(0)).unwrap();
+    each_weight_poisoned("ViG", &model, |map| Vig::load(config.clone(), map, "nan"));
+}
+
+/// For every weight tensor of `model` in turn: a copy with NaN at its first value, loaded by
+/// `load`, does not absorb the NaN on a digit.
+fn each_weight_poisoned<M: Classifier>(what: &str, model: &M, load: impl Fn(TensorMap) -> patchgraph::Result<M>) {
+    let digit = image(1, 28, 28);
     let state = model.state_dict().unwrap();
     for (name, _) in state.shapes() {
         let mut map = state.clone();
         map.set_allow_nonfinite(true);
         poison(&mut map, name, 0, f32::NAN);
-        let m = Vig::load(config.clone(), map, "nan").unwrap();
-        assert_not_absorbed(&format!("ViG {name}"), m.logits(std::slice::from_ref(&digit), &[]));
+        let m = load(map).unwrap();
+        assert_not_absorbed(&format!("{what} {name}"), m.logits(std::slice::from_ref(&digit), &[]));
     }
 }

@@ -142,7 +142,7 @@ impl TensorMap {
     pub fn save_safetensors(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let bytes = self.to_safetensors_bytes()?;
-        write_atomically(path, &bytes)
+        crate::atomic_file::write_atomically(path, &bytes)
     }
 
     /// Sets a `__metadata__` entry (written by [`TensorMap::save_safetensors`]).
@@ -308,8 +308,6 @@ impl TensorMap {
         if names.is_empty() { Ok(()) } else { Err(Error::UnexpectedTensors { names }) }
     }
 }
-
-pub(crate) use crate::atomic_file::write_atomically;
 
 /// One line of an [`Error::Checkpoint`] for a failed take of `name` with `shape`.
 fn problem_line(name: &str, shape: &[usize], e: &Error) -> String {

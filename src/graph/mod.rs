@@ -543,22 +543,7 @@ pub(crate) fn ensure_u32_nodes(what: &str, num_nodes: usize) -> Result<()> {
     Ok(())
 }
 
-/// The edge count `edges` (`None` when computing it overflowed), or an [`Error::Invalid`]
-/// naming `what` if it overflowed or exceeds [`crate::limits::MAX_EDGES`]. Builders call it with
-/// the count (or a bound on it) before allocating any edge.
-pub(crate) fn check_edges(what: &str, edges: Option<usize>) -> Result<usize> {
-    use crate::limits::MAX_EDGES;
-    match edges {
-        Some(e) if e <= MAX_EDGES => Ok(e),
-        _ => Err(Error::invalid(
-            what,
-            format!(
-                "{} edges, more than the limit of {MAX_EDGES} (2^31) per graph",
-                edges.map_or_else(|| "more than 2^64".to_string(), |e| e.to_string())
-            ),
-        )),
-    }
-}
+pub(crate) use crate::limits::check_edges;
 
 /// Edges of a complete graph on `m` nodes: `m^2` with self-loops, `m (m - 1)` without.
 pub(crate) fn complete_edges(m: usize, self_loops: bool) -> usize {

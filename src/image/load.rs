@@ -260,16 +260,11 @@ mod tests {
         assert!(matches!(to_dynamic_image(&two), Err(Error::Image { .. })));
     }
 
-    /// The CRC-32 (IEEE) that PNG chunks carry, bit by bit.
+    /// The CRC-32 (IEEE) that PNG chunks carry (flate2's, the one gzip uses).
     fn crc32(bytes: &[u8]) -> u32 {
-        let mut crc = !0u32;
-        for &b in bytes {
-            crc ^= u32::from(b);
-            for _ in 0..8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
-            }
-        }
-        !crc
+        let mut crc = flate2::Crc::new();
+        crc.update(bytes);
+        crc.sum()
     }
 
     /// A 2 x 2 RGB PNG whose IHDR states `width x height` instead, with its CRC fixed up so
