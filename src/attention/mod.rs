@@ -28,6 +28,10 @@
 mod backward;
 mod dispatch;
 mod inputs;
+pub mod linformer;
+pub mod low_rank;
+pub mod nystrom;
+pub mod performer;
 mod reference;
 pub(crate) mod score;
 

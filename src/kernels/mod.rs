@@ -21,7 +21,10 @@
 //! ```
 
 pub mod dense;
+pub mod favor;
 pub mod gemm;
 pub mod hub;
+pub mod linformer;
+pub mod nystrom;
 pub mod simd;
 pub mod sparse;
