@@ -28,6 +28,15 @@
 //!   row tile; [`Graph::feature_knn_reference`] is its plain oracle.
 //! - [`Graph::with_global_node`]: a class token prepended as node 0, linked both ways to all.
 //! - [`Graph::random`]: a seeded random graph with a fixed in-degree.
+//! - [`Graph::bigbird`]: BigBird's centred window plus seeded random sources outside it.
+//! - [`Graph::longformer`]: Vision Longformer's centred window plus global patches
+//!   ([`global_patches`]).
+//! - [`Graph::shifted_window`]: Swin's shifted windows (cyclic shift + mask as a graph);
+//!   [`relative_position_index`] is Swin's bias-table index.
+//! - [`Graph::grid_attention`]: MaxViT's grid attention (dilated `G x G` groups).
+//! - [`Graph::lsh`]: Reformer's angular LSH buckets on node features ([`LshOptions`]), sorted and
+//!   chunked; [`Graph::lsh_reference`] is its plain oracle.
+//! - [`Graph::union`]: the edge union of graphs on the same nodes (`window:7+global+random:3`).
 //! - [`Graph::add_self_loops`], [`Graph::remove_self_loops`]: PyG's self-loop edits.
 //! - petgraph and Graphviz: [`Graph::from_petgraph`], [`Graph::to_petgraph`] (and the
 //!   `StableGraph` / `Csr` variants), [`Graph::to_dot`].
@@ -63,20 +72,29 @@
 //! assert_eq!(batch.incoming(3).collect::<Vec<_>>(), vec![2, 4]);
 //! ```
 
+mod bigbird;
 mod dot;
 mod global;
 mod grid;
+mod grid_attention;
 mod interop;
 mod knn;
+mod longformer;
+mod lsh;
 mod random;
 mod self_loops;
+mod shifted_window;
 mod spatial_knn;
 mod spec;
 mod topology;
+mod union;
 mod window;
 
 pub use grid::Neighbourhood;
 pub use knn::{KnnOptions, Metric};
+pub use longformer::global_patches;
+pub use lsh::LshOptions;
+pub use shifted_window::relative_position_index;
 pub use spec::GraphSpec;
 pub use topology::Topology;
 pub use window::WindowKind;

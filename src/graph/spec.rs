@@ -10,12 +10,27 @@
 //! | `knn:K` | the `K` nearest patches by grid position, self included |
 //! | `fknn:K:D`, `fknn-cos:K:D` | ViG: feature k-NN (L2 / cosine) with dilation `D` (default 1), self included |
 //! | `random:K:SEED` | `K` random sources per patch (seed defaults to 0) |
+//! | `performer:M:SEED`, `linformer:K[:SHARING]`, `nystrom:L[:CONV]` | not graphs: low-rank approximations of `complete` ([`LowRank`]); `build` gives the complete graph |
+//! | `bigbird:W:R:SEED` | BigBird: the centred `W x W` window (odd `W`, clipped) plus `R` random patches outside it (`R` defaults to 3, `SEED` to 0); the class token is its global token |
+//! | `longformer:W:G` | Vision Longformer: the centred `W x W` window plus `G` global patches (default 0) |
+//! | `swin:M` | Swin: `M x M` windows, shift 0 in even layers and `M / 2` in odd ones ([`GraphSpec::for_layer`]) |
+//! | `swin:M:S` | Swin windows with the fixed shift `S` in every layer |
+//! | `gridattn:G` | MaxViT grid attention: `G x G` groups with stride `(rows / G, cols / G)` |
+//! | `lsh:B:ROUNDS:SEED` | Reformer: angular LSH of the node features into `B` buckets, chunked (`ROUNDS` defaults to 1, `SEED` to 0) |
+//! | `global:G` | `G` global patches (default 1) linked both ways to every patch, and one self-loop per node |
+//! | `A+B+...` | the edge union of the parts (e.g. `window:7+global+random:3`, `nat:3+lsh:8:2:1`) |
 //!
 //! Aliases: `grid:4` and `grid:8` are `grid4:1` and `grid8:1`; `knn-feature:K:dilation=D` is
-//! `fknn:K:D`. [`GraphSpec`]'s `Display` writes the canonical form.
+//! `fknn:K:D`. [`GraphSpec`]'s `Display` writes the canonical form (every number spelled out).
+//!
+//! A union splits on each `+` that is followed by a letter (a `+` before a digit stays part of
+//! the number, as `knn:+3` always parsed); each part is a spec of the table, a union inside a
+//! union is flattened, and `complete` in a union makes the whole union complete. The global
+//! patches of `longformer` and `global` are [`global_patches`](super::global_patches).
 //!
 //! With a class token, [`GraphSpec::build`] prepends it as node 0 linked both ways to every
-//! patch (with its self-loop), as in timm's token order; `complete` stays one complete graph.
+//! patch (with its self-loop), as in timm's token order; `complete` stays one complete graph. A
+//! union gets the token once, after the union of its parts' patch graphs.
 //!
 //! ```
 //! use patchgraph::graph::GraphSpec;
@@ -27,9 +42,18 @@
 //! assert_eq!("grid:8".parse::<GraphSpec>().unwrap().to_string(), "grid8:1");
 //! assert_eq!("knn-feature:9:dilation=2".parse::<GraphSpec>().unwrap().to_string(), "fknn:9:2");
 //! assert!("grid:5".parse::<GraphSpec>().is_err());
+//! // A union: Swin windows of 2, alternating shifts, plus patch 8 (the middle id) made global.
+//! let spec: GraphSpec = "swin:2+global".parse().unwrap();
+//! assert_eq!(spec.to_string(), "swin:2+global:1");
+//! let layer1 = spec.for_layer(1);
+//! assert_eq!(layer1.to_string(), "swin:2:1+global:1");
+//! let g = layer1.build(4, 4, None, true).unwrap();
+//! assert_eq!(g.num_nodes(), 17); // the class token and 16 patches
+//! assert_eq!(g.in_degree(1), 1 + 2); // patch (0, 0): the token, itself, global patch 8
 //! ```
 
-use super::{Graph, KnnOptions, Metric, Neighbourhood, WindowKind, check_edges};
+use super::{Graph, KnnOptions, LshOptions, Metric, Neighbourhood, WindowKind, check_edges};
+use crate::attention::low_rank::LowRank;
 use crate::error::{Error, Result};
 use crate::tensor::Matrix;
 use std::fmt;
@@ -76,6 +100,56 @@ pub enum GraphSpec {
         /// Seed.
         seed: u64,
     },
+    /// BigBird: centred window plus random sources outside it ([`Graph::bigbird`]).
+    BigBird {
+        /// Window side (odd).
+        window: usize,
+        /// Random sources per patch.
+        random: usize,
+        /// Seed.
+        seed: u64,
+    },
+    /// Vision Longformer: centred window plus global patches ([`Graph::longformer`]).
+    Longformer {
+        /// Window side (odd).
+        window: usize,
+        /// Global patches.
+        globals: usize,
+    },
+    /// Swin's (shifted) windows ([`Graph::shifted_window`]).
+    Swin {
+        /// Window side `M`.
+        size: usize,
+        /// The shift in every layer, or `None` for Swin's alternation (0 in even layers,
+        /// `M / 2` in odd ones; see [`GraphSpec::for_layer`]).
+        shift: Option<usize>,
+    },
+    /// MaxViT grid attention ([`Graph::grid_attention`]).
+    GridAttention {
+        /// Grid size `G`.
+        grid: usize,
+    },
+    /// Reformer's LSH buckets of the node features ([`Graph::lsh`]).
+    Lsh {
+        /// Buckets (even).
+        buckets: usize,
+        /// Hashing rounds.
+        rounds: usize,
+        /// Seed of the rotations.
+        seed: u64,
+    },
+    /// Global patches linked both ways to every patch, plus one self-loop per node
+    /// (`Graph::longformer(rows, cols, 1, globals)`).
+    Global {
+        /// Global patches.
+        globals: usize,
+    },
+    /// The edge union of the parts ([`Graph::union`]), the class token added once.
+    Union(Vec<GraphSpec>),
+    /// Not a graph: a low-rank approximation of the complete graph (Performer, Linformer,
+    /// Nyström). [`GraphSpec::build`] gives the complete graph it approximates; a ViT block runs
+    /// the method instead of the softmax on it. Not allowed inside a union.
+    LowRank(LowRank),
 }
 
 fn parse_num<T: FromStr<Err: fmt::Display>>(spec: &str, field: Option<&str>, default: Option<T>) -> Result<T> {
@@ -89,57 +163,127 @@ fn parse_num<T: FromStr<Err: fmt::Display>>(spec: &str, field: Option<&str>, def
     }
 }
 
+/// Splits a spec at each `+` followed by a letter (a spec name); a `+` before anything else
+/// stays in its part (`knn:+3` is one spec, as the number parser reads `+3`).
+fn union_parts(s: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for (at, _) in s.match_indices('+') {
+        if s[at + 1..].starts_with(|c: char| c.is_ascii_alphabetic()) {
+            parts.push(&s[start..at]);
+            start = at + 1;
+        }
+    }
+    parts.push(&s[start..]);
+    parts
+}
+
 impl FromStr for GraphSpec {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<GraphSpec> {
-        let mut parts = s.split(':');
-        let name = parts.next().unwrap_or_default();
-        let (a, b) = (parts.next(), parts.next());
-        if parts.next().is_some() {
-            return Err(Error::invalid("graph spec", format!("`{s}` has too many `:` fields")));
+        let parts = union_parts(s);
+        if parts.len() == 1 {
+            return parse_one(s);
         }
-        let spec = match name {
-            "complete" => GraphSpec::Complete,
-            "grid4" | "grid8" => GraphSpec::Grid {
-                neighbourhood: if name == "grid4" { Neighbourhood::Four } else { Neighbourhood::Eight },
-                radius: parse_num(s, a, Some(1))?,
-            },
-            "window" => GraphSpec::Window { kind: WindowKind::Partition, size: parse_num(s, a, None)? },
-            "nat" => GraphSpec::Window { kind: WindowKind::Sliding, size: parse_num(s, a, None)? },
-            "knn" => GraphSpec::SpatialKnn { k: parse_num(s, a, None)? },
-            "fknn" | "fknn-cos" => GraphSpec::FeatureKnn {
-                k: parse_num(s, a, None)?,
-                dilation: parse_num(s, b, Some(1))?,
-                metric: if name == "fknn" { Metric::L2 } else { Metric::Cosine },
-            },
-            "random" => GraphSpec::Random { degree: parse_num(s, a, None)?, seed: parse_num(s, b, Some(0))? },
-            // Aliases: `grid:4` / `grid:8` (radius 1) and `knn-feature:K[:dilation=D]`.
-            "grid" => match a {
-                Some("4") => GraphSpec::Grid { neighbourhood: Neighbourhood::Four, radius: 1 },
-                Some("8") => GraphSpec::Grid { neighbourhood: Neighbourhood::Eight, radius: 1 },
-                _ => return Err(Error::invalid("graph spec", format!("`{s}`: expected grid:4 or grid:8"))),
-            },
-            "knn-feature" => GraphSpec::FeatureKnn {
-                k: parse_num(s, a, None)?,
-                dilation: parse_num(s, b.map(|d| d.strip_prefix("dilation=").unwrap_or(d)), Some(1))?,
-                metric: Metric::L2,
-            },
-            _ => {
-                return Err(Error::invalid(
-                    "graph spec",
-                    format!(
-                        "unknown `{s}`: expected complete, grid4:R, grid8:R, window:S, nat:S, knn:K, fknn:K:D, fknn-cos:K:D or random:K:SEED"
-                    ),
-                ));
+        let mut specs = Vec::with_capacity(parts.len());
+        for part in parts {
+            match parse_one(part).map_err(|e| match e {
+                Error::Invalid { reason, .. } => Error::invalid("graph spec", format!("in the union `{s}`: {reason}")),
+                other => other,
+            })? {
+                GraphSpec::Union(inner) => specs.extend(inner),
+                GraphSpec::LowRank(m) => {
+                    return Err(Error::invalid(
+                        "graph spec",
+                        format!("in the union `{s}`: `{m}` is not a graph (a low-rank method); it cannot be united"),
+                    ));
+                }
+                one => specs.push(one),
             }
-        };
-        let takes_b = matches!(spec, GraphSpec::FeatureKnn { .. } | GraphSpec::Random { .. }) && name != "grid";
-        if (matches!(spec, GraphSpec::Complete) && a.is_some()) || (!takes_b && b.is_some()) {
-            return Err(Error::invalid("graph spec", format!("`{s}` has too many `:` fields")));
         }
-        Ok(spec)
+        Ok(GraphSpec::Union(specs))
     }
+}
+
+/// Parses one spec of the module table (no `+`).
+fn parse_one(s: &str) -> Result<GraphSpec> {
+    if LowRank::is_name(s.split(':').next().unwrap_or_default()) {
+        return Ok(GraphSpec::LowRank(s.parse()?));
+    }
+    let mut parts = s.split(':');
+    let name = parts.next().unwrap_or_default();
+    let (a, b, c) = (parts.next(), parts.next(), parts.next());
+    // Only `bigbird` and `lsh` take a third field.
+    if parts.next().is_some() || (c.is_some() && !matches!(name, "bigbird" | "lsh")) {
+        return Err(Error::invalid("graph spec", format!("`{s}` has too many `:` fields")));
+    }
+    let spec = match name {
+        "complete" => GraphSpec::Complete,
+        "grid4" | "grid8" => GraphSpec::Grid {
+            neighbourhood: if name == "grid4" { Neighbourhood::Four } else { Neighbourhood::Eight },
+            radius: parse_num(s, a, Some(1))?,
+        },
+        "window" => GraphSpec::Window { kind: WindowKind::Partition, size: parse_num(s, a, None)? },
+        "nat" => GraphSpec::Window { kind: WindowKind::Sliding, size: parse_num(s, a, None)? },
+        "knn" => GraphSpec::SpatialKnn { k: parse_num(s, a, None)? },
+        "fknn" | "fknn-cos" => GraphSpec::FeatureKnn {
+            k: parse_num(s, a, None)?,
+            dilation: parse_num(s, b, Some(1))?,
+            metric: if name == "fknn" { Metric::L2 } else { Metric::Cosine },
+        },
+        "random" => GraphSpec::Random { degree: parse_num(s, a, None)?, seed: parse_num(s, b, Some(0))? },
+        "bigbird" => GraphSpec::BigBird {
+            window: parse_num(s, a, None)?,
+            random: parse_num(s, b, Some(3))?,
+            seed: parse_num(s, c, Some(0))?,
+        },
+        "longformer" => GraphSpec::Longformer { window: parse_num(s, a, None)?, globals: parse_num(s, b, Some(0))? },
+        "swin" => {
+            GraphSpec::Swin { size: parse_num(s, a, None)?, shift: b.map(|f| parse_num(s, Some(f), None)).transpose()? }
+        }
+        "gridattn" => GraphSpec::GridAttention { grid: parse_num(s, a, None)? },
+        "lsh" => GraphSpec::Lsh {
+            buckets: parse_num(s, a, None)?,
+            rounds: parse_num(s, b, Some(1))?,
+            seed: parse_num(s, c, Some(0))?,
+        },
+        "global" => GraphSpec::Global { globals: parse_num(s, a, Some(1))? },
+        // Aliases: `grid:4` / `grid:8` (radius 1) and `knn-feature:K[:dilation=D]`.
+        "grid" => match a {
+            Some("4") => GraphSpec::Grid { neighbourhood: Neighbourhood::Four, radius: 1 },
+            Some("8") => GraphSpec::Grid { neighbourhood: Neighbourhood::Eight, radius: 1 },
+            _ => return Err(Error::invalid("graph spec", format!("`{s}`: expected grid:4 or grid:8"))),
+        },
+        "knn-feature" => GraphSpec::FeatureKnn {
+            k: parse_num(s, a, None)?,
+            dilation: parse_num(s, b.map(|d| d.strip_prefix("dilation=").unwrap_or(d)), Some(1))?,
+            metric: Metric::L2,
+        },
+        _ => {
+            return Err(Error::invalid(
+                "graph spec",
+                format!(
+                    "unknown `{s}`: expected complete, grid4:R, grid8:R, window:S, nat:S, knn:K, fknn:K:D, \
+                     fknn-cos:K:D, random:K:SEED, bigbird:W:R:SEED, longformer:W:G, swin:M, swin:M:S, \
+                     gridattn:G, lsh:BUCKETS:ROUNDS:SEED, global:G, or a union A+B+..."
+                ),
+            ));
+        }
+    };
+    let takes_b = matches!(
+        spec,
+        GraphSpec::FeatureKnn { .. }
+            | GraphSpec::Random { .. }
+            | GraphSpec::BigBird { .. }
+            | GraphSpec::Longformer { .. }
+            | GraphSpec::Swin { .. }
+            | GraphSpec::Lsh { .. }
+    ) && name != "grid";
+    if (matches!(spec, GraphSpec::Complete) && a.is_some()) || (!takes_b && b.is_some()) {
+        return Err(Error::invalid("graph spec", format!("`{s}` has too many `:` fields")));
+    }
+    Ok(spec)
 }
 
 impl TryFrom<String> for GraphSpec {
@@ -159,6 +303,7 @@ impl fmt::Display for GraphSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             GraphSpec::Complete => write!(f, "complete"),
+            GraphSpec::LowRank(m) => write!(f, "{m}"),
             GraphSpec::Grid { neighbourhood: Neighbourhood::Four, radius } => write!(f, "grid4:{radius}"),
             GraphSpec::Grid { neighbourhood: Neighbourhood::Eight, radius } => write!(f, "grid8:{radius}"),
             GraphSpec::Window { kind: WindowKind::Partition, size } => write!(f, "window:{size}"),
@@ -167,39 +312,54 @@ impl fmt::Display for GraphSpec {
             GraphSpec::FeatureKnn { k, dilation, metric: Metric::L2 } => write!(f, "fknn:{k}:{dilation}"),
             GraphSpec::FeatureKnn { k, dilation, metric: Metric::Cosine } => write!(f, "fknn-cos:{k}:{dilation}"),
             GraphSpec::Random { degree, seed } => write!(f, "random:{degree}:{seed}"),
+            GraphSpec::BigBird { window, random, seed } => write!(f, "bigbird:{window}:{random}:{seed}"),
+            GraphSpec::Longformer { window, globals } => write!(f, "longformer:{window}:{globals}"),
+            GraphSpec::Swin { size, shift: None } => write!(f, "swin:{size}"),
+            GraphSpec::Swin { size, shift: Some(shift) } => write!(f, "swin:{size}:{shift}"),
+            GraphSpec::GridAttention { grid } => write!(f, "gridattn:{grid}"),
+            GraphSpec::Lsh { buckets, rounds, seed } => write!(f, "lsh:{buckets}:{rounds}:{seed}"),
+            GraphSpec::Global { globals } => write!(f, "global:{globals}"),
+            GraphSpec::Union(parts) => {
+                for (k, part) in parts.iter().enumerate() {
+                    if k > 0 {
+                        f.write_str("+")?;
+                    }
+                    write!(f, "{part}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
 
 impl GraphSpec {
     /// Builds the graph over a `rows x cols` patch grid. `features` `[rows*cols x D]` (patch
-    /// nodes only, no class token) are required by feature k-NN. With `class_token`, node 0 is
-    /// the class token linked both ways to every patch.
+    /// nodes only, no class token) are required by feature k-NN and LSH
+    /// ([`GraphSpec::needs_features`]). With `class_token`, node 0 is the class token linked both
+    /// ways to every patch.
     ///
-    /// Errors ([`Error::Invalid`]) where the builder's do, and for a graph whose edges would
-    /// exceed [`crate::limits::MAX_EDGES`] or whose sizes overflow, checked before allocating
-    /// (a `complete` graph on a 2^16 x 2^16 grid would have 2^64 edges).
+    /// A union builds each part's patch graph (all from the same `features`), takes their
+    /// [`Graph::union`], then adds the class token once; a union holding `complete` is the
+    /// complete graph. An unresolved `swin:M` builds layer 0's graph (shift 0): call
+    /// [`GraphSpec::for_layer`] first for Swin's alternation.
+    ///
+    /// Errors ([`Error::Invalid`]) where the builder's do, when features are needed and absent
+    /// (naming the spec), and for a graph whose edges would exceed [`crate::limits::MAX_EDGES`]
+    /// or whose sizes overflow, checked before allocating (a `complete` graph on a 2^16 x 2^16
+    /// grid would have 2^64 edges).
     pub fn build(&self, rows: usize, cols: usize, features: Option<&Matrix>, class_token: bool) -> Result<Graph> {
         let n = rows.checked_mul(cols).ok_or_else(|| {
             Error::invalid("graph spec", format!("`{self}` on a {rows} x {cols} grid: the node count overflows"))
         })?;
-        let patches = match *self {
-            GraphSpec::Complete => {
-                let nodes = n.checked_add(usize::from(class_token));
-                let nodes = nodes.ok_or_else(|| Error::invalid("graph spec", "the node count overflows"))?;
-                return Graph::try_complete(nodes, true);
-            }
-            GraphSpec::Grid { neighbourhood, radius } => Graph::grid(rows, cols, neighbourhood, radius, true)?,
-            GraphSpec::Window { kind, size } => Graph::window(rows, cols, kind, size)?,
-            GraphSpec::SpatialKnn { k } => Graph::spatial_knn(rows, cols, k, true)?,
-            GraphSpec::FeatureKnn { k, dilation, metric } => {
-                let x =
-                    features.ok_or_else(|| Error::invalid("graph spec", format!("`{self}` needs node features")))?;
-                x.expect_shape("feature k-NN features (patch nodes)", n, x.cols())?;
-                Graph::feature_knn(x, &KnnOptions { k, dilation, metric, include_self: true })?
-            }
-            GraphSpec::Random { degree, seed } => Graph::random(n, degree, seed, false)?,
-        };
+        if self.is_complete() {
+            let nodes = n.checked_add(usize::from(class_token));
+            let nodes = nodes.ok_or_else(|| Error::invalid("graph spec", "the node count overflows"))?;
+            return Graph::try_complete(nodes, true);
+        }
+        if self.needs_features() && features.is_none() {
+            return Err(Error::invalid("graph spec", format!("`{self}` needs node features")));
+        }
+        let patches = self.patch_graph(rows, cols, n, features)?;
         if !class_token {
             return Ok(patches);
         }
@@ -207,6 +367,86 @@ impl GraphSpec {
         let edges = n.checked_mul(2).and_then(|e| e.checked_add(patches.num_edges() + 1));
         check_edges(&format!("`{self}` with a class token"), edges)?;
         Ok(patches.with_global_node(true))
+    }
+
+    /// The graph over the `n = rows * cols` patches alone (no class token).
+    fn patch_graph(&self, rows: usize, cols: usize, n: usize, features: Option<&Matrix>) -> Result<Graph> {
+        let needs = |what: &str| -> Result<&Matrix> {
+            let x = features.ok_or_else(|| Error::invalid("graph spec", format!("`{self}` needs node features")))?;
+            x.expect_shape(what, n, x.cols())?;
+            Ok(x)
+        };
+        Ok(match self {
+            GraphSpec::Complete | GraphSpec::LowRank(_) => Graph::try_complete(n, true)?,
+            &GraphSpec::Grid { neighbourhood, radius } => Graph::grid(rows, cols, neighbourhood, radius, true)?,
+            &GraphSpec::Window { kind, size } => Graph::window(rows, cols, kind, size)?,
+            &GraphSpec::SpatialKnn { k } => Graph::spatial_knn(rows, cols, k, true)?,
+            &GraphSpec::FeatureKnn { k, dilation, metric } => {
+                let x = needs("feature k-NN features (patch nodes)")?;
+                Graph::feature_knn(x, &KnnOptions { k, dilation, metric, include_self: true })?
+            }
+            &GraphSpec::Random { degree, seed } => Graph::random(n, degree, seed, false)?,
+            &GraphSpec::BigBird { window, random, seed } => Graph::bigbird(rows, cols, window, random, seed)?,
+            &GraphSpec::Longformer { window, globals } => Graph::longformer(rows, cols, window, globals)?,
+            &GraphSpec::Swin { size, shift } => Graph::shifted_window(rows, cols, size, shift.unwrap_or(0))?,
+            &GraphSpec::GridAttention { grid } => Graph::grid_attention(rows, cols, grid)?,
+            &GraphSpec::Lsh { buckets, rounds, seed } => {
+                let x = needs("LSH features (patch nodes)")?;
+                Graph::lsh(x, &LshOptions { buckets, rounds, seed })?
+            }
+            &GraphSpec::Global { globals } => Graph::longformer(rows, cols, 1, globals)?,
+            GraphSpec::Union(parts) => {
+                let graphs =
+                    parts.iter().map(|p| p.patch_graph(rows, cols, n, features)).collect::<Result<Vec<_>>>()?;
+                Graph::union(&graphs)?
+            }
+        })
+    }
+
+    /// Whether the spec is `complete` or a union holding it (then the graph is complete).
+    fn is_complete(&self) -> bool {
+        match self {
+            GraphSpec::Complete | GraphSpec::LowRank(_) => true,
+            GraphSpec::Union(parts) => parts.iter().any(GraphSpec::is_complete),
+            _ => false,
+        }
+    }
+
+    /// Whether [`GraphSpec::build`] needs node features: feature k-NN (`fknn`, `fknn-cos`), LSH,
+    /// and unions holding one of them.
+    ///
+    /// ```
+    /// use patchgraph::graph::GraphSpec;
+    /// assert!("nat:3+lsh:8:2:1".parse::<GraphSpec>().unwrap().needs_features());
+    /// assert!(!"window:7+global".parse::<GraphSpec>().unwrap().needs_features());
+    /// ```
+    pub fn needs_features(&self) -> bool {
+        match self {
+            GraphSpec::FeatureKnn { .. } | GraphSpec::Lsh { .. } => true,
+            GraphSpec::Union(parts) => parts.iter().any(GraphSpec::needs_features),
+            _ => false,
+        }
+    }
+
+    /// The spec of layer `layer` (0-based): Swin's alternation `swin:M` resolved to
+    /// `Swin { size: M, shift: Some(0) }` in even layers and `Some(M / 2)` in odd ones (timm's
+    /// `shift_size = 0 if (i % 2 == 0) else window_size // 2`), inside unions too; every other
+    /// spec (a fixed `swin:M:S` included) is returned unchanged.
+    ///
+    /// ```
+    /// use patchgraph::graph::GraphSpec;
+    /// let swin: GraphSpec = "swin:4".parse().unwrap();
+    /// assert_eq!(swin.for_layer(0), GraphSpec::Swin { size: 4, shift: Some(0) });
+    /// assert_eq!(swin.for_layer(3).to_string(), "swin:4:2");
+    /// ```
+    pub fn for_layer(&self, layer: usize) -> GraphSpec {
+        match self {
+            &GraphSpec::Swin { size, shift: None } => {
+                GraphSpec::Swin { size, shift: Some(if layer % 2 == 0 { 0 } else { size / 2 }) }
+            }
+            GraphSpec::Union(parts) => GraphSpec::Union(parts.iter().map(|p| p.for_layer(layer)).collect()),
+            other => other.clone(),
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 //! assert_eq!(Graph::complete(4, true).topology(), &Topology::Complete { self_loops: true });
 //! ```
 
-use super::{KnnOptions, Neighbourhood, WindowKind};
+use super::{KnnOptions, LshOptions, Neighbourhood, WindowKind};
 
 /// What built a graph.
 #[derive(Clone, Debug, PartialEq)]
@@ -67,6 +67,57 @@ pub enum Topology {
         /// Whether a node may draw itself.
         self_loops: bool,
     },
+    /// BigBird on the patch grid: a centred clipped window plus random sources outside it
+    /// ([`Graph::bigbird`](super::Graph::bigbird)).
+    BigBird {
+        /// Patch rows.
+        rows: usize,
+        /// Patch columns.
+        cols: usize,
+        /// Window side (odd).
+        window: usize,
+        /// Random sources per patch, outside its window.
+        random: usize,
+        /// The seed.
+        seed: u64,
+    },
+    /// Vision Longformer: a centred clipped window plus global patches linked both ways to all
+    /// ([`Graph::longformer`](super::Graph::longformer)).
+    Longformer {
+        /// Patch rows.
+        rows: usize,
+        /// Patch columns.
+        cols: usize,
+        /// Window side (odd).
+        window: usize,
+        /// Number of global patches.
+        globals: usize,
+    },
+    /// Swin's shifted windows ([`Graph::shifted_window`](super::Graph::shifted_window)); the
+    /// size and shift as asked for (before Swin's clipping to a small grid).
+    ShiftedWindow {
+        /// Patch rows.
+        rows: usize,
+        /// Patch columns.
+        cols: usize,
+        /// Window side `M`.
+        size: usize,
+        /// Shift `s < M`.
+        shift: usize,
+    },
+    /// MaxViT grid attention ([`Graph::grid_attention`](super::Graph::grid_attention)).
+    GridAttention {
+        /// Patch rows.
+        rows: usize,
+        /// Patch columns.
+        cols: usize,
+        /// Grid size `G` (each group is `G x G` patches).
+        grid: usize,
+    },
+    /// Reformer's angular LSH buckets on node features ([`Graph::lsh`](super::Graph::lsh)).
+    Lsh(LshOptions),
+    /// The edge union of graphs on the same nodes ([`Graph::union`](super::Graph::union)).
+    Union(Vec<Topology>),
     /// A disjoint union of these.
     Batch(Vec<Topology>),
     /// Built from user edges (edge list, petgraph, CSR) or edited.
