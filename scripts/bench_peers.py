@@ -33,6 +33,38 @@ Times, on the shapes of the Rust benches (ViT-B: H = 12 heads of d = 64, model w
   tiny / small / base (twice the usual "GMACs" of 1.3, 4.6, 17.6).
   Needs timm (imported only when this section runs).
 
+- `efficient`: ONE attention layer at ViT-B widths (H = 12 heads of d = 64, width 768), B = 1,
+  fp32, on N = g*g + 1 for g in {14, 28, 56, 112, 224} (N = 197, 785, 3137, 12545, 50177: patch 16,
+  8, 4, 2, 1 at 224 px; --quick: g in {14, 28}), each op twice: `_fwd` (under `torch.no_grad()`)
+  and `_fwdbwd` (forward, then `out.backward(dout)` with the inputs requiring grad; the inputs'
+  and parameters' .grad are set to None before every call). Ops (op = efficient_{name}_{fwd|fwdbwd}):
+  - `sdpa`: `F.scaled_dot_product_attention(q, k, v)`, q, k, v `[1, 12, N, 64]` (exact attention; on
+    CPU torch runs its flash kernel, forward and backward). GFLOP/s = 4 H N^2 d / t forward,
+    14 H N^2 d / t forward+backward (backward counted as 2.5 forwards); null for the others.
+  - `performer`: `performer_pytorch.FastAttention(64, nb_features=266 = int(64 ln 64), causal=False)`
+    called on q, k, v `[1, 12, N, 64]` (attention only, no linears).
+  - `linformer`: `linformer.LinformerSelfAttention(dim=768, seq_len=N, k=256, heads=12, dim_head=64)`
+    on x `[1, N, 768]`: INCLUDES its to_q, to_k, to_v (768 -> 768, no bias) and to_out (768 -> 768)
+    linears and the two [N, 256] sequence projections (k = 256 > N at N = 197: allowed).
+  - `nystrom`: `nystrom_attention.NystromAttention(dim=768, dim_head=64, heads=12, num_landmarks=256,
+    pinv_iterations=6, residual=True)` (residual conv kernel 33) on x `[1, N, 768]`: INCLUDES its
+    to_qkv (768 -> 2304, no bias) and to_out (768 -> 768) linears; it zero-pads N at the front to a
+    multiple of 256.
+  Every case runs in its own fresh process (this script with a hidden --efficient-case argument),
+  so memory is measured per case: peak_extra_mib = peak RSS during the calls (VmHWM, reset with
+  `echo 5 > /proc/self/clear_refs` just before the first call) minus the RSS just before it (inputs,
+  dout and the module already built): the memory the calls themselves add (torch's CPU allocator
+  returns large blocks to the OS, so this is what the calls hold at their peak). Where clear_refs
+  cannot be written, ru_maxrss of the process minus that RSS (method named in `mem_method`). Budget:
+  the first (cold) call is timed as a probe; when it has not finished after --budget seconds (default
+  60) the process is killed and the case recorded with median_ms null and note "over budget" (so are
+  the larger N of the same op and mode, without running them). A case whose RSS passes
+  --efficient-mem-gib (default 12) is killed and recorded likewise ("over memory limit"). After a
+  probe of 1 s or more the probe counts as the warm-up: no further warm-up, at least 3 timed calls;
+  otherwise the usual 3 warm-ups and at least 5 calls and --min-time s. Needs performer-pytorch,
+  linformer, nystrom-attention (imported only in the case processes). Extra record fields: probe_s,
+  peak_extra_mib, mem_method, package, package_version, note, and features / proj_k / landmarks.
+
 Each case: 3 warm-up calls, then timed calls until at least --min-time seconds and at least 5
 calls (timm: at least 10); the median is reported. timm with --quick: 1 warm-up, 3 timed calls,
 no minimum time.
@@ -44,7 +76,10 @@ Run (needs torch and torch_geometric; keep the venv out of the repo):
 `--quick` keeps only N in {50, 197} (a smoke test); `--only` keeps the ops whose name contains the
 substring (case-insensitive; op names: sdpa, torch_mm_2048, GATConv_knn8, GATv2Conv_complete,
 TransformerConv_knn32, ...; the timm ops are matched as timm_vit_tiny_patch16_224, ..., so
-`--only timm` selects the three ViTs and `--only vit_base` one of them). Prints a table; `--json FILE`
+`--only timm` selects the three ViTs and `--only vit_base` one of them; the efficient ops are
+efficient_sdpa_fwd, efficient_sdpa_fwdbwd, efficient_performer_fwd, ..., so `--only efficient` selects
+all eight, `--only performer` two, and `--only sdpa` the sdpa section plus the two efficient sdpa
+ops; flags for them: [--budget 60] [--efficient-mem-gib 12]). Prints a table; `--json FILE`
 also writes a list of records
 {"peer", "op", "B", "N", "k", "H", "d", "median_ms", "gflops", "threads", "torch", "pyg", ...}
 (k null for dense ops, gflops null for PyG; extras: calls, min_ms, max_rss_mib, and for PyG E, graph,
@@ -54,7 +89,12 @@ ms_per_image, images_per_s, img_size, embed_dim, depth, params, flops_per_image,
 
 import argparse
 import json
+import os
+import queue
 import statistics
+import subprocess
+import sys
+import threading
 import time
 import warnings
 
@@ -69,6 +109,12 @@ TIMM_BATCHES = (1, 8)
 KNN_KS = (8, 16, 32)
 H, D, WIDTH = 12, 64, 768
 COMPLETE_PROBE_LIMIT_S = 10.0
+EFFICIENT_GRIDS = (14, 28, 56, 112, 224)  # N = 197, 785, 3137, 12545, 50177 (patch 16 .. 1 at 224 px)
+EFFICIENT_OPS = ("sdpa", "performer", "linformer", "nystrom")
+EFFICIENT_MODES = ("fwd", "fwdbwd")
+PERFORMER_FEATURES = int(D * np.log(D))  # 266, performer_pytorch's own default for d = 64
+LINFORMER_K = 256
+NYSTROM_LANDMARKS, NYSTROM_ITERS = 256, 6
 
 
 def time_call(fn, min_time: float, min_calls: int = 5, warmup: int = 3):
@@ -129,6 +175,211 @@ def wanted(op: str, only) -> bool:
     return only is None or only.lower() in op.lower()
 
 
+def _status_mib(field: str, pid="self"):
+    """A /proc/PID/status field (VmRSS, VmHWM) in MiB, or None."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def efficient_worker(spec: dict) -> None:
+    """One `efficient` case in this (fresh) process; talks to the parent by '@@' lines on stdout."""
+    import gc
+
+    def say(tag, payload):
+        print(f"@@{tag} {json.dumps(payload)}", flush=True)
+
+    torch.set_num_threads(spec["threads"])
+    op, mode, n = spec["op"], spec["mode"], spec["N"]
+    grad = mode == "fwdbwd"
+    msgs = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gen = torch.Generator().manual_seed(0)
+        torch.manual_seed(0)  # module parameters and the Performer projection
+        params, extra = [], {}
+        if op in ("sdpa", "performer"):
+            q, k, v = (torch.randn(1, H, n, D, generator=gen).requires_grad_(grad) for _ in range(3))
+            inputs = [q, k, v]
+            if op == "sdpa":
+                package, version = "torch", torch.__version__
+                call = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            else:
+                import importlib.metadata
+                from performer_pytorch import FastAttention
+                package, version = "performer-pytorch", importlib.metadata.version("performer-pytorch")
+                fa = FastAttention(D, nb_features=PERFORMER_FEATURES, causal=False)
+                assert fa.projection_matrix.shape == (PERFORMER_FEATURES, D)
+                call = lambda: fa(q, k, v)
+                extra["features"] = PERFORMER_FEATURES
+            out_shape = (1, H, n, D)
+        else:
+            import importlib.metadata
+            x = torch.randn(1, n, WIDTH, generator=gen).requires_grad_(grad)
+            inputs = [x]
+            if op == "linformer":
+                from linformer import LinformerSelfAttention
+                package = "linformer"
+                layer = LinformerSelfAttention(dim=WIDTH, seq_len=n, k=LINFORMER_K, heads=H, dim_head=D)
+                extra["proj_k"] = LINFORMER_K
+            else:
+                from nystrom_attention import NystromAttention
+                package = "nystrom-attention"
+                layer = NystromAttention(dim=WIDTH, dim_head=D, heads=H, num_landmarks=NYSTROM_LANDMARKS,
+                                         pinv_iterations=NYSTROM_ITERS, residual=True)
+                extra["landmarks"] = NYSTROM_LANDMARKS
+                extra["pinv_iterations"] = NYSTROM_ITERS
+                extra["residual_conv_kernel"] = layer.res_conv.kernel_size[0]
+            version = importlib.metadata.version(package)
+            layer = layer.eval().requires_grad_(grad)
+            params = list(layer.parameters())
+            extra["params"] = sum(p.numel() for p in params)
+            call = lambda: layer(x)
+            out_shape = (1, n, WIDTH)
+        dout = torch.randn(*out_shape, generator=gen)
+
+        if grad:
+            def fn():
+                for t in inputs + params:
+                    t.grad = None
+                out = call()
+                out.backward(dout)
+        else:
+            def fn():
+                with torch.no_grad():
+                    return call()
+
+        gc.collect()
+        base = _status_mib("VmRSS")
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset VmHWM (peak RSS) to the current RSS
+            method = "VmHWM after clear_refs reset - VmRSS before the calls"
+        except OSError:
+            method = "ru_maxrss (not reset) - VmRSS before the calls"
+        say("ready", {"rss_mib": base})
+        t = time.perf_counter()
+        out = fn()
+        probe = time.perf_counter() - t
+        if not grad:
+            assert tuple(out.shape) == out_shape, (tuple(out.shape), out_shape)
+        del out
+        say("probe", {"probe_s": probe})
+        if probe >= 1.0:
+            ms, min_ms, calls = time_call(fn, spec["min_time"], min_calls=3, warmup=0)
+        else:
+            ms, min_ms, calls = time_call(fn, spec["min_time"])
+        if method.startswith("VmHWM"):
+            peak = _status_mib("VmHWM")
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for w in caught:
+        m = f"{w.category.__name__}: {w.message}"
+        if m not in msgs:
+            msgs.append(m)
+    say("result", dict(median_ms=ms, min_ms=min_ms, calls=calls, probe_s=probe, rss_before_mib=base,
+                       peak_extra_mib=max(0.0, peak - base), max_rss_mib=max_rss, mem_method=method,
+                       package=package, package_version=version, warnings=msgs, **extra))
+
+
+def run_efficient_case(spec: dict, budget: float, mem_limit_mib: float):
+    """Run one case in a fresh process; returns (result dict or None, note or None)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--efficient-case", json.dumps(spec)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = queue.Queue()
+    err = []
+    threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout] + [lines.put(None)],
+                     daemon=True).start()
+    threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True).start()
+    state, probe_deadline, result, note = "setup", None, None, None
+    while True:
+        try:
+            line = lines.get(timeout=0.2)
+        except queue.Empty:
+            line = ""
+        if line is None:
+            break
+        if line.startswith("@@"):
+            tag, payload = line[2:].split(" ", 1)
+            payload = json.loads(payload)
+            if tag == "ready":
+                state, probe_deadline = "probe", time.perf_counter() + budget
+            elif tag == "probe":
+                state = "timing"
+            elif tag == "result":
+                result = payload
+        rss = _status_mib("VmRSS", proc.pid)
+        if rss is not None and rss > mem_limit_mib:
+            note = f"over memory limit: RSS {rss:.0f} MiB > {mem_limit_mib:.0f} MiB (killed)"
+        elif state == "probe" and time.perf_counter() > probe_deadline:
+            note = f"over budget: one cold call took more than {budget:g} s (killed)"
+        if note is not None:
+            proc.kill()
+            proc.wait()
+            return None, note
+    rc = proc.wait()
+    if result is None:
+        tail = "".join(err).strip().splitlines()[-3:]
+        return None, f"failed: exit code {rc}: " + " | ".join(tail)
+    return result, None
+
+
+def efficient_section(args, records, torch_v, pyg_v) -> None:
+    """Section 6: one attention layer, SDPA vs Performer / Linformer / Nystromformer (see docstring)."""
+    grids = EFFICIENT_GRIDS[:2] if args.quick else EFFICIENT_GRIDS
+    mem_limit = args.efficient_mem_gib * 1024
+    print()
+    print(f"# efficient: one attention layer, B=1, H={H}, d={D}, width {WIDTH}, fp32; a fresh process per "
+          f"case; budget {args.budget:g} s for the cold probe call; memory limit {args.efficient_mem_gib:g} GiB")
+    hdr = (f"{'peer':<10} {'op':<26} {'N':>6} {'median_ms':>11} {'min_ms':>11} {'GFLOP/s':>8} {'calls':>5} "
+           f"{'probe_s':>8} {'extraMiB':>9} {'rssMiB':>7}  note")
+    print(hdr)
+    print("-" * len(hdr))
+    warned = []
+    for name in EFFICIENT_OPS:
+        peer = "torch" if name == "sdpa" else name
+        for mode in EFFICIENT_MODES:
+            op = f"efficient_{name}_{mode}"
+            if not wanted(op, args.only):
+                continue
+            skip = None
+            for g in grids:
+                n = g * g + 1
+                rec = {"peer": peer, "op": op, "B": 1, "N": n, "k": None, "H": H, "d": D,
+                       "median_ms": None, "gflops": None, "threads": args.threads, "torch": torch_v,
+                       "pyg": pyg_v, "calls": 0, "min_ms": None, "grid": g, "patch": 224 // g,
+                       "mode": mode}
+                if skip is None:
+                    spec = {"op": name, "mode": mode, "N": n, "threads": args.threads,
+                            "min_time": args.min_time}
+                    res, note = run_efficient_case(spec, args.budget, mem_limit)
+                    if note is not None and note.startswith("over"):
+                        skip = f"{note.split(':')[0]} (at N = {n}; larger N not run)"
+                else:
+                    res, note = None, skip
+                if res is not None:
+                    warned += [w for w in res.pop("warnings") if w not in warned]
+                    rec.update(res)
+                    if name == "sdpa":
+                        flops = (4 if mode == "fwd" else 14) * H * n * n * D
+                        rec["gflops"] = flops / (res["median_ms"] * 1e-3) / 1e9
+                rec["note"] = note
+                records.append(rec)
+                f = lambda v, w, p: f"{'-':>{w}}" if v is None else f"{v:>{w}.{p}f}"
+                print(f"{peer:<10} {op:<26} {n:>6} {f(rec['median_ms'], 11, 3)} {f(rec['min_ms'], 11, 3)} "
+                      f"{f(rec['gflops'], 8, 1)} {rec['calls']:>5} {f(rec.get('probe_s'), 8, 2)} "
+                      f"{f(rec.get('peak_extra_mib'), 9, 0)} {f(rec.get('max_rss_mib'), 7, 0)}  {note or ''}",
+                      flush=True)
+    for w in warned:
+        print(f"# warning (efficient case processes): {w}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -136,7 +387,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="only N in {50, 197}")
     ap.add_argument("--only", default=None, help="keep ops whose name contains this substring")
     ap.add_argument("--json", default=None, metavar="FILE", help="write the records here")
+    ap.add_argument("--budget", type=float, default=60.0,
+                    help="efficient: skip a case whose cold probe call takes longer (s)")
+    ap.add_argument("--efficient-mem-gib", type=float, default=12.0,
+                    help="efficient: kill a case whose RSS passes this (GiB)")
+    ap.add_argument("--efficient-case", default=None, help=argparse.SUPPRESS)  # internal: one case
     args = ap.parse_args()
+    if args.efficient_case is not None:
+        efficient_worker(json.loads(args.efficient_case))
+        return
 
     t_start = time.perf_counter()
     torch.set_num_threads(args.threads)
@@ -345,6 +604,10 @@ def main() -> None:
                step="zero_grad + CE(label_smoothing=0.1) + backward + clip_grad_norm_(1.0) + AdamW.step")
         print(f"#   train_vit_mnist B={b}: {ms:.2f} ms/step, {1e3 * b / ms:.1f} images/s", flush=True)
         del model, opt
+
+    # 6. Efficient attention, one layer (a fresh process per case).
+    if any(wanted(f"efficient_{o}_{m}", args.only) for o in EFFICIENT_OPS for m in EFFICIENT_MODES):
+        efficient_section(args, records, torch_v, pyg_v)
 
     print()
     seen = set()

@@ -21,6 +21,8 @@ use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::nn::Init;
 use crate::tensor::Matrix;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// Which graph a case runs on.
@@ -172,4 +174,50 @@ pub fn crossover(grid: usize, heads: usize, head_dim: usize, runs: usize) -> Res
         k = (k * 3).div_ceil(2);
     }
     Ok(None)
+}
+
+/// Counts live heap bytes and their peak, for peak-extra-memory columns. Install it in a binary:
+/// `#[global_allocator] static A: CountingAllocator = CountingAllocator;`, then measure with
+/// [`HeapProbe`].
+pub struct CountingAllocator;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the counters are only
+// statistics (relaxed atomics), never used to decide anything about memory.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: same contract as the caller's: a valid, non-zero-sized layout.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(live, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: `ptr` was returned by `System.alloc` with this `layout` (see `alloc`).
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+/// Peak heap use since `reset`, beyond what was live at `reset` (counted by
+/// [`CountingAllocator`], which the binary must install as its global allocator).
+#[derive(Debug, Default)]
+pub struct HeapProbe {
+    base: AtomicUsize,
+}
+
+impl MemoryProbe for HeapProbe {
+    fn reset(&self) {
+        let live = LIVE.load(Ordering::Relaxed);
+        self.base.store(live, Ordering::Relaxed);
+        PEAK.store(live, Ordering::Relaxed);
+    }
+    fn peak_extra_bytes(&self) -> usize {
+        PEAK.load(Ordering::Relaxed).saturating_sub(self.base.load(Ordering::Relaxed))
+    }
 }

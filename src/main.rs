@@ -44,7 +44,7 @@
 use clap::{Parser, Subcommand};
 use patchgraph::atomic_file::{write_all_atomically, write_atomically};
 use patchgraph::attention_map::{self, Heads, layer_matrix, patch_values};
-use patchgraph::bench::{Case, GraphKind, MemoryProbe, Record, crossover, run_case};
+use patchgraph::bench::{Case, CountingAllocator, GraphKind, HeapProbe, Record, crossover, run_case};
 use patchgraph::checkpoint::TensorMap;
 use patchgraph::data::{ImageDataset, Split, load_dataset};
 use patchgraph::graph::GraphSpec;
@@ -59,10 +59,8 @@ use patchgraph::viz::{
     plot_bench, plot_training,
 };
 use patchgraph::{Error, Graph, Result};
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 #[derive(Parser)]
 #[command(name = "patchgraph", version, about = "Vision Transformers and graph attention networks on patch graphs")]
@@ -88,7 +86,8 @@ enum Command {
         /// Patch side in pixels.
         #[arg(long, default_value_t = 16)]
         patch: usize,
-        /// Topology: complete, grid4:R, grid8:R, window:S, nat:S, knn:K, fknn:K:D, fknn-cos:K:D, random:K:SEED.
+        /// Topology: complete, grid4:R, grid8:R, window:S, nat:S, knn:K, fknn:K:D, fknn-cos:K:D, random:K:SEED,
+        /// bigbird:W:R:SEED, longformer:W:G, swin:M[:S], gridattn:G, lsh:B:R:SEED, global:G, or a union A+B.
         #[arg(long, default_value = "grid8:1")]
         graph: GraphSpec,
         /// Image side after timm's eval transform (shorter side to size/0.875, centre crop).
@@ -251,7 +250,9 @@ enum Command {
         #[arg(long, default_value = "vit")]
         model: String,
         /// Graph, one spec or one per layer, comma-separated (complete, grid8:1, window:7, knn:8,
-        /// fknn:8:1 ...). Default: complete for vit, grid8:1 for gat, dilated cosine feature
+        /// fknn:8:1, bigbird:3:2:0, swin:7, lsh:8:2:0, window:7+global+random:3 ...), or for vit a
+        /// low-rank method in every layer, trained with the model (performer:M:SEED, linformer:K,
+        /// nystrom:L). swin:M also gives the ViT Swin's relative position bias. Default: complete for vit, grid8:1 for gat, dilated cosine feature
         /// k-NN (k = --k) for vig.
         #[arg(long)]
         graph: Option<String>,
@@ -353,7 +354,9 @@ enum Command {
         #[arg(long)]
         labels: Option<PathBuf>,
         /// Attention graph: one spec for every layer, or one per layer, comma-separated
-        /// (complete, grid8:1, grid:8, window:7, nat:7, knn:16, fknn:9:2, knn-feature:9:dilation=2, ...).
+        /// (complete, grid8:1, grid:8, window:7, nat:7, knn:16, fknn:9:2, knn-feature:9:dilation=2,
+        /// bigbird:7:3:0, swin:7, lsh:16:2:0, a union A+B, or performer:M:SEED / nystrom:L with the
+        /// same weights, ...).
         #[arg(long, default_value = "complete")]
         graph: String,
         /// Also run the complete graph and report top-1 agreement, KL divergence and speed-up.
@@ -377,50 +380,8 @@ enum Command {
     },
 }
 
-/// Counts live heap bytes and their peak, for `bench`'s peak-extra-memory column.
-struct CountingAllocator;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the counters are only
-// statistics (relaxed atomics), never used to decide anything about memory.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: same contract as the caller's: a valid, non-zero-sized layout.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: `ptr` was returned by `System.alloc` with this `layout` (see `alloc`).
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
-
-/// Peak heap use since `reset`, beyond what was live at `reset`.
-struct HeapProbe {
-    base: AtomicUsize,
-}
-
-impl MemoryProbe for HeapProbe {
-    fn reset(&self) {
-        let live = LIVE.load(Ordering::Relaxed);
-        self.base.store(live, Ordering::Relaxed);
-        PEAK.store(live, Ordering::Relaxed);
-    }
-    fn peak_extra_bytes(&self) -> usize {
-        PEAK.load(Ordering::Relaxed).saturating_sub(self.base.load(Ordering::Relaxed))
-    }
-}
 
 fn main() -> ExitCode {
     // Training steps free and reallocate their activations every step: keep them in the heap.
@@ -698,6 +659,30 @@ fn run(command: Command, allow_nonfinite: bool) -> Result<()> {
                         "avg" => GlobalPool::Avg,
                         other => return Err(Error::invalid("--pool", format!("`{other}`: expected token or avg"))),
                     };
+                    // A low-rank method's parameters (Linformer's E, F; Nyström's conv; Performer's
+                    // projection) and Swin's relative position table are part of the model.
+                    let lows: Vec<_> = graphs
+                        .iter()
+                        .filter_map(|g| match g {
+                            GraphSpec::LowRank(m) => Some(m.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    if let Some(m) = lows.first() {
+                        if lows.len() != graphs.len() || lows.iter().any(|x| x != m) {
+                            return Err(Error::invalid(
+                                "--graph",
+                                format!(
+                                    "a ViT trains one low-rank method in every layer; got `{}`",
+                                    graph.as_deref().unwrap_or("")
+                                ),
+                            ));
+                        }
+                        vit_config.attention = Some(m.clone());
+                    }
+                    if let Some(GraphSpec::Swin { size, .. }) = graphs.first() {
+                        vit_config.relative_position_bias = Some((*size).min(vit_config.grid()));
+                    }
                     Family::Vit(vit_config)
                 }
                 "gat" | "gatv2" => Family::Gat(PatchGatConfig {
@@ -1247,7 +1232,7 @@ fn bench(
     find_crossover: bool,
     json: Option<&Path>,
 ) -> Result<()> {
-    let probe = HeapProbe { base: AtomicUsize::new(0) };
+    let probe = HeapProbe::default();
     println!(
         "patchgraph bench: H = {heads}, d = {head_dim}, {} rayon threads, median of {runs} runs",
         rayon::current_num_threads()

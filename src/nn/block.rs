@@ -17,7 +17,7 @@
 
 use super::{
     AttentionCache, AttentionConfig, AttentionGrads, AttentionWeights, ForwardOptions, GraphAttention, Init, LayerNorm,
-    LayerNormGrads, Mlp, MlpGrads,
+    LayerNormGrads, LowRankAttention, LowRankGrads, Mlp, MlpGrads, RelativePositionBias,
 };
 use crate::checkpoint::TensorMap;
 use crate::error::{Error, Result};
@@ -68,6 +68,12 @@ pub struct Block {
     pub mlp: Mlp,
     /// LayerScale after the MLP `[D]`.
     pub ls2: Option<Vec<f32>>,
+    /// A low-rank method replacing the softmax (saved under `attn.`; see [`LowRankAttention`]).
+    /// Used only when the caller passes it in [`ForwardOptions::low_rank`].
+    pub low_rank: Option<LowRankAttention>,
+    /// Swin's relative position bias table (`attn.relative_position_bias_table`); the caller
+    /// turns it into the edge bias of its graph ([`RelativePositionBias::edge_bias`]).
+    pub relative_position: Option<RelativePositionBias>,
 }
 
 impl Block {
@@ -91,6 +97,8 @@ impl Block {
             norm2: LayerNorm::new(d, config.eps),
             mlp,
             ls2: config.layer_scale.map(|v| vec![v; d]),
+            low_rank: None,
+            relative_position: None,
         })
     }
 
@@ -109,6 +117,8 @@ impl Block {
             norm2: LayerNorm::load(map, &p("norm2"), d, config.eps)?,
             mlp: Mlp::load(map, &p("mlp"), d, config.mlp_hidden)?,
             ls2: gamma(map, "ls2.gamma")?,
+            low_rank: None,
+            relative_position: None,
         })
     }
 
@@ -123,6 +133,12 @@ impl Block {
             if let Some(g) = g {
                 map.insert(p(name), vec![g.len()], g.clone())?;
             }
+        }
+        if let Some(lr) = &self.low_rank {
+            lr.save(map, &p("attn."))?;
+        }
+        if let Some(rp) = &self.relative_position {
+            rp.save(map, &p("attn."))?;
         }
         Ok(())
     }
@@ -180,6 +196,10 @@ pub struct BlockGrads {
     pub mlp: MlpGrads,
     /// Of `ls2` (when present).
     pub ls2: Option<Vec<f32>>,
+    /// Of the relative position bias table `[(2M-1)^2 x H]` (when present).
+    pub relative_position: Option<Vec<f32>>,
+    /// Of the low-rank method's trained parameters (when it has any).
+    pub low_rank: Option<LowRankGrads>,
 }
 
 impl Block {
@@ -193,6 +213,8 @@ impl Block {
             norm2: LayerNormGrads::zeros(d),
             mlp: MlpGrads::zeros(&self.mlp),
             ls2: self.ls2.as_ref().map(|_| vec![0.0; d]),
+            relative_position: self.relative_position.as_ref().map(|r| vec![0.0; r.table.as_slice().len()]),
+            low_rank: self.low_rank.as_ref().map(|l| l.zero_grads()),
         }
     }
 
@@ -205,8 +227,18 @@ impl Block {
 
     /// Forward keeping the intermediates the backward needs: `x [N x D] -> (y, cache)`.
     pub fn forward_cached(&self, graph: &Graph, x: &Matrix) -> Result<(Matrix, BlockCache)> {
+        self.forward_cached_with(graph, x, &ForwardOptions::default())
+    }
+
+    /// [`Block::forward_cached`] with the attention's edge bias or low-rank method.
+    pub fn forward_cached_with(
+        &self,
+        graph: &Graph,
+        x: &Matrix,
+        options: &ForwardOptions<'_>,
+    ) -> Result<(Matrix, BlockCache)> {
         let h1 = self.norm1.forward(x)?; // h1 = norm1(x)
-        let (a, attn) = self.attn.forward_cached(graph, &h1)?; // a = attn(h1)
+        let (a, attn) = self.attn.forward_cached_with(graph, &h1, options)?; // a = attn(h1)
         let x1 = residual_sum(x, &a, self.ls1.as_deref()); // x1 = x + ls1 a
         let h2 = self.norm2.forward(&x1)?; // h2 = norm2(x1)
         let (m, mlp_h, mlp_a) = self.mlp.forward_cached(&h2)?; // m = mlp(h2)
@@ -229,6 +261,26 @@ impl Block {
         dy: &Matrix,
         grads: &mut BlockGrads,
     ) -> Result<Matrix> {
+        self.backward_cached_with(graph, x, cache, dy, grads, &ForwardOptions::default(), None, None)
+    }
+
+    /// Backward from [`Block::forward_cached_with`]'s cache with the same `options`.
+    /// `rel_index` is the table row of every edge ([`RelativePositionBias::edge_index`]) when
+    /// the edge bias came from this block's relative position table (its gradient goes to
+    /// `grads.relative_position`); a low-rank method's parameter gradients go to
+    /// `low_rank_grads` (block 0's for a layerwise-shared Linformer), else to `grads.low_rank`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_cached_with(
+        &self,
+        graph: &Graph,
+        x: &Matrix,
+        cache: &BlockCache,
+        dy: &Matrix,
+        grads: &mut BlockGrads,
+        options: &ForwardOptions<'_>,
+        rel_index: Option<&[u32]>,
+        low_rank_grads: Option<&mut LowRankGrads>,
+    ) -> Result<Matrix> {
         // y = x1 + ls2 m
         if let Some(g) = grads.ls2.as_mut() {
             column_dot_add(g, dy, &cache.m);
@@ -242,7 +294,18 @@ impl Block {
             column_dot_add(g, &dx1, &cache.a);
         }
         let da = scaled(&dx1, self.ls1.as_deref());
-        let dh1 = self.attn.backward_cached(graph, &cache.h1, &cache.attn, &da, &mut grads.attn)?; // a = attn(h1)
+        let lr_grads = match low_rank_grads {
+            Some(g) => Some(g),
+            None => grads.low_rank.as_mut(),
+        };
+        // a = attn(h1)
+        let (dh1, dbias) =
+            self.attn.backward_cached_with(graph, &cache.h1, &cache.attn, &da, &mut grads.attn, options, lr_grads)?;
+        // bias = table[rel_index]
+        if let (Some(rp), Some(index), Some(g)) = (&self.relative_position, rel_index, grads.relative_position.as_mut())
+        {
+            rp.backward(index, &dbias, g);
+        }
         let mut dx = self.norm1.backward(x, &dh1, &mut grads.norm1)?; // h1 = norm1(x)
         add_into(&mut dx, &dx1);
         Ok(dx)
@@ -250,7 +313,7 @@ impl Block {
 }
 
 /// The intermediates of one block's forward that its backward reads.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct BlockCache {
     h1: Matrix,
     attn: AttentionCache,

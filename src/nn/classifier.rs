@@ -105,8 +105,8 @@ pub(crate) fn layer_specs(
 ) -> Result<Vec<GraphSpec>> {
     match graphs.len() {
         0 => Ok((0..depth).map(default).collect()),
-        1 => Ok(vec![graphs[0].clone(); depth]),
-        n if n == depth => Ok(graphs.to_vec()),
+        1 => Ok((0..depth).map(|l| graphs[0].for_layer(l)).collect()),
+        n if n == depth => Ok(graphs.iter().enumerate().map(|(l, g)| g.for_layer(l)).collect()),
         n => Err(crate::Error::invalid("layer graphs", format!("{n} specs for {depth} layers: give 1 or {depth}"))),
     }
 }
@@ -120,8 +120,14 @@ pub(crate) fn batch_graph(
     features: &Matrix,
 ) -> Result<crate::Graph> {
     let n = grid.0 * grid.1;
+    if let GraphSpec::LowRank(m) = spec {
+        return Err(crate::Error::invalid(
+            "layer graphs",
+            format!("`{m}` replaces a ViT block's softmax attention; graph layers (GAT, ViG) need a graph"),
+        ));
+    }
     let per_image = match spec {
-        GraphSpec::FeatureKnn { .. } => (0..batch)
+        _ if spec.needs_features() => (0..batch)
             .map(|i| {
                 let rows = Matrix::from_fn(n, features.cols(), |r, c| features.get(i * n + r, c));
                 spec.build(grid.0, grid.1, Some(&rows), false)

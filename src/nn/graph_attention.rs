@@ -23,7 +23,7 @@
 //! assert_eq!(y.shape(), (5, 8)); // 2 heads x 4 channels, concatenated
 //! ```
 
-use super::{Init, Linear, LinearGrads};
+use super::{Init, Linear, LinearGrads, LowRankAttention, LowRankCache, LowRankGrads};
 use crate::attention::{AttentionInputs, Path, Score, attend};
 use crate::checkpoint::TensorMap;
 use crate::error::{Error, Result, ensure_finite};
@@ -241,14 +241,16 @@ enum Params {
 pub type ParamVisitor<'f> = dyn FnMut(usize, &mut [f32], &[f32], bool) + 'f;
 
 /// What the timm layer's backward needs from its forward ([`GraphAttention::forward_cached`]).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct AttentionCache {
     /// `x Wqkv^T + b` `[N x 3D]`.
     pub qkv: Matrix,
     /// The attended values before `proj` `[N x D]`.
     pub attended: Matrix,
-    /// `[N x H]`.
+    /// `[N x H]` (empty with low-rank attention).
     pub log_sum_exp: Vec<f32>,
+    /// The low-rank method's own cache, when it ran instead of the softmax on the graph.
+    pub low_rank: Option<LowRankCache>,
 }
 
 /// Gradients of a [`GraphAttention`]'s parameters (see [`GraphAttention::backward`]).
@@ -302,6 +304,11 @@ pub struct ForwardOptions<'a> {
     pub weights: bool,
     /// Force an implementation (default: dense for complete graphs, sparse otherwise).
     pub path: Path,
+    /// Replace the softmax on the graph by a low-rank approximation of the complete graph
+    /// (timm configuration only; the graph must then be complete with self-loops).
+    pub low_rank: Option<&'a LowRankAttention>,
+    /// The layer holding a layerwise-shared Linformer's projections, when `low_rank` does not.
+    pub low_rank_shared: Option<&'a LowRankAttention>,
 }
 
 /// Attention weights with the graph they refer to.
@@ -498,12 +505,26 @@ impl GraphAttention {
             inputs.bias = options.edge_bias;
             attend(&g, &score, &inputs, options.path, options.weights)
         };
+        if options.low_rank.is_some() && !matches!(self.params, Params::Timm { .. }) {
+            return Err(Error::invalid(
+                "low-rank attention",
+                format!("replaces a ViT block's softmax attention (timm configuration); not {:?}", self.config),
+            ));
+        }
         let (attended, out) = match &self.params {
             Params::Timm { qkv, proj } => {
                 // qkv [N x 3D]: q = columns 0..D, k = D..2D, v = 2D..3D.
                 let d = self.config.in_dim();
                 let qkv = qkv.forward(x)?;
-                let a = run(column_block(&qkv, 0, d)?, column_block(&qkv, d, d)?, column_block(&qkv, 2 * d, d)?)?;
+                let (q, k, v) = (column_block(&qkv, 0, d)?, column_block(&qkv, d, d)?, column_block(&qkv, 2 * d, d)?);
+                let a = match options.low_rank {
+                    Some(lr) => {
+                        self.check_low_rank(graph, options)?;
+                        let (out, _) = lr.forward(&AttentionInputs::new(q, k, v, heads), options.low_rank_shared)?;
+                        crate::attention::AttentionOutput { out, log_sum_exp: Vec::new(), weights: None }
+                    }
+                    None => run(q, k, v)?,
+                };
                 let out = proj.forward(&a.out)?;
                 (a, out)
             }
@@ -594,21 +615,43 @@ impl GraphAttention {
     /// The timm layer's forward, keeping what its backward needs (`qkv` output, attended
     /// values, log-sum-exp): `x [N x D] -> ([N x D], cache)`.
     pub fn forward_cached(&self, graph: &Graph, x: &Matrix) -> Result<(Matrix, AttentionCache)> {
+        self.forward_cached_with(graph, x, &ForwardOptions::default())
+    }
+
+    /// [`GraphAttention::forward_cached`] with an edge bias or a low-rank method (`options.path`
+    /// and `options.weights` are not used: the backward needs the automatic path's log-sum-exp).
+    pub fn forward_cached_with(
+        &self,
+        graph: &Graph,
+        x: &Matrix,
+        options: &ForwardOptions<'_>,
+    ) -> Result<(Matrix, AttentionCache)> {
         x.expect_shape("attention input x", graph.num_nodes(), self.config.in_dim())?;
         let Params::Timm { qkv, proj } = &self.params else {
             return Err(self.no_layer_backward());
         };
         let d = self.config.in_dim();
         let qkv_out = qkv.forward(x)?; // qkv = x Wqkv^T + b
-        let inputs = AttentionInputs::new(
+        let mut inputs = AttentionInputs::new(
             column_block(&qkv_out, 0, d)?,
             column_block(&qkv_out, d, d)?,
             column_block(&qkv_out, 2 * d, d)?,
             self.config.heads(),
         );
-        let a = attend(graph, &self.score(), &inputs, Path::Auto, false)?; // a = attend(q, k, v)
-        let y = proj.forward(&a.out)?; // y = a Wproj^T + b
-        Ok((y, AttentionCache { qkv: qkv_out, attended: a.out, log_sum_exp: a.log_sum_exp }))
+        inputs.bias = options.edge_bias;
+        let (attended, log_sum_exp, low_rank) = match options.low_rank {
+            Some(lr) => {
+                self.check_low_rank(graph, options)?;
+                let (out, c) = lr.forward(&inputs, options.low_rank_shared)?; // a = low_rank(q, k, v)
+                (out, Vec::new(), Some(c))
+            }
+            None => {
+                let a = attend(graph, &self.score(), &inputs, Path::Auto, false)?; // a = attend(q, k, v)
+                (a.out, a.log_sum_exp, None)
+            }
+        };
+        let y = proj.forward(&attended)?; // y = a Wproj^T + b
+        Ok((y, AttentionCache { qkv: qkv_out, attended, log_sum_exp, low_rank }))
     }
 
     /// Backward from [`GraphAttention::forward_cached`]'s cache (no recomputation).
@@ -620,6 +663,29 @@ impl GraphAttention {
         dy: &Matrix,
         grads: &mut AttentionGrads,
     ) -> Result<Matrix> {
+        Ok(self.backward_cached_with(graph, x, cache, dy, grads, &ForwardOptions::default(), None)?.0)
+    }
+
+    /// Backward from [`GraphAttention::forward_cached_with`]'s cache, with the same `options`:
+    /// returns `dx` and, when the forward had an edge bias, its gradient `[E x H]` (empty
+    /// otherwise); a low-rank method's parameter gradients are added into `low_rank_grads`.
+    ///
+    /// ```text
+    /// qkv = x Wqkv^T + b           dx   = qkv.backward(x, [dq | dk | dv])
+    /// a   = attend(q, k, v; bias)   dq, dk, dv, dbias = attend_backward(.., da)     (or the low-rank backward)
+    /// y   = a Wproj^T + b          da   = proj.backward(a, dy)
+    /// ```
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_cached_with(
+        &self,
+        graph: &Graph,
+        x: &Matrix,
+        cache: &AttentionCache,
+        dy: &Matrix,
+        grads: &mut AttentionGrads,
+        options: &ForwardOptions<'_>,
+        low_rank_grads: Option<&mut LowRankGrads>,
+    ) -> Result<(Matrix, Vec<f32>)> {
         // x [N x D], dy [N x D]
         x.expect_shape("attention backward x", graph.num_nodes(), self.config.in_dim())?;
         let (Params::Timm { qkv, proj }, AttentionGrads::Timm { qkv: g_qkv, proj: g_proj }) = (&self.params, grads)
@@ -627,16 +693,78 @@ impl GraphAttention {
             return Err(self.no_layer_backward());
         };
         let d = self.config.in_dim();
-        let inputs = AttentionInputs::new(
+        let mut inputs = AttentionInputs::new(
             column_block(&cache.qkv, 0, d)?,
             column_block(&cache.qkv, d, d)?,
             column_block(&cache.qkv, 2 * d, d)?,
             self.config.heads(),
         );
+        inputs.bias = options.edge_bias;
         let da = proj.backward(&cache.attended, dy, g_proj)?; // y = a Wproj^T + b
         // dq | dk | dv side by side, as the q | k | v columns of qkv = x Wqkv^T + b
-        let dqkv = crate::attention::attend_backward_qkv(graph, &self.score(), &inputs, &cache.log_sum_exp, &da)?;
-        qkv.backward(x, &dqkv, g_qkv)
+        let side_by_side = |dq: &Matrix, dk: &Matrix, dv: &Matrix| {
+            let mut dqkv = Matrix::zeros(dq.rows(), 3 * d);
+            for i in 0..dq.rows() {
+                let row = dqkv.row_mut(i);
+                row[..d].copy_from_slice(dq.row(i));
+                row[d..2 * d].copy_from_slice(dk.row(i));
+                row[2 * d..].copy_from_slice(dv.row(i));
+            }
+            dqkv
+        };
+        let (dqkv, dbias) = match (options.low_rank, &cache.low_rank) {
+            (Some(lr), Some(c)) => {
+                let mut none = LowRankGrads::None;
+                let g = low_rank_grads.unwrap_or(&mut none);
+                // a = low_rank(q, k, v)
+                let (dq, dk, dv) = lr.backward(&inputs, options.low_rank_shared, c, &da, g)?;
+                (side_by_side(&dq, &dk, &dv), Vec::new())
+            }
+            (None, None) if options.edge_bias.is_some() => {
+                // a = attend(q, k, v; bias)
+                let g = crate::attention::attend_backward(graph, &self.score(), &inputs, &cache.log_sum_exp, &da)?;
+                (side_by_side(&g.query, &g.key, &g.value), g.bias)
+            }
+            (None, None) => {
+                let dqkv = // a = attend(q, k, v)
+                    crate::attention::attend_backward_qkv(graph, &self.score(), &inputs, &cache.log_sum_exp, &da)?;
+                (dqkv, Vec::new())
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "GraphAttention backward",
+                    "the cache's attention (low-rank or softmax) differs from the options'",
+                ));
+            }
+        };
+        Ok((qkv.backward(x, &dqkv, g_qkv)?, dbias))
+    }
+
+    /// Low-rank attention replaces the complete graph: any other graph, an edge bias or a
+    /// request for per-edge weights is an error naming the method.
+    fn check_low_rank(&self, graph: &Graph, options: &ForwardOptions<'_>) -> Result<()> {
+        let Some(lr) = options.low_rank else { return Ok(()) };
+        let what = format!("`{}`", lr.method());
+        if graph.complete_self_loops() != Some(true) {
+            return Err(Error::invalid(
+                "low-rank attention",
+                format!("{what} approximates the complete graph with self-loops; got a {:?} graph", graph.topology()),
+            ));
+        }
+        let t = lr.tokens();
+        if graph.blocks().windows(2).any(|b| b[1] - b[0] != t) {
+            return Err(Error::invalid(
+                "low-rank attention",
+                format!("{what} was built for images of {t} tokens; the graph's blocks are {:?}", graph.blocks()),
+            ));
+        }
+        if options.edge_bias.is_some() || options.weights {
+            return Err(Error::invalid(
+                "low-rank attention",
+                format!("{what} has no per-edge scores: an edge bias or attention weights need a graph"),
+            ));
+        }
+        Ok(())
     }
 
     fn no_layer_backward(&self) -> Error {

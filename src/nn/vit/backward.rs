@@ -28,7 +28,7 @@ use crate::checkpoint::TensorMap;
 use crate::error::Result;
 use crate::graph::{Graph, GraphSpec};
 use crate::image::ChwImage;
-use crate::nn::{AttentionGrads, BlockGrads, CrossEntropy, LayerNormGrads, LinearGrads};
+use crate::nn::{AttentionGrads, BlockGrads, CrossEntropy, LayerNormGrads, LinearGrads, LowRankGrads};
 use crate::tensor::Matrix;
 
 /// Gradients of every [`Vit`] parameter.
@@ -50,6 +50,8 @@ pub struct VitGrads {
     pub head: Option<LinearGrads>,
     /// Shapes for naming: (D, C, P).
     dims: (usize, usize, usize),
+    /// The relative position window `M`, for naming the table's shape.
+    relative_window: Option<usize>,
 }
 
 impl VitGrads {
@@ -73,6 +75,12 @@ impl VitGrads {
             b.norm2.push_slices(&mut out);
             b.mlp.fc1.push_slices(&mut out);
             b.mlp.fc2.push_slices(&mut out);
+            if let Some(g) = b.relative_position.as_mut() {
+                out.push(g);
+            }
+            if let Some(g) = b.low_rank.as_mut() {
+                g.push_slices(&mut out);
+            }
         }
         for g in [&mut self.norm, &mut self.fc_norm].into_iter().flatten() {
             g.push_slices(&mut out);
@@ -98,6 +106,7 @@ impl VitGrads {
             m.insert(format!("{name}.weight"), vec![g.weight.len()], g.weight.clone())?;
             m.insert(format!("{name}.bias"), vec![g.bias.len()], g.bias.clone())
         };
+        let rel_rows = self.relative_window.map_or(0, |w| (2 * w - 1) * (2 * w - 1));
         lin(&mut m, "patch_embed.proj", &self.patch_embed, vec![d, c, p, p])?;
         if let Some(cls) = &self.cls_token {
             m.insert("cls_token", vec![1, 1, d], cls.clone())?;
@@ -118,6 +127,23 @@ impl VitGrads {
                 if let Some(g) = g {
                     m.insert(format!("{pre}{name}"), vec![g.len()], g.clone())?;
                 }
+            }
+            if let Some(g) = &b.relative_position {
+                let heads = g.len() / rel_rows.max(1);
+                m.insert(format!("{pre}attn.relative_position_bias_table"), vec![rel_rows, heads], g.clone())?;
+            }
+            match &b.low_rank {
+                Some(LowRankGrads::Linformer { e, f }) => {
+                    m.insert(format!("{pre}attn.proj_k"), vec![e.rows(), e.cols()], e.as_slice().to_vec())?;
+                    if let Some(f) = f {
+                        m.insert(format!("{pre}attn.proj_v"), vec![f.rows(), f.cols()], f.as_slice().to_vec())?;
+                    }
+                }
+                Some(LowRankGrads::Nystrom { res_conv }) => {
+                    let (h, k) = res_conv.shape();
+                    m.insert(format!("{pre}attn.res_conv.weight"), vec![h, 1, k, 1], res_conv.as_slice().to_vec())?;
+                }
+                Some(LowRankGrads::None) | None => {}
             }
         }
         if let Some(g) = &self.norm {
@@ -178,6 +204,18 @@ impl Vit {
         if let (Some(h), Some(g)) = (self.head.as_mut(), grads.head.as_ref()) {
             h.visit_params(g, &mut slot, f);
         }
+        // The tensors beyond timm's ViT come after all of timm's (so that a model without them
+        // keeps its slot numbers): per block, the relative position table and two low-rank slots.
+        let mut slot = slot + 2;
+        for (b, gb) in self.blocks.iter_mut().zip(&grads.blocks) {
+            if let (Some(rp), Some(g)) = (b.relative_position.as_mut(), gb.relative_position.as_ref()) {
+                f(slot, rp.table.as_mut_slice(), g, false);
+            }
+            if let (Some(lr), Some(g)) = (b.low_rank.as_mut(), gb.low_rank.as_ref()) {
+                lr.visit_params(g, slot + 1, f);
+            }
+            slot += 3;
+        }
     }
 
     /// Zero gradients shaped like the model's parameters.
@@ -192,6 +230,7 @@ impl Vit {
             fc_norm: self.fc_norm.as_ref().map(|n| LayerNormGrads::zeros(n.weight.len())),
             head: self.head.as_ref().map(LinearGrads::zeros),
             dims: (cfg.embed_dim, cfg.in_chans, cfg.patch_size),
+            relative_window: cfg.relative_position_bias,
         }
     }
 
@@ -227,10 +266,11 @@ impl Vit {
         let mut x = self.embed_patches(&patches, b)?;
         let mut cache: Vec<(GraphSpec, Graph)> = Vec::new();
         let mut layer_inputs = Vec::with_capacity(self.blocks.len());
-        for (block, spec) in self.blocks.iter().zip(&specs) {
+        for (l, (block, spec)) in self.blocks.iter().zip(&specs).enumerate() {
             let graph = self.layer_graph(block, spec, &x, b, &mut cache)?;
-            let (next, block_cache) = block.forward_cached(&graph, &x)?;
-            layer_inputs.push((std::mem::replace(&mut x, next), graph, block_cache));
+            let la = self.layer_attention(l, spec, &graph)?;
+            let (next, block_cache) = block.forward_cached_with(&graph, &x, &la.options(Default::default(), false))?;
+            layer_inputs.push((std::mem::replace(&mut x, next), graph, block_cache, la));
         }
         let xn = match &self.norm {
             Some(n) => n.forward(&x)?,
@@ -279,8 +319,20 @@ impl Vit {
             (Some(n), Some(gn)) => n.backward(&x, &dxn, gn)?, // xn = norm(x_L)
             _ => dxn,
         };
-        for ((block, (x_l, graph, c)), gb) in self.blocks.iter().zip(&layer_inputs).zip(grads.blocks.iter_mut()).rev() {
-            dx = block.backward_cached(graph, x_l, c, &dx, gb)?; // x_{l+1} = block_l(x_l)
+        // A layerwise-shared Linformer's projections live in block 0: every layer's gradient goes there.
+        let mut shared_grads = match layer_inputs.first() {
+            Some((.., la)) if la.shares_low_rank() => grads.blocks[0].low_rank.take(),
+            _ => None,
+        };
+        for ((block, (x_l, graph, c, la)), gb) in
+            self.blocks.iter().zip(&layer_inputs).zip(grads.blocks.iter_mut()).rev()
+        {
+            let options = la.options(Default::default(), false);
+            // x_{l+1} = block_l(x_l)
+            dx = block.backward_cached_with(graph, x_l, c, &dx, gb, &options, la.rel_index(), shared_grads.as_mut())?;
+        }
+        if shared_grads.is_some() {
+            grads.blocks[0].low_rank = shared_grads;
         }
         // tokens[i*t + prefix + r] = patch_embed(patches)[i*G^2 + r] + pos[off + r]; tokens[i*t] = cls + pos[0]
         let pos_offset = if cfg.no_embed_class { 0 } else { prefix };

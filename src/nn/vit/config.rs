@@ -23,6 +23,7 @@
 //! assert!(serde_json::from_str::<VitConfig>(r#"{"img_size": 32, "patch_sise": 8}"#).is_err());
 //! ```
 
+use crate::attention::low_rank::LowRank;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -94,6 +95,17 @@ pub struct VitConfig {
     /// LayerNorm epsilon (timm and the JAX originals: 1e-6; Hugging Face: 1e-12).
     #[serde(default = "default_eps")]
     pub eps: f32,
+    /// patchgraph: a low-rank attention in every block instead of the softmax on a graph
+    /// (`"performer:M:SEED"`, `"linformer:K[:SHARING]"`, `"nystrom:L[:CONV]"`), with its
+    /// parameters part of the model (`blocks.N.attn.projection_matrix`, `proj_k`, `proj_v`,
+    /// `res_conv.weight`). It is every layer's default graph; an explicit graph overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention: Option<LowRank>,
+    /// patchgraph: Swin's relative position bias in every block, for windows of this side `M`
+    /// (`blocks.N.attn.relative_position_bias_table [(2M-1)^2, H]`), added to the score of
+    /// every patch-to-patch edge whose offset is below `M`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relative_position_bias: Option<usize>,
 }
 
 impl VitConfig {
@@ -179,6 +191,8 @@ impl VitConfig {
             fc_norm: None,
             init_values: None,
             eps: 1e-6,
+            attention: None,
+            relative_position_bias: None,
         }
     }
 
@@ -218,6 +232,26 @@ impl VitConfig {
         }
         if self.eps.is_nan() || self.eps <= 0.0 {
             return bad("eps", format!("{} must be positive", self.eps));
+        }
+        if self.relative_position_bias == Some(0) {
+            return bad("relative_position_bias", "the window side must be at least 1".into());
+        }
+        if self.relative_position_bias.is_some_and(|m| m > self.grid().max(1)) {
+            return bad(
+                "relative_position_bias",
+                format!(
+                    "a window of {:?} patches is larger than the {} x {} grid",
+                    self.relative_position_bias,
+                    self.grid(),
+                    self.grid()
+                ),
+            );
+        }
+        if self.attention.is_some() && self.relative_position_bias.is_some() {
+            return bad(
+                "relative_position_bias",
+                "a relative position bias is an edge bias: low-rank attention has no edges to add it to".into(),
+            );
         }
         self.check_sizes()
     }

@@ -43,7 +43,10 @@ pub use backward::VitGrads;
 pub use config::{GlobalPool, VitConfig};
 pub use pos_embed::resample_pos_embed;
 
-use super::{AttentionWeights, Block, BlockConfig, ForwardOptions, Init, LayerNorm, Linear};
+use super::{
+    AttentionWeights, Block, BlockConfig, ForwardOptions, Init, LayerNorm, Linear, LowRankAttention,
+    RelativePositionBias, TokenGrid,
+};
 use crate::attention::Path;
 use crate::checkpoint::TensorMap;
 use crate::error::{Error, Result, ensure_finite};
@@ -51,6 +54,39 @@ use crate::graph::{Graph, GraphSpec};
 use crate::image::{ChwImage, patchify};
 use crate::tensor::Matrix;
 use pos_embed::square_side;
+use std::borrow::Cow;
+
+/// What one layer's attention runs with besides its graph: a low-rank method (the block's own,
+/// or a parameter-free one drawn for this forward), and the edge bias of the block's relative
+/// position table on this layer's graph.
+pub(crate) struct LayerAttention<'v> {
+    low_rank: Option<Cow<'v, LowRankAttention>>,
+    shared: Option<&'v LowRankAttention>,
+    rel_index: Option<Vec<u32>>,
+    bias: Option<Vec<f32>>,
+}
+
+impl LayerAttention<'_> {
+    /// Whether this layer uses block 0's low-rank parameters (a layerwise Linformer).
+    pub(crate) fn shares_low_rank(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// The relative position table row of each edge, when the block has a table.
+    pub(crate) fn rel_index(&self) -> Option<&[u32]> {
+        self.rel_index.as_deref()
+    }
+
+    pub(crate) fn options(&self, path: Path, weights: bool) -> ForwardOptions<'_> {
+        ForwardOptions {
+            edge_bias: self.bias.as_deref(),
+            weights,
+            path,
+            low_rank: self.low_rank.as_deref(),
+            low_rank_shared: self.shared,
+        }
+    }
+}
 
 /// A Vision Transformer (see the module docs).
 #[derive(Clone, Debug, PartialEq)]
@@ -106,7 +142,17 @@ impl Vit {
         let patch_embed = Linear::torch_init(init, cpp, d, true);
         let cls_token = config.class_token.then(|| init.normal(d, 1e-6));
         let pos_embed = Matrix::from_vec(config.pos_tokens(), d, init.trunc_normal(config.pos_tokens() * d, 0.02))?;
-        let blocks = (0..config.depth).map(|_| Block::new(&block_config(&config), init)).collect::<Result<_>>()?;
+        let mut blocks: Vec<Block> =
+            (0..config.depth).map(|_| Block::new(&block_config(&config), init)).collect::<Result<_>>()?;
+        for (l, block) in blocks.iter_mut().enumerate() {
+            if let Some(m) = &config.attention {
+                let grid = token_grid(&config);
+                block.low_rank = Some(LowRankAttention::new(m, grid, config.num_heads, config.head_dim(), l, init)?);
+            }
+            if let Some(w) = config.relative_position_bias {
+                block.relative_position = Some(RelativePositionBias::new(w, config.num_heads, init)?);
+            }
+        }
         let head = (config.num_classes > 0).then(|| {
             let k = config.num_classes;
             Linear {
@@ -190,8 +236,18 @@ impl Vit {
         let cls_token = if config.class_token { Some(map.take("cls_token", &[1, 1, d])?) } else { None };
         let pos_embed = Matrix::from_vec(config.pos_tokens(), d, map.take("pos_embed", &[1, config.pos_tokens(), d])?)?;
         let bc = block_config(&config);
-        let blocks =
+        let mut blocks: Vec<Block> =
             (0..config.depth).map(|i| Block::load(&bc, map, &format!("blocks.{i}."))).collect::<Result<_>>()?;
+        let (h, hd, grid) = (config.num_heads, config.head_dim(), token_grid(&config));
+        for (l, block) in blocks.iter_mut().enumerate() {
+            let prefix = format!("blocks.{l}.attn.");
+            if let Some(m) = &config.attention {
+                block.low_rank = Some(LowRankAttention::load(m, grid, h, hd, l, map, &prefix)?);
+            }
+            if let Some(w) = config.relative_position_bias {
+                block.relative_position = Some(RelativePositionBias::load(w, h, map, &prefix)?);
+            }
+        }
         let fc = config.uses_fc_norm();
         let norm = if fc { None } else { Some(LayerNorm::load(map, "norm", d, config.eps)?) };
         let fc_norm = if fc { Some(LayerNorm::load(map, "fc_norm", d, config.eps)?) } else { None };
@@ -255,7 +311,8 @@ impl Vit {
         let mut weights = Vec::new();
         for (l, (block, spec)) in self.blocks.iter().zip(&specs).enumerate() {
             let graph = self.layer_graph(block, spec, &x, b, &mut static_graphs)?;
-            let fo = ForwardOptions { path: options.path, weights: options.weights, ..Default::default() };
+            let la = self.layer_attention(l, spec, &graph)?;
+            let fo = la.options(options.path, options.weights);
             // A NaN that reached a block (from a weight loaded with --allow-nonfinite) is
             // reported with the block it reached.
             let w = block.forward_in_place(&graph, &mut x, &fo).map_err(|e| match e {
@@ -309,9 +366,10 @@ impl Vit {
         let (b, t, g, prefix) = (images.len(), cfg.num_tokens(), cfg.grid(), cfg.prefix_tokens());
         let mut x = self.embed(images)?;
         let mut cache: Vec<(GraphSpec, Graph)> = Vec::new();
-        for (blk, spec) in self.blocks[..layer].iter().zip(&specs) {
+        for (l, (blk, spec)) in self.blocks[..layer].iter().zip(&specs).enumerate() {
             let graph = self.layer_graph(blk, spec, &x, b, &mut cache)?;
-            blk.forward_in_place(&graph, &mut x, &ForwardOptions { path: options.path, ..Default::default() })?;
+            let la = self.layer_attention(l, spec, &graph)?;
+            blk.forward_in_place(&graph, &mut x, &la.options(options.path, false))?;
         }
         let h = block.norm1.forward(&x)?;
         Ok(Matrix::from_fn(b * g * g, cfg.embed_dim, |r, c| h.get((r / (g * g)) * t + prefix + r % (g * g), c)))
@@ -330,7 +388,7 @@ impl Vit {
         let cfg = &self.config;
         let (t, g, d) = (cfg.num_tokens(), cfg.grid(), cfg.embed_dim);
         match spec {
-            GraphSpec::FeatureKnn { .. } => {
+            _ if spec.needs_features() => {
                 let h = block.norm1.forward(x)?;
                 let per_image = (0..b)
                     .map(|i| {
@@ -353,13 +411,62 @@ impl Vit {
         }
     }
 
+    /// Layer `l`'s low-rank method and edge bias on `graph` (built from `spec`): the block's own
+    /// method when the spec names it, else a parameter-free one for this forward (Performer's
+    /// projection drawn from `seed + l`, Nyström without the conv), else an error naming it.
+    pub(crate) fn layer_attention(&self, l: usize, spec: &GraphSpec, graph: &Graph) -> Result<LayerAttention<'_>> {
+        let cfg = &self.config;
+        let block = &self.blocks[l];
+        let (low_rank, shared) = match spec {
+            GraphSpec::LowRank(m) => {
+                let own = block.low_rank.as_ref().filter(|lr| lr.method() == m);
+                let lr = match own {
+                    Some(lr) => Cow::Borrowed(lr),
+                    None => Cow::Owned(LowRankAttention::parameter_free(
+                        m,
+                        token_grid(cfg),
+                        cfg.num_heads,
+                        cfg.head_dim(),
+                        l,
+                    )?),
+                };
+                let layerwise = matches!(
+                    m,
+                    crate::attention::low_rank::LowRank::Linformer {
+                        sharing: crate::attention::low_rank::LinformerSharing::Layerwise,
+                        ..
+                    }
+                );
+                let shared = if layerwise { self.blocks[0].low_rank.as_ref() } else { None };
+                (Some(lr), shared)
+            }
+            _ => (None, None),
+        };
+        let (rel_index, bias) = match (&block.relative_position, &low_rank) {
+            (Some(rp), None) => {
+                let index = RelativePositionBias::edge_index(graph, token_grid(cfg), rp.window)?;
+                let bias = rp.edge_bias(&index);
+                (Some(index), Some(bias))
+            }
+            (Some(_), Some(lr)) => {
+                return Err(Error::invalid(
+                    "relative position bias",
+                    format!("block {l} adds its bias to edges; `{}` has none (run it on a graph)", lr.method()),
+                ));
+            }
+            (None, _) => (None, None),
+        };
+        Ok(LayerAttention { low_rank, shared, rel_index, bias })
+    }
+
     /// The graph spec of each layer.
     fn layer_specs(&self, graphs: &[GraphSpec]) -> Result<Vec<GraphSpec>> {
         let depth = self.config.depth;
+        let per_layer = |spec: &GraphSpec| (0..depth).map(|l| spec.for_layer(l)).collect();
         match graphs.len() {
-            0 => Ok(vec![GraphSpec::Complete; depth]),
-            1 => Ok(vec![graphs[0].clone(); depth]),
-            n if n == depth => Ok(graphs.to_vec()),
+            0 => Ok(vec![self.config.attention.clone().map_or(GraphSpec::Complete, GraphSpec::LowRank); depth]),
+            1 => Ok(per_layer(&graphs[0])),
+            n if n == depth => Ok(graphs.iter().enumerate().map(|(l, g)| g.for_layer(l)).collect()),
             n => Err(Error::invalid("ViT graphs", format!("{n} specs for {depth} layers: give 1 or {depth}"))),
         }
     }
@@ -417,6 +524,11 @@ impl Vit {
         }
         Ok(tokens)
     }
+}
+
+/// One image's token layout.
+fn token_grid(config: &VitConfig) -> TokenGrid {
+    TokenGrid { rows: config.grid(), cols: config.grid(), prefix: config.prefix_tokens() }
 }
 
 fn block_config(config: &VitConfig) -> BlockConfig {

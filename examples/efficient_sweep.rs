@@ -1,0 +1,189 @@
+//! The scale sweep of efficient attention: one attention layer at ViT-B widths (12 heads of 64)
+//! from N = 197 to N = 50,177 tokens (a class token and a g x g patch grid, g = 14 ... 224:
+//! patch 16 down to patch 1 at 224 px), for every method, forward and forward + backward, the
+//! median time and the peak extra heap memory. Writes a table, a JSON file of the records and a
+//! log-log plot.
+//!
+//! ```text
+//! cargo run --release --example efficient_sweep -- [--grids 14,28,56,112,224] [--budget 60]
+//!     [--runs 3] [--json FILE] [--plot FILE.png] [--peers efficient_peers.json]
+//! ```
+//!
+//! What is timed (q, k, v `[N x 768]` given, as the peers' SDPA and FastAttention take them):
+//!
+//! | method | ours |
+//! |---|---|
+//! | complete | `attend` on `Graph::complete(N, true)`: the dense kernel (tiled online softmax) |
+//! | window | `nat:7` with the class token: the sparse kernel (50 edges per patch) |
+//! | bigbird | `bigbird:7:3:0` with the class token (53 edges per patch) |
+//! | lsh | `lsh:B:1:0` on the layer input `[N x 768]`, `B = 2 round(N / 128)`; the graph is built inside the timed call (Reformer hashes every forward) |
+//! | performer | FAVOR+ with m = int(64 ln 64) = 266 features |
+//! | linformer | k = 256 |
+//! | nystrom | 256 landmarks as 16 x 16 patch blocks (7 x 7 at g = 14) plus the class token, 6 pinv iterations, no conv |
+//!
+//! Forward + backward: the forward keeping what the backward needs, then the backward for a
+//! fixed `dout`. A case is skipped ("over budget") when the previous grid's time times the
+//! method's growth (N^2 for complete, N otherwise) predicts more than `--budget` seconds.
+
+use patchgraph::Result;
+use patchgraph::attention::{AttentionInputs, Path, Score, attend, attend_backward};
+use patchgraph::bench::{CountingAllocator, HeapProbe, MemoryProbe};
+use patchgraph::graph::GraphSpec;
+use patchgraph::nn::{Init, LowRankAttention, TokenGrid};
+use patchgraph::tensor::Matrix;
+use patchgraph::viz::{BenchPoint, plot_bench};
+use std::time::Instant;
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+const HEADS: usize = 12;
+const HEAD_DIM: usize = 64;
+
+/// Median seconds of `runs` calls of `f` (after one warm-up call), and the peak extra memory
+/// of the warm-up call in MiB.
+fn time(runs: usize, probe: &HeapProbe, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
+    probe.reset();
+    f()?;
+    let peak = probe.peak_extra_bytes() as f64 / (1 << 20) as f64;
+    let mut t: Vec<f64> = (0..runs)
+        .map(|_| {
+            let s = Instant::now();
+            f().map(|_| s.elapsed().as_secs_f64())
+        })
+        .collect::<Result<_>>()?;
+    t.sort_by(f64::total_cmp);
+    Ok((t[t.len() / 2], peak))
+}
+
+fn main() -> Result<()> {
+    patchgraph::train::keep_freed_memory();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let grids: Vec<usize> = value("--grids")
+        .map(|g| g.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_else(|| vec![14, 28, 56, 112, 224]);
+    let budget: f64 = value("--budget").and_then(|b| b.parse().ok()).unwrap_or(60.0);
+    let runs: usize = value("--runs").and_then(|b| b.parse().ok()).unwrap_or(3);
+    let probe = HeapProbe::default();
+    let d = HEADS * HEAD_DIM;
+    let methods = ["complete", "window", "bigbird", "lsh", "performer", "linformer", "nystrom"];
+    let mut last: std::collections::HashMap<(String, bool), (usize, f64)> = Default::default();
+    let mut records = Vec::new();
+    println!("| method | N | forward (ms) | fwd+bwd (ms) | forward peak extra (MiB) | fwd+bwd peak extra (MiB) |");
+    println!("|---|---|---|---|---|---|");
+    for &g in &grids {
+        let n = g * g + 1;
+        let mut init = Init::new(g as u64);
+        let q = Matrix::from_vec(n, d, init.normal(n * d, 1.0))?;
+        let k = Matrix::from_vec(n, d, init.normal(n * d, 1.0))?;
+        let v = Matrix::from_vec(n, d, init.normal(n * d, 1.0))?;
+        let dout = Matrix::from_vec(n, d, init.normal(n * d, 1.0))?;
+        let inputs = AttentionInputs::new(&q, &k, &v, HEADS);
+        // LSH hashes the patch tokens' features (the class token is linked to every patch).
+        let patch_features = Matrix::from_fn(g * g, d, |r, c| q.get(r + 1, c));
+        let score = Score::Dot { scale: 1.0 / (HEAD_DIM as f32).sqrt() };
+        let grid = TokenGrid { rows: g, cols: g, prefix: 1 };
+        for method in methods {
+            let spec: GraphSpec = match method {
+                "complete" => "complete".into(),
+                "window" => "nat:7".into(),
+                "bigbird" => "bigbird:7:3:0".into(),
+                "lsh" => format!("lsh:{}:1:0", (2 * ((n as f64 / 128.0).round() as usize)).max(2)),
+                "performer" => "performer:266:0".into(),
+                "linformer" => "linformer:256".into(),
+                _ => format!("nystrom:{}", if g >= 16 { 256 } else { 49 }),
+            }
+            .parse()?;
+            let mut row = [None, None];
+            let mut peaks = [0.0, 0.0];
+            for (slot, backward) in [false, true].into_iter().enumerate() {
+                let growth = if method == "complete" { 2.0 } else { 1.0 };
+                if let Some(&(n0, t0)) = last.get(&(method.to_string(), backward)) {
+                    if t0 * (n as f64 / n0 as f64).powf(growth) > budget {
+                        continue;
+                    }
+                }
+                let (secs, peak) = match &spec {
+                    GraphSpec::LowRank(m) => {
+                        let lr = LowRankAttention::new(m, grid, HEADS, HEAD_DIM, 0, &mut Init::new(1))?;
+                        time(runs, &probe, || {
+                            let (_, cache) = lr.forward(&inputs, None)?;
+                            if backward {
+                                let mut grads = lr.zero_grads();
+                                lr.backward(&inputs, None, &cache, &dout, &mut grads)?;
+                            }
+                            Ok(())
+                        })?
+                    }
+                    _ => {
+                        // Static graphs are built once (a ViT builds them once per forward for all
+                        // layers); LSH hashes the layer's features inside every call.
+                        let fixed = if spec.needs_features() { None } else { Some(spec.build(g, g, None, true)?) };
+                        time(runs, &probe, || {
+                            let hashed;
+                            let graph = match &fixed {
+                                Some(graph) => graph,
+                                None => {
+                                    hashed = spec.build(g, g, Some(&patch_features), true)?;
+                                    &hashed
+                                }
+                            };
+                            let out = attend(graph, &score, &inputs, Path::Auto, false)?;
+                            if backward {
+                                attend_backward(graph, &score, &inputs, &out.log_sum_exp, &dout)?;
+                            }
+                            Ok(())
+                        })?
+                    }
+                };
+                last.insert((method.to_string(), backward), (n, secs));
+                row[slot] = Some(secs);
+                peaks[slot] = peak;
+                records.push(serde_json::json!({
+                    "peer": "patchgraph", "op": format!("efficient_{method}_{}", if backward { "fwdbwd" } else { "fwd" }),
+                    "B": 1, "N": n, "H": HEADS, "d": HEAD_DIM, "median_ms": secs * 1e3, "peak_extra_mib": peak,
+                    "spec": spec.to_string(), "threads": rayon::current_num_threads(),
+                }));
+            }
+            let ms = |t: Option<f64>| t.map_or("over budget".to_string(), |t| format!("{:.2}", t * 1e3));
+            println!("| {method} | {n} | {} | {} | {:.1} | {:.1} |", ms(row[0]), ms(row[1]), peaks[0], peaks[1]);
+        }
+    }
+    if let Some(path) = value("--json") {
+        patchgraph::atomic_file::write_atomically(
+            std::path::Path::new(&path),
+            serde_json::to_string_pretty(&records).unwrap_or_default().as_bytes(),
+        )?;
+    }
+    if let Some(path) = value("--plot") {
+        let mut points: Vec<BenchPoint> = records
+            .iter()
+            .filter(|r| r["op"].as_str().is_some_and(|o| o.ends_with("_fwd")))
+            .map(|r| BenchPoint {
+                label: r["op"].as_str().unwrap_or("").trim_start_matches("efficient_").trim_end_matches("_fwd").into(),
+                n: r["N"].as_u64().unwrap_or(1) as usize,
+                k: None,
+                ms: r["median_ms"].as_f64().unwrap_or(1.0),
+            })
+            .collect();
+        // The peers' forward times from `scripts/bench_peers.py --only efficient --json FILE`.
+        if let Some(peers) = value("--peers") {
+            let text = std::fs::read_to_string(&peers)
+                .map_err(|source| patchgraph::Error::Io { path: peers.clone().into(), source })?;
+            let list: Vec<serde_json::Value> = serde_json::from_str(&text)
+                .map_err(|e| patchgraph::Error::Format { path: peers.clone(), reason: e.to_string() })?;
+            for r in list {
+                let (Some(op), Some(ms), Some(n)) = (r["op"].as_str(), r["median_ms"].as_f64(), r["N"].as_u64()) else {
+                    continue;
+                };
+                if let Some(core) = op.strip_prefix("efficient_").and_then(|o| o.strip_suffix("_fwd")) {
+                    let peer = r["peer"].as_str().unwrap_or("peer");
+                    points.push(BenchPoint { label: format!("PyTorch {peer} ({core})"), n: n as usize, k: None, ms });
+                }
+            }
+        }
+        plot_bench(&points, None, std::path::Path::new(&path))?;
+    }
+    Ok(())
+}

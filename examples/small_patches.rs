@@ -1,0 +1,228 @@
+//! The small-patch experiment: the same ViT on the bundled digits at patch 7, 4, 2 and 1 (16, 49,
+//! 196 and 784 patches plus the class token), with its attention on the complete graph, on
+//! sparse patch graphs (a sliding window, BigBird, Reformer's LSH buckets) and replaced by the
+//! low-rank methods (Performer, Linformer, Nyström): test accuracy, seconds per epoch, peak
+//! memory and attention FLOPs per image, one table and one plot.
+//!
+//! ```text
+//! cargo run --release --example small_patches             # the default run, about 15 minutes on 2 cores
+//! cargo run --release --example small_patches -- --long   # the full table of notes/experiments.md
+//! cargo run --release --example small_patches -- --patches 7 --methods complete,performer  # a part
+//! ```
+//!
+//! The model: width 32, depth 2, 2 heads of 16, average pooling, the recipe of the topology
+//! experiment (AdamW 2e-3, warm-up + cosine, label smoothing 0.1, random crops, seed 0). The
+//! default run trains fewer images for fewer epochs as the patches shrink, so that every row
+//! fits (stated in the table): 2,000 images x 3 epochs at patch 7 and 4, 1,000 x 2 at patch 2,
+//! 400 x 1 at patch 1, tested on 1,000, 1,000, 500 and 300 test digits. `--long`: 4,000 x 10
+//! at patch 7 and 4, 4,000 x 4 at patch 2, 1,000 x 2 at patch 1, on all 1,000 test digits.
+//!
+//! | method | spec | attention per layer and image |
+//! |---|---|---|
+//! | complete | `complete` | every token reads every token: `E = T^2` |
+//! | window | `nat:3` | the 3 x 3 neighbourhood of each patch, plus the class token both ways |
+//! | BigBird | `bigbird:3:2:0` | that window, 2 random patches per patch, the class token as the global token |
+//! | LSH | `lsh:B:2:0` | Reformer's buckets of the layer's features, `B = 2 round(T / 32)` (at least 2), 2 rounds |
+//! | Performer | `performer` | FAVOR+ with `m = int(d ln d) = 44` features |
+//! | Linformer | `linformer:K` | keys and values projected to `K = min(32, T)` rows |
+//! | Nyström | `nystrom:L` | `L = 4` landmarks (2 x 2 patch blocks) at patch 7, 16 (4 x 4) below, plus the class token |
+//!
+//! Attention FLOPs per image count the forward's attention only (projections and MLP aside),
+//! summed over the layers: `4 E D` on a graph of `E` edges (`q . k` and `p v`; LSH's `E` is
+//! measured on the first layer of the trained model); Performer `4 T m D + 4 T m D` (features
+//! of q and k, then `phi(K)^T V` and `phi(Q) C`); Linformer `4 T K D` (the projections) `+
+//! 4 T K D` (attention); Nyström `8 T L D + 2 T L^2 H + 8 L^3 H` per pinv iteration... (see
+//! `flops`). Peak memory is the peak of live heap bytes during the row's training beyond what
+//! was live before it (a counting global allocator).
+
+use patchgraph::Result;
+use patchgraph::attention::low_rank::{LowRank, NYSTROM_PINV_ITERATIONS};
+use patchgraph::bench::{CountingAllocator, HeapProbe, MemoryProbe};
+use patchgraph::data::{ImageDataset, Split, load_mnist};
+use patchgraph::graph::GraphSpec;
+use patchgraph::nn::{GlobalPool, Init, Vit, VitConfig, VitOptions};
+use patchgraph::train::{AdamW, TrainConfig, train};
+use patchgraph::viz::{BenchPoint, plot_bench};
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+const DIM: usize = 32;
+const DEPTH: usize = 2;
+const HEADS: usize = 2;
+
+/// One table row.
+struct Row {
+    patch: usize,
+    tokens: usize,
+    method: String,
+    spec: String,
+    train_images: usize,
+    test_images: usize,
+    epochs: usize,
+    accuracy: f32,
+    seconds_per_epoch: f64,
+    peak_mib: f64,
+    flops: f64,
+}
+
+/// The first `n` images of `set`.
+fn subset(set: &ImageDataset, n: usize) -> Result<ImageDataset> {
+    let n = n.min(set.len());
+    let (c, h, w) = set.shape();
+    let mut pixels = Vec::with_capacity(n * c * h * w);
+    let mut labels = Vec::with_capacity(n);
+    for i in 0..n {
+        let (img, label) = set.get(i)?;
+        pixels.extend_from_slice(img.as_slice());
+        labels.push(label);
+    }
+    ImageDataset::new(pixels, labels, (c, h, w), set.classes)
+}
+
+/// The spec of `method` on a `grid x grid` patch grid (`t` tokens).
+fn spec_for(method: &str, grid: usize, t: usize) -> String {
+    match method {
+        "complete" => "complete".into(),
+        "window" => "nat:3".into(),
+        "bigbird" => "bigbird:3:2:0".into(),
+        "lsh" => format!("lsh:{}:2:0", (2 * ((t as f64 / 32.0).round() as usize)).max(2)),
+        "performer" => "performer".into(),
+        "linformer" => format!("linformer:{}", 32.min(t)),
+        "nystrom" => format!("nystrom:{}", if grid <= 4 { 4 } else { 16 }),
+        other => panic!("unknown method {other}"),
+    }
+}
+
+/// Forward attention FLOPs per image and layer (see the module docs).
+fn flops(spec: &GraphSpec, vit: &Vit, test: &ImageDataset) -> Result<f64> {
+    let cfg = vit.config();
+    let (g, t, d, h) = (cfg.grid(), cfg.num_tokens(), cfg.embed_dim as f64, cfg.num_heads as f64);
+    let hd = cfg.head_dim();
+    let tf = t as f64;
+    Ok(match spec {
+        GraphSpec::LowRank(LowRank::Performer { features, .. }) => {
+            let m = if *features == 0 { patchgraph::attention::performer::default_features(hd) } else { *features };
+            8.0 * tf * m as f64 * d
+        }
+        GraphSpec::LowRank(LowRank::Linformer { k, .. }) => 8.0 * tf * *k as f64 * d,
+        GraphSpec::LowRank(LowRank::Nystrom { landmarks, .. }) => {
+            let l = (*landmarks + cfg.prefix_tokens()) as f64;
+            8.0 * tf * l * d + 2.0 * tf * l * l * h + 8.0 * l * l * l * h * NYSTROM_PINV_ITERATIONS as f64
+        }
+        _ if spec.needs_features() => {
+            let (img, _) = test.get(0)?;
+            let x = vit.layer_features(&[img], 0, &VitOptions::default())?;
+            4.0 * spec.build(g, g, Some(&x), cfg.class_token)?.num_edges() as f64 * d
+        }
+        _ => 4.0 * spec.build(g, g, None, cfg.class_token)?.num_edges() as f64 * d,
+    } * DEPTH as f64)
+}
+
+fn main() -> Result<()> {
+    patchgraph::train::keep_freed_memory();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let long = args.iter().any(|a| a == "--long");
+    let patches: Vec<usize> = value("--patches")
+        .map(|p| p.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_else(|| vec![7, 4, 2, 1]);
+    let methods: Vec<String> =
+        value("--methods").map(|m| m.split(',').map(String::from).collect()).unwrap_or_else(|| {
+            ["complete", "window", "bigbird", "lsh", "performer", "linformer", "nystrom"].map(String::from).to_vec()
+        });
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist5k");
+    let (train_all, test_all) = (load_mnist(dir, Split::Train)?, load_mnist(dir, Split::Test)?);
+    let probe = HeapProbe::default();
+    let mut rows = Vec::new();
+    for &patch in &patches {
+        // (training images, epochs, test images)
+        let (n_train, epochs, n_test) = match (patch, long) {
+            (7 | 4, false) => (2000, 3, 1000),
+            (2, false) => (1000, 2, 500),
+            (_, false) => (400, 1, 300),
+            (7 | 4, true) => (4000, 10, 1000),
+            (2, true) => (4000, 4, 1000),
+            (_, true) => (1000, 2, 1000),
+        };
+        let (train_set, test_set) = (subset(&train_all, n_train)?, subset(&test_all, n_test)?);
+        let grid = 28 / patch;
+        let mut config = VitConfig::tiny(28, patch, 10);
+        (config.in_chans, config.embed_dim, config.depth, config.num_heads) = (1, DIM, DEPTH, HEADS);
+        config.global_pool = GlobalPool::Avg;
+        let t = config.num_tokens();
+        for method in &methods {
+            let spec: GraphSpec = spec_for(method, grid, t).parse()?;
+            let mut c = config.clone();
+            if let GraphSpec::LowRank(m) = &spec {
+                c.attention = Some(m.clone());
+            }
+            let mut vit = Vit::new(c, &mut Init::new(0))?;
+            let train_config = TrainConfig { epochs, lr: 2e-3, graphs: vec![spec.clone()], ..TrainConfig::mnist() };
+            let mut opt = AdamW::new(train_config.lr, train_config.weight_decay);
+            probe.reset();
+            let started = std::time::Instant::now();
+            let metrics =
+                train(&mut vit, &mut opt, &train_set, &test_set, &train_config, 0, &mut |_| {}, &mut |_, _, _| Ok(()))?;
+            let seconds = started.elapsed().as_secs_f64();
+            let peak_mib = probe.peak_extra_bytes() as f64 / (1 << 20) as f64;
+            let row = Row {
+                patch,
+                tokens: t,
+                method: method.clone(),
+                spec: spec.to_string(),
+                train_images: train_set.len(),
+                test_images: test_set.len(),
+                epochs,
+                accuracy: metrics.last().map_or(0.0, |m| m.test_accuracy),
+                seconds_per_epoch: seconds / epochs as f64,
+                peak_mib,
+                flops: flops(&spec, &vit, &test_set)?,
+            };
+            println!(
+                "patch {patch} ({t} tokens) {:<10} {:<16} accuracy {:.1}%  {:.1} s/epoch  peak {:.0} MiB",
+                row.method,
+                row.spec,
+                100.0 * row.accuracy,
+                row.seconds_per_epoch,
+                row.peak_mib
+            );
+            rows.push(row);
+        }
+    }
+    println!(
+        "\n| patch | tokens | method | spec | train images x epochs | test images | test accuracy | s / epoch | peak memory (MiB) | attention MFLOPs / image |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | `{}` | {} x {} | {} | {:.1}% | {:.1} | {:.0} | {:.2} |",
+            r.patch,
+            r.tokens,
+            r.method,
+            r.spec,
+            r.train_images,
+            r.epochs,
+            r.test_images,
+            100.0 * r.accuracy,
+            r.seconds_per_epoch,
+            r.peak_mib,
+            r.flops / 1e6
+        );
+    }
+    if let Some(path) = value("--plot") {
+        // Seconds per epoch and image against tokens, one line per method (log-log).
+        let points: Vec<BenchPoint> = rows
+            .iter()
+            .map(|r| BenchPoint {
+                label: r.method.clone(),
+                n: r.tokens,
+                k: None,
+                ms: 1e3 * r.seconds_per_epoch / r.train_images as f64,
+            })
+            .collect();
+        plot_bench(&points, None, std::path::Path::new(&path))?;
+        println!("plot: {path} (ms per training image and epoch against tokens)");
+    }
+    Ok(())
+}
