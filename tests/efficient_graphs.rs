@@ -362,10 +362,18 @@ fn grid_attention_refuses_bad_options() {
 #[test]
 fn lsh_equals_its_reference_on_1_and_3_threads() {
     for n in [15, 16, 17, 63, 64, 65] {
-        for (d, buckets, rounds) in [(8, 2, 1), (5, 4, 2), (16, 8, 3), (3, 6, 1)] {
+        for (d, buckets, rounds, chunk) in [
+            (8, 2, 1, None),
+            (5, 4, 2, None),
+            (16, 8, 3, None),
+            (3, 6, 1, None),
+            (8, 2, 1, Some(3)),
+            (5, 4, 2, Some(1)),
+            (16, 8, 3, Some(200)),
+        ] {
             let mut x = random_features(n, d, (n * 31 + d) as u64);
             x.row_mut(n / 2).iter_mut().for_each(|v| *v = 0.0); // a zero row: bucket 0
-            let opts = LshOptions { buckets, rounds, seed: n as u64 };
+            let opts = LshOptions { buckets, rounds, seed: n as u64, chunk };
             let want = Graph::lsh_reference(&x, &opts).unwrap();
             for t in [1, 3] {
                 let got = in_threads(t, || Graph::lsh(&x, &opts).unwrap());
@@ -383,12 +391,12 @@ fn lsh_degrees_are_bounded_and_sources_ascending() {
                 continue;
             }
             let x = random_features(n, 6, n as u64);
-            let g = Graph::lsh(&x, &LshOptions { buckets, rounds, seed: 3 }).unwrap();
+            let g = Graph::lsh(&x, &LshOptions { buckets, rounds, seed: 3, chunk: None }).unwrap();
             let c = n.div_ceil(buckets);
             let what = format!("N {n}, {buckets} buckets, {rounds} rounds");
             check_ascending_with_self_loops(&g, &what);
             assert!((0..n).all(|i| g.in_degree(i) <= rounds * 2 * c), "{what}");
-            assert_eq!(g.topology(), &Topology::Lsh(LshOptions { buckets, rounds, seed: 3 }));
+            assert_eq!(g.topology(), &Topology::Lsh(LshOptions { buckets, rounds, seed: 3, chunk: None }));
         }
     }
 }
@@ -400,7 +408,7 @@ fn lsh_chunks_one_bucket_by_hand() {
     // reads chunk 0; a node of chunk 1 reads both.
     let x = Matrix::from_fn(8, 3, |i, d| (i + 1) as f32 * [0.3, -1.0, 2.0][d]);
     for rounds in [1, 3] {
-        let g = Graph::lsh(&x, &LshOptions { buckets: 2, rounds, seed: 9 }).unwrap();
+        let g = Graph::lsh(&x, &LshOptions { buckets: 2, rounds, seed: 9, chunk: None }).unwrap();
         for i in 0..4 {
             assert_eq!(sources(&g, i), vec![0, 1, 2, 3]);
         }
@@ -410,15 +418,58 @@ fn lsh_chunks_one_bucket_by_hand() {
         assert!(!is_symmetric(&g)); // 0 -> 5 but not 5 -> 0
     }
     // All-zero features: the argmax of zeros is index 0 for everyone, the same picture.
-    let g = Graph::lsh(&Matrix::zeros(8, 3), &LshOptions { buckets: 2, rounds: 1, seed: 0 }).unwrap();
+    let g = Graph::lsh(&Matrix::zeros(8, 3), &LshOptions { buckets: 2, rounds: 1, seed: 0, chunk: None }).unwrap();
     assert_eq!(sources(&g, 2), vec![0, 1, 2, 3]);
     assert_eq!(sources(&g, 7), (0..8).collect::<Vec<_>>());
 }
 
 #[test]
+fn lsh_fixed_chunk_bounds_degree_whatever_n() {
+    // Fixed buckets and chunk: the in-degree bound rounds 2c does not grow with N, and the
+    // by-hand picture holds: one bucket of 8 nodes cut into chunks of 3 -> {0,1,2} {3,4,5} {6,7}.
+    let x = Matrix::from_fn(8, 3, |i, d| (i + 1) as f32 * [0.3, -1.0, 2.0][d]);
+    let g = Graph::lsh(&x, &LshOptions { buckets: 2, rounds: 1, seed: 9, chunk: Some(3) }).unwrap();
+    assert_eq!(sources(&g, 1), vec![0, 1, 2]);
+    assert_eq!(sources(&g, 4), vec![0, 1, 2, 3, 4, 5]);
+    assert_eq!(sources(&g, 7), vec![3, 4, 5, 6, 7]);
+    for n in [64, 256, 1024] {
+        let x = random_features(n, 6, n as u64);
+        let opts = LshOptions { buckets: 4, rounds: 2, seed: 1, chunk: Some(8) };
+        let g = Graph::lsh(&x, &opts).unwrap();
+        assert!((0..n).all(|i| g.in_degree(i) <= 2 * 2 * 8), "N {n}");
+        check_ascending_with_self_loops(&g, &format!("N {n}"));
+    }
+    invalid_naming(Graph::lsh(&x, &LshOptions { buckets: 2, rounds: 1, seed: 0, chunk: Some(0) }), "LSH chunk");
+    assert_eq!("lsh:8:2:1:16".parse::<GraphSpec>().unwrap().to_string(), "lsh:8:2:1:16");
+    assert!("bigbird:3:2:0:1".parse::<GraphSpec>().is_err());
+}
+
+#[test]
+fn lsh_visits_nodes_in_its_first_round_order() {
+    // The visiting order is round 0's (bucket, node) order: nodes of one bucket are adjacent.
+    let x = random_features(64, 8, 2);
+    let g = Graph::lsh(&x, &LshOptions { buckets: 8, rounds: 2, seed: 4, chunk: None }).unwrap();
+    let order = g.visit_order().expect("LSH graphs carry a visiting order").to_vec();
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(sorted, (0..64).collect::<Vec<u32>>());
+    // Consecutive nodes of the order share sources far more often than consecutive ids do.
+    let shared = |a: usize, b: usize| sources(&g, a).iter().filter(|s| sources(&g, b).contains(s)).count();
+    let by_order: usize = order.windows(2).map(|w| shared(w[0] as usize, w[1] as usize)).sum();
+    let by_id: usize = (0..63).map(|i| shared(i, i + 1)).sum();
+    assert!(by_order > 2 * by_id, "{by_order} vs {by_id}");
+    // With the class token: node 0 first, the patches shifted by one.
+    let spec: GraphSpec = "lsh:8:2:4".parse().unwrap();
+    let with_cls = spec.build(8, 8, Some(&x), true).unwrap();
+    let o = with_cls.visit_order().unwrap();
+    assert_eq!(o[0], 0);
+    assert!(o[1..].iter().zip(&order).all(|(&a, &b)| a == b + 1));
+}
+
+#[test]
 fn lsh_seeds_reproduce_and_differ() {
     let x = random_features(64, 8, 1);
-    let opts = LshOptions { buckets: 8, rounds: 1, seed: 4 };
+    let opts = LshOptions { buckets: 8, rounds: 1, seed: 4, chunk: None };
     let a = Graph::lsh(&x, &opts).unwrap();
     assert_eq!(a, Graph::lsh(&x, &opts).unwrap());
     let b = Graph::lsh(&x, &LshOptions { seed: 5, ..opts }).unwrap();
@@ -431,7 +482,7 @@ fn lsh_seeds_reproduce_and_differ() {
 #[test]
 fn lsh_refuses_bad_options() {
     let x = random_features(16, 4, 0);
-    let opts = |buckets, rounds| LshOptions { buckets, rounds, seed: 0 };
+    let opts = |buckets, rounds| LshOptions { buckets, rounds, seed: 0, chunk: None };
     invalid_naming(Graph::lsh(&x, &opts(3, 1)), "LSH buckets");
     invalid_naming(Graph::lsh(&x, &opts(0, 1)), "LSH buckets");
     invalid_naming(Graph::lsh(&x, &opts(1, 1)), "LSH buckets");
@@ -546,7 +597,8 @@ fn bad_new_specs_are_typed_errors() {
         "gridattn",
         "gridattn:2:2",
         "lsh",
-        "lsh:8:1:1:1",
+        "lsh:8:1:1:1:1",
+        "lsh:8:1:1:x",
         "swin",
         "swin:4:1:1",
         "global:x",
@@ -623,7 +675,7 @@ fn new_specs_build_their_builders_graphs() {
         ("swin:4:2", Graph::shifted_window(6, 6, 4, 2).unwrap()),
         ("swin:4", Graph::shifted_window(6, 6, 4, 0).unwrap()),
         ("gridattn:3", Graph::grid_attention(6, 6, 3).unwrap()),
-        ("lsh:6:2:1", Graph::lsh(&x, &LshOptions { buckets: 6, rounds: 2, seed: 1 }).unwrap()),
+        ("lsh:6:2:1", Graph::lsh(&x, &LshOptions { buckets: 6, rounds: 2, seed: 1, chunk: None }).unwrap()),
         ("global:2", Graph::longformer(6, 6, 1, 2).unwrap()),
         ("window:3+global", {
             let parts =
@@ -733,7 +785,13 @@ fn new_specs_never_panic() {
 #[test]
 fn lsh_refuses_absurd_rounds() {
     let x = random_features(16, 2, 0);
-    invalid_naming(Graph::lsh(&x, &LshOptions { buckets: 2, rounds: usize::MAX, seed: 0 }), "LSH rounds");
-    invalid_naming(Graph::lsh(&x, &LshOptions { buckets: 2, rounds: (1 << 31) / 16 + 1, seed: 0 }), "LSH rounds");
-    invalid_naming(Graph::lsh_reference(&x, &LshOptions { buckets: 2, rounds: usize::MAX, seed: 0 }), "LSH rounds");
+    invalid_naming(Graph::lsh(&x, &LshOptions { buckets: 2, rounds: usize::MAX, seed: 0, chunk: None }), "LSH rounds");
+    invalid_naming(
+        Graph::lsh(&x, &LshOptions { buckets: 2, rounds: (1 << 31) / 16 + 1, seed: 0, chunk: None }),
+        "LSH rounds",
+    );
+    invalid_naming(
+        Graph::lsh_reference(&x, &LshOptions { buckets: 2, rounds: usize::MAX, seed: 0, chunk: None }),
+        "LSH rounds",
+    );
 }

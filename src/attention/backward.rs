@@ -42,6 +42,7 @@
 use super::{AttentionInputs, Score};
 use crate::error::{Error, Result};
 use crate::graph::Graph;
+use crate::kernels::disjoint::DisjointMut;
 use crate::kernels::simd;
 use crate::tensor::Matrix;
 use rayon::prelude::*;
@@ -256,34 +257,33 @@ fn sparse_backward(
     let mut ds_all = vec![0.0f32; e_count * h_count];
     let mut dq = Matrix::zeros(n, h_count * dk);
     let att_len = if let Score::GatV2 { attention, .. } = score { attention.len() } else { 0 };
-    // Pass 1, per destination: p, ds (stored per edge), dq_i, and GATv2's da per task.
+    // Destinations and sources are visited in the graph's visiting order when it has one
+    // (same arithmetic per node, better locality), else 0, 1, ..., N - 1.
+    let order = graph.visit_order();
+    let node = |p: usize| order.map_or(p, |o| o[p] as usize);
+    // Pass 1, per destination: p, ds (stored per edge), dq_i, and GATv2's da per task of
+    // NODES_PER_TASK consecutive positions (fixed tasks: the same partial sums on any thread count).
     let tasks: Vec<(usize, usize)> = (0..n).step_by(NODES_PER_TASK).map(|a| (a, (a + NODES_PER_TASK).min(n))).collect();
     let da_parts: Vec<Vec<f64>> = {
-        // Split the per-edge and per-node outputs into the tasks' disjoint ranges.
-        let mut p_rest = p_all.as_mut_slice();
-        let mut ds_rest = ds_all.as_mut_slice();
-        let mut dq_rest = dq.as_mut_slice();
-        let mut chunks = Vec::with_capacity(tasks.len());
-        for &(a, b) in &tasks {
-            let edges = graph.edge_range(b.saturating_sub(1)).end - graph.edge_range(a).start;
-            let edges = if b > a { edges } else { 0 };
-            let (p_c, p_r) = p_rest.split_at_mut(edges * h_count);
-            let (ds_c, ds_r) = ds_rest.split_at_mut(edges * h_count);
-            let (dq_c, dq_r) = dq_rest.split_at_mut((b - a) * h_count * dk);
-            p_rest = p_r;
-            ds_rest = ds_r;
-            dq_rest = dq_r;
-            chunks.push((a, b, p_c, ds_c, dq_c));
-        }
-        chunks
+        let (p_view, ds_view) = (DisjointMut::new(&mut p_all), DisjointMut::new(&mut ds_all));
+        let dq_view = DisjointMut::new(dq.as_mut_slice());
+        tasks
             .into_par_iter()
-            .map(|(a, b, p_c, ds_c, dq_c)| {
-                let e0 = graph.edge_range(a).start;
+            .map(|(a, b)| {
                 let mut da = vec![0.0f64; att_len];
                 let mut dp = Vec::new();
-                for i in a..b {
+                for i in (a..b).map(node) {
                     let range = graph.edge_range(i);
-                    let dq_i = &mut dq_c[(i - a) * h_count * dk..(i - a + 1) * h_count * dk];
+                    let e0 = range.start;
+                    // SAFETY: destination i's rows (its edges' p and ds, its dq row); the visiting
+                    // order is a permutation, so no other task touches them.
+                    let (p_c, ds_c, dq_i) = unsafe {
+                        (
+                            p_view.span(e0 * h_count, range.len() * h_count),
+                            ds_view.span(e0 * h_count, range.len() * h_count),
+                            dq_view.span(i * h_count * dk, h_count * dk),
+                        )
+                    };
                     for h in 0..h_count {
                         let lse = log_sum_exp[i * h_count + h];
                         if lse == f32::NEG_INFINITY {
@@ -349,40 +349,41 @@ fn sparse_backward(
     let (out_offsets, out_edges) = outgoing(graph);
     let mut dk_m = Matrix::zeros(n, h_count * dk);
     let mut dv_m = Matrix::zeros(n, h_count * dv);
-    dk_m.as_mut_slice()
-        .par_chunks_mut(h_count * dk.max(1))
-        .zip(dv_m.as_mut_slice().par_chunks_mut(h_count * dv.max(1)))
-        .enumerate()
-        .for_each(|(j, (dk_j, dv_j))| {
-            let kj_all = k.row(j);
-            for &(e, i) in &out_edges[out_offsets[j]..out_offsets[j + 1]] {
-                let (e, i) = (e as usize, i as usize);
-                for h in 0..h_count {
-                    let p = p_all[e * h_count + h];
-                    let ds = ds_all[e * h_count + h];
-                    let gi = &dout.row(i)[h * dv..(h + 1) * dv];
-                    for c in 0..dv {
-                        dv_j[h * dv + c] += p * gi[c];
-                    }
-                    let qi = &q.row(i)[h * dk..(h + 1) * dk];
-                    let kj = &kj_all[h * dk..(h + 1) * dk];
-                    match score {
-                        Score::Dot { scale } => {
-                            for c in 0..dk {
-                                dk_j[h * dk + c] += scale * ds * qi[c];
-                            }
+    let (dk_view, dv_view) = (DisjointMut::new(dk_m.as_mut_slice()), DisjointMut::new(dv_m.as_mut_slice()));
+    (0..n).into_par_iter().with_min_len(NODES_PER_TASK).for_each(|p| {
+        let j = node(p);
+        // SAFETY: source j's rows; the visiting order is a permutation, so no other task
+        // touches them.
+        let (dk_j, dv_j) =
+            unsafe { (dk_view.span(j * h_count * dk, h_count * dk), dv_view.span(j * h_count * dv, h_count * dv)) };
+        let kj_all = k.row(j);
+        for &(e, i) in &out_edges[out_offsets[j]..out_offsets[j + 1]] {
+            let (e, i) = (e as usize, i as usize);
+            for h in 0..h_count {
+                let p = p_all[e * h_count + h];
+                let ds = ds_all[e * h_count + h];
+                let gi = &dout.row(i)[h * dv..(h + 1) * dv];
+                for c in 0..dv {
+                    dv_j[h * dv + c] += p * gi[c];
+                }
+                let qi = &q.row(i)[h * dk..(h + 1) * dk];
+                let kj = &kj_all[h * dk..(h + 1) * dk];
+                match score {
+                    Score::Dot { scale } => {
+                        for c in 0..dk {
+                            dk_j[h * dk + c] += scale * ds * qi[c];
                         }
-                        Score::Gat { negative_slope } => dk_j[h] += ds * lrelu_grad(qi[0] + kj[0], *negative_slope),
-                        Score::GatV2 { attention, negative_slope } => {
-                            for c in 0..dk {
-                                dk_j[h * dk + c] +=
-                                    ds * attention[h * dk + c] * lrelu_grad(qi[c] + kj[c], *negative_slope);
-                            }
+                    }
+                    Score::Gat { negative_slope } => dk_j[h] += ds * lrelu_grad(qi[0] + kj[0], *negative_slope),
+                    Score::GatV2 { attention, negative_slope } => {
+                        for c in 0..dk {
+                            dk_j[h * dk + c] += ds * attention[h * dk + c] * lrelu_grad(qi[c] + kj[c], *negative_slope);
                         }
                     }
                 }
             }
-        });
+        }
+    });
     let bias = if inputs.bias.is_some() { ds_all } else { Vec::new() };
     Ok(AttentionGrads { query: dq, key: dk_m, value: dv_m, bias, attention })
 }

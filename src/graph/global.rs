@@ -37,10 +37,11 @@ impl Graph {
                 edges: Edges::Complete { self_loops: self_loop },
                 blocks: vec![0, n + 1],
                 topology,
+                visit: None,
             };
         }
         // Node ids are at most u32::MAX after the shift, since n <= u32::MAX.
-        Graph::from_fn_unchecked(n + 1, topology, |i, out| {
+        let graph = Graph::from_fn_unchecked(n + 1, topology, |i, out| {
             if i == 0 {
                 let first = if self_loop { 0 } else { 1 };
                 out.extend((first..=n).map(|j| j as u32));
@@ -48,6 +49,13 @@ impl Graph {
                 out.push(0);
                 out.extend(self.incoming(i - 1).map(|j| (j + 1) as u32));
             }
-        })
+        });
+        // The global node first, then the patches in their own visiting order, shifted.
+        match self.visit_order() {
+            Some(order) => {
+                graph.with_builder_visit_order(std::iter::once(0).chain(order.iter().map(|&i| i + 1)).collect())
+            }
+            None => graph,
+        }
     }
 }

@@ -209,6 +209,7 @@ fn fixed_degree_graph(n: usize, table: Vec<u32>, opts: &KnnOptions) -> Graph {
         edges: Edges::Csr { offsets, sources: table },
         blocks: vec![0, n],
         topology: Topology::FeatureKnn(*opts),
+        visit: None,
     }
 }
 

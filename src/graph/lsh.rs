@@ -25,7 +25,7 @@
 //! // Two copies of a vector and two of its negation: xR and -xR swap, so the pairs land in
 //! // the two buckets of `buckets = 2`, one chunk (c = 2) each, whatever the rotation.
 //! let x = Matrix::from_vec(4, 2, vec![1., 2., 1., 2., -1., -2., -1., -2.]).unwrap();
-//! let opts = LshOptions { buckets: 2, rounds: 1, seed: 0 };
+//! let opts = LshOptions { buckets: 2, rounds: 1, seed: 0, chunk: None };
 //! let g = Graph::lsh(&x, &opts).unwrap();
 //! assert_eq!(g.incoming(0).collect::<Vec<_>>(), vec![0, 1]);
 //! assert_eq!(g.incoming(3).collect::<Vec<_>>(), vec![2, 3]);
@@ -34,9 +34,10 @@
 
 use super::{Graph, Topology, check_edges, ensure_u32_nodes};
 use crate::error::{Error, Result, ensure_finite};
-use crate::kernels::simd;
 use crate::limits::MAX_EDGES;
 use crate::tensor::Matrix;
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -50,6 +51,11 @@ pub struct LshOptions {
     pub rounds: usize,
     /// Seed of the rotations.
     pub seed: u64,
+    /// Chunk size `c` of the sorted order (Reformer's `chunk_length`): `None` for
+    /// `ceil(N / buckets)`, the average bucket size. A fixed `c` bounds the in-degree by
+    /// `rounds 2c` whatever `N`, so a graph over more nodes costs proportionally more.
+    #[serde(default)]
+    pub chunk: Option<usize>,
 }
 
 impl LshOptions {
@@ -69,6 +75,9 @@ impl LshOptions {
         if self.rounds == 0 {
             return Err(Error::invalid("LSH rounds", "must be at least 1"));
         }
+        if self.chunk == Some(0) {
+            return Err(Error::invalid("LSH chunk", "must be at least 1 node"));
+        }
         // Each round keeps N sorted hashes: bounded like the edges they lead to.
         if self.rounds.checked_mul(n).is_none_or(|entries| entries > MAX_EDGES) {
             return Err(Error::invalid(
@@ -77,7 +86,7 @@ impl LshOptions {
             ));
         }
         // At most min(N, rounds 2c) sources per node (see `Graph::lsh`): that bound is checked.
-        let per_node = self.rounds.checked_mul(2 * n.div_ceil(self.buckets)).map_or(n, |d| d.min(n));
+        let per_node = self.rounds.checked_mul(2 * chunk_size(n, self).min(n)).map_or(n, |d| d.min(n));
         check_edges(&format!("LSH graph on {n} nodes, {} rounds", self.rounds), n.checked_mul(per_node))?;
         ensure_finite("LSH features", x.as_slice())
     }
@@ -99,9 +108,28 @@ fn rotation(seed: u64, round: usize, dim: usize, half: usize) -> Vec<f64> {
     (0..dim * half).map(|_| normal(&mut rng)).collect()
 }
 
-/// The chunk size `c = ceil(N / buckets)`.
+/// Rows per hashing task (one `[rows x D] x [D x b/2]` GEMM).
+const HASH_TILE: usize = 256;
+
+/// The bucket of one row's projections `p = x R` (`b/2` values): the argmax of `[p, -p]`, the
+/// first index on ties (the positive half comes first).
+fn bucket_of(p: &[f32]) -> u32 {
+    let half = p.len();
+    let (mut pos, mut pos_at, mut neg, mut neg_at) = (f32::NEG_INFINITY, 0, f32::NEG_INFINITY, 0);
+    for (k, &v) in p.iter().enumerate() {
+        if v > pos {
+            (pos, pos_at) = (v, k);
+        }
+        if -v > neg {
+            (neg, neg_at) = (-v, k);
+        }
+    }
+    if neg > pos { (half + neg_at) as u32 } else { pos_at as u32 }
+}
+
+/// The chunk size `c`: the option, or `ceil(N / buckets)`.
 fn chunk_size(n: usize, opts: &LshOptions) -> usize {
-    n.div_ceil(opts.buckets)
+    opts.chunk.unwrap_or_else(|| n.div_ceil(opts.buckets))
 }
 
 /// One round's hashing, sorted: `order` lists the nodes by `(bucket, node)`, `position[i]` is
@@ -159,7 +187,7 @@ impl Graph {
     /// ```
     ///
     /// Chunking (Reformer): sort the nodes by `(bucket_r, node id)`; with the chunk size
-    /// `c = ceil(N / buckets)` the sorted order is cut into chunks of `c` consecutive positions,
+    /// `c` (the `chunk` option, by default `ceil(N / buckets)`) the sorted order is cut into chunks of `c` consecutive positions,
     /// `chunk_r(i) = position_r(i) / c`. Then `j -> i` iff `j == i` or, in some round,
     ///
     /// ```text
@@ -171,61 +199,59 @@ impl Graph {
     /// `in_degree(i) <= min(N, rounds * 2c)`. Not symmetric in general (a node reads the previous
     /// chunk, not the next).
     ///
-    /// This function computes the projections in f32 (the crate's SIMD dot products), rows in
+    /// This function computes the projections in f32 (faer GEMMs over fixed row tiles), tiles in
     /// parallel with rayon; the result does not depend on the thread count.
-    /// [`Graph::lsh_reference`] is the plain oracle in f64. The normalisation does not move an
-    /// argmax (it scales a row by a positive number); it is kept because Reformer's shared-QK
-    /// attention hashes unit vectors.
+    /// [`Graph::lsh_reference`] is the plain oracle in f64, and normalises as written above
+    /// (Reformer's shared-QK attention hashes unit vectors). This function hashes the rows as
+    /// they are: scaling a row by a positive number scales its projections and moves no argmax
+    /// (a zero row stays in bucket 0), and it spares an `[N x D]` copy.
     ///
     /// ```
     /// use patchgraph::graph::{Graph, LshOptions};
     /// use patchgraph::Matrix;
     /// let x = Matrix::from_fn(16, 4, |i, d| ((i * 7 + d * 3) % 5) as f32 - 2.0);
-    /// let opts = LshOptions { buckets: 4, rounds: 2, seed: 1 };
+    /// let opts = LshOptions { buckets: 4, rounds: 2, seed: 1, chunk: None };
     /// let g = Graph::lsh(&x, &opts).unwrap();
     /// // c = ceil(16 / 4) = 4: at most 2 rounds x 2 chunks x 4 = 16 sources, self included.
     /// assert!((0..16).all(|i| g.in_degree(i) <= 16 && g.has_edge(i, i)));
     /// assert_eq!(g, Graph::lsh_reference(&x, &opts).unwrap());
     /// ```
     ///
-    /// Errors: `buckets` odd or below 2, or larger than `N` (named `LSH buckets`); `rounds`
-    /// zero, or `rounds N` beyond 2^31 stored hashes (named `LSH rounds`); a non-finite feature
+    /// Errors: `buckets` odd or below 2, or larger than `N` (named `LSH buckets`); `chunk` zero
+    /// (named `LSH chunk`); `rounds` zero, or `rounds N` beyond 2^31 stored hashes (named `LSH rounds`); a non-finite feature
     /// ([`Error::NonFinite`], `LSH features`); `N` beyond the `u32` range; the bound
     /// `N min(N, rounds 2c)` on the edges beyond [`crate::limits::MAX_EDGES`].
     pub fn lsh(features: &Matrix, options: &LshOptions) -> Result<Graph> {
         options.validate(features)?;
         let (n, dim) = features.shape();
         let half = options.buckets / 2;
-        let x = unit_rows(features);
+        let x = features;
         let rounds: Vec<Round> = (0..options.rounds)
             .map(|r| {
-                // R_r transposed to [h x D] (f32), so each projection is one contiguous dot.
-                let rot = rotation(options.seed, r, dim, half);
-                let rt: Vec<f32> = (0..half * dim).map(|t| rot[(t % dim) * half + t / dim] as f32).collect();
+                let rot: Vec<f32> = rotation(options.seed, r, dim, half).into_iter().map(|v| v as f32).collect();
+                let rot = MatRef::from_row_major_slice(&rot, dim, half);
                 let mut bucket = vec![0u32; n];
-                bucket.par_iter_mut().enumerate().for_each(|(i, b)| {
-                    let row = x.row(i);
-                    // argmax over [p, -p], first index on ties: the positive half comes first.
-                    let (mut pos, mut pos_at, mut neg, mut neg_at) = (f32::NEG_INFINITY, 0, f32::NEG_INFINITY, 0);
-                    // With D = 0 there is no column: every node lands in bucket 0, as 0 ties 0.
-                    for (k, col) in rt.chunks_exact(dim.max(1)).enumerate() {
-                        let p = simd::dot(row, col);
-                        if p > pos {
-                            (pos, pos_at) = (p, k);
+                // P = X R by row tiles of HASH_TILE rows, one sequential GEMM each (the tiles
+                // depend on N only, so the bits do not depend on the thread count); O(N D b)
+                // multiply-adds at GEMM speed, O(tile b) scratch per task.
+                bucket.par_chunks_mut(HASH_TILE).enumerate().for_each_init(
+                    || vec![0.0f32; HASH_TILE * half],
+                    |proj, (t, out)| {
+                        let (r0, rows) = (t * HASH_TILE, out.len());
+                        let dst = MatMut::from_row_major_slice_mut(&mut proj[..rows * half], rows, half);
+                        matmul(dst, Accum::Replace, x.as_faer().subrows(r0, rows), rot, 1.0, Par::Seq);
+                        for (b, p) in out.iter_mut().zip(proj.chunks_exact(half.max(1))) {
+                            *b = bucket_of(p);
                         }
-                        if -p > neg {
-                            (neg, neg_at) = (-p, k);
-                        }
-                    }
-                    *b = if neg > pos { (half + neg_at) as u32 } else { pos_at as u32 };
-                });
+                    },
+                );
                 Round::sort(bucket, options.buckets)
             })
             .collect();
         let chunk = chunk_size(n, options);
         // At most min(N, rounds 2c) sources per node (the rounds are bounded by `validate`).
-        let mut scratch: Vec<u32> = Vec::with_capacity((options.rounds * 2 * chunk).min(n));
-        Ok(Graph::from_fn_unchecked(n, Topology::Lsh(*options), |i, out| {
+        let mut scratch: Vec<u32> = Vec::with_capacity(options.rounds.saturating_mul(2).saturating_mul(chunk).min(n));
+        let graph = Graph::from_fn_unchecked(n, Topology::Lsh(*options), |i, out| {
             if let [one] = rounds.as_slice() {
                 // One round: already ascending and distinct, self included.
                 out.extend_from_slice(one.sources(i, chunk));
@@ -238,7 +264,11 @@ impl Graph {
             scratch.sort_unstable();
             scratch.dedup();
             out.extend_from_slice(&scratch);
-        }))
+        });
+        // The kernels visit the nodes in the first round's sorted order: the nodes of one chunk
+        // read the same sources, which then stay in cache (Reformer attends in that order too).
+        let order = rounds.into_iter().next().map(|r| r.order).unwrap_or_default();
+        Ok(graph.with_builder_visit_order(order))
     }
 
     /// The same graph as [`Graph::lsh`] by plain loops in f64: projections computed as their
@@ -288,17 +318,4 @@ impl Graph {
             (0..n).map(|i| (0..n).filter(|&j| linked(j, i)).map(|j| j as u32).collect()).collect();
         Ok(Graph::from_lists_unchecked(&lists, Topology::Lsh(*options)))
     }
-}
-
-/// Rows scaled to unit L2 norm (norm in f64; zero rows stay zero).
-fn unit_rows(x: &Matrix) -> Matrix {
-    let mut out = x.clone();
-    for i in 0..out.rows() {
-        let norm = out.row(i).iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
-        if norm > 0.0 {
-            let inv = (1.0 / norm) as f32;
-            out.row_mut(i).iter_mut().for_each(|v| *v *= inv);
-        }
-    }
-    out
 }

@@ -101,6 +101,7 @@ pub use window::WindowKind;
 
 use crate::error::{Error, Result};
 use std::ops::Range;
+use std::sync::Arc;
 
 /// How a graph's edges are stored.
 #[derive(Clone, Debug, PartialEq)]
@@ -112,13 +113,26 @@ enum Edges {
 }
 
 /// A directed graph over `N` nodes, stored as incoming edges per destination.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Graph {
     num_nodes: usize,
     edges: Edges,
     /// Node offsets of the disjoint-union blocks: `[0, n_0, n_0 + n_1, ..., N]`.
     blocks: Vec<usize>,
     topology: Topology,
+    /// The order in which kernels visit the destinations (see [`Graph::visit_order`]).
+    visit: Option<Arc<[u32]>>,
+}
+
+/// Two graphs are equal when they have the same nodes, edges (in edge order), blocks and
+/// topology tag; the visiting order is a scheduling hint, not part of what the graph is.
+impl PartialEq for Graph {
+    fn eq(&self, other: &Graph) -> bool {
+        self.num_nodes == other.num_nodes
+            && self.edges == other.edges
+            && self.blocks == other.blocks
+            && self.topology == other.topology
+    }
 }
 
 impl Graph {
@@ -131,6 +145,7 @@ impl Graph {
             edges: Edges::Complete { self_loops },
             blocks: vec![0, n],
             topology: Topology::Complete { self_loops },
+            visit: None,
         }
     }
 
@@ -192,6 +207,7 @@ impl Graph {
             edges: Edges::Csr { offsets, sources: table },
             blocks: vec![0, num_nodes],
             topology: Topology::Custom,
+            visit: None,
         })
     }
 
@@ -234,7 +250,13 @@ impl Graph {
                 num_nodes,
             });
         }
-        Ok(Graph { num_nodes, edges: Edges::Csr { offsets, sources }, blocks: vec![0, num_nodes], topology })
+        Ok(Graph {
+            num_nodes,
+            edges: Edges::Csr { offsets, sources },
+            blocks: vec![0, num_nodes],
+            topology,
+            visit: None,
+        })
     }
 
     /// A graph from PyG's `edge_index` rows: edge `e` goes `sources[e] -> targets[e]`.
@@ -310,7 +332,7 @@ impl Graph {
             sources[cursor[t]] = s;
             cursor[t] += 1;
         }
-        Graph { num_nodes, edges: Edges::Csr { offsets, sources }, blocks: vec![0, num_nodes], topology }
+        Graph { num_nodes, edges: Edges::Csr { offsets, sources }, blocks: vec![0, num_nodes], topology, visit: None }
     }
 
     /// A single-block CSR graph whose destination `i` gets the sources that `fill(i, out)` pushes
@@ -328,7 +350,7 @@ impl Graph {
             offsets.push(sources.len());
         }
         debug_assert!(sources.iter().all(|&s| (s as usize) < num_nodes));
-        Graph { num_nodes, edges: Edges::Csr { offsets, sources }, blocks: vec![0, num_nodes], topology }
+        Graph { num_nodes, edges: Edges::Csr { offsets, sources }, blocks: vec![0, num_nodes], topology, visit: None }
     }
 
     /// A graph from per-destination source lists (`lists[i]` = sources of edges into `i`).
@@ -340,7 +362,13 @@ impl Graph {
             sources.extend_from_slice(l);
             offsets.push(sources.len());
         }
-        Graph { num_nodes: lists.len(), edges: Edges::Csr { offsets, sources }, blocks: vec![0, lists.len()], topology }
+        Graph {
+            num_nodes: lists.len(),
+            edges: Edges::Csr { offsets, sources },
+            blocks: vec![0, lists.len()],
+            topology,
+            visit: None,
+        }
     }
 
     /// Number of nodes `N`.
@@ -469,6 +497,7 @@ impl Graph {
                     edges: Edges::Csr { offsets, sources },
                     blocks: self.blocks.clone(),
                     topology: self.topology.clone(),
+                    visit: self.visit.clone(),
                 }
             }
         }
@@ -511,7 +540,13 @@ impl Graph {
         let policy = graphs.first().and_then(Graph::complete_self_loops);
         if let Some(self_loops) = policy {
             if graphs.iter().all(|g| g.complete_self_loops() == Some(self_loops)) {
-                return Ok(Graph { num_nodes: total, edges: Edges::Complete { self_loops }, blocks, topology });
+                return Ok(Graph {
+                    num_nodes: total,
+                    edges: Edges::Complete { self_loops },
+                    blocks,
+                    topology,
+                    visit: None,
+                });
             }
         }
         let mut offsets = Vec::with_capacity(total + 1);
@@ -527,7 +562,69 @@ impl Graph {
             }
             base += g.num_nodes as u32;
         }
-        Ok(Graph { num_nodes: total, edges: Edges::Csr { offsets, sources }, blocks, topology })
+        // The parts' visiting orders, offset block by block (the natural order where a part has none).
+        let visit = graphs.iter().any(|g| g.visit.is_some()).then(|| {
+            let mut order = Vec::with_capacity(total);
+            let mut base = 0u32;
+            for g in graphs {
+                match g.visit_order() {
+                    Some(o) => order.extend(o.iter().map(|&i| base + i)),
+                    None => order.extend(base..base + g.num_nodes as u32),
+                }
+                base += g.num_nodes as u32;
+            }
+            Arc::from(order)
+        });
+        Ok(Graph { num_nodes: total, edges: Edges::Csr { offsets, sources }, blocks, topology, visit })
+    }
+
+    /// The order in which the sparse kernels visit the destinations, when the builder gave one:
+    /// a permutation of `0..N` that puts destinations sharing their sources next to each other
+    /// (Reformer's sorted buckets), so that those sources stay in cache. It never changes a
+    /// result: every destination is reduced on its own, in its edge order, whatever the order
+    /// of the destinations. `None`: the natural order `0, 1, ..., N - 1`.
+    ///
+    /// ```
+    /// use patchgraph::graph::{Graph, LshOptions};
+    /// use patchgraph::Matrix;
+    /// let x = Matrix::from_fn(8, 2, |i, d| if (i + d) % 3 == 0 { 1.0 } else { -1.0 });
+    /// let g = Graph::lsh(&x, &LshOptions { buckets: 2, rounds: 1, seed: 0, chunk: None }).unwrap();
+    /// let mut order = g.visit_order().unwrap().to_vec();
+    /// order.sort();
+    /// assert_eq!(order, (0..8).collect::<Vec<u32>>()); // a permutation
+    /// ```
+    pub fn visit_order(&self) -> Option<&[u32]> {
+        self.visit.as_deref()
+    }
+
+    /// `self` with the visiting order `order` ([`Graph::visit_order`]): a permutation of
+    /// `0..N` that lists destinations sharing sources next to each other (e.g. nodes sorted by
+    /// cluster). Results stay the same bits; only the memory traffic changes.
+    ///
+    /// ```
+    /// use patchgraph::Graph;
+    /// let g = Graph::from_edge_index(3, &[0, 1, 2], &[1, 2, 0]).unwrap();
+    /// let g = g.with_visit_order(vec![2, 0, 1]).unwrap();
+    /// assert_eq!(g.visit_order(), Some(&[2u32, 0, 1][..]));
+    /// assert!(Graph::complete(3, true).with_visit_order(vec![0, 0, 1]).is_err()); // not a permutation
+    /// ```
+    ///
+    /// Errors: `order` not of length `N` ([`Error::Shape`]), an entry `>= N`
+    /// ([`Error::NodeOutOfRange`]) or an entry twice ([`Error::Invalid`]).
+    pub fn with_visit_order(mut self, order: Vec<u32>) -> Result<Graph> {
+        check_permutation(&order, self.num_nodes)?;
+        self.visit = Some(Arc::from(order));
+        Ok(self)
+    }
+
+    /// [`Graph::with_visit_order`] for builders whose `order` is a permutation by construction.
+    /// Still checked, always: the kernels' `unsafe` writes rely on it (a failure is a bug here,
+    /// hence a panic rather than an error).
+    pub(crate) fn with_builder_visit_order(self, order: Vec<u32>) -> Graph {
+        match self.with_visit_order(order) {
+            Ok(g) => g,
+            Err(e) => panic!("a builder's visiting order is not a permutation: {e}"),
+        }
     }
 
     /// Relabels nodes: node `i` of `self` becomes node `perm[i]` of the result. Edge order within
@@ -551,6 +648,24 @@ impl Graph {
             (0..n).map(|new_i| self.incoming(inverse[new_i]).map(|j| perm[j] as u32).collect()).collect();
         Ok(Graph::from_lists_unchecked(&lists, Topology::Custom))
     }
+}
+
+/// Errors unless `order` is a permutation of `0..n` (see [`Graph::with_visit_order`]).
+fn check_permutation(order: &[u32], n: usize) -> Result<()> {
+    if order.len() != n {
+        return Err(Error::shape("visit order", format!("{n} entries (one per node)"), format!("{}", order.len())));
+    }
+    let mut seen = vec![false; n];
+    for (p, &i) in order.iter().enumerate() {
+        let i = i as usize;
+        if i >= n {
+            return Err(Error::NodeOutOfRange { what: format!("visit order[{p}]"), index: i, num_nodes: n });
+        }
+        if std::mem::replace(&mut seen[i], true) {
+            return Err(Error::invalid("visit order", format!("node {i} appears twice (at position {p})")));
+        }
+    }
+    Ok(())
 }
 
 /// Errors unless `num_nodes` node ids fit the `u32` sources of the CSR.

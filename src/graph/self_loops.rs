@@ -45,6 +45,7 @@ impl Graph {
             edges: Edges::Csr { offsets, sources },
             blocks: self.blocks.clone(),
             topology: retag(&self.topology, add),
+            visit: self.visit.clone(),
         }
     }
 }

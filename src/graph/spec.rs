@@ -16,7 +16,7 @@
 //! | `swin:M` | Swin: `M x M` windows, shift 0 in even layers and `M / 2` in odd ones ([`GraphSpec::for_layer`]) |
 //! | `swin:M:S` | Swin windows with the fixed shift `S` in every layer |
 //! | `gridattn:G` | MaxViT grid attention: `G x G` groups with stride `(rows / G, cols / G)` |
-//! | `lsh:B:ROUNDS:SEED` | Reformer: angular LSH of the node features into `B` buckets, chunked (`ROUNDS` defaults to 1, `SEED` to 0) |
+//! | `lsh:B:ROUNDS:SEED[:CHUNK]` | Reformer: angular LSH of the node features into `B` buckets, sorted and cut into chunks of `CHUNK` nodes (`ROUNDS` defaults to 1, `SEED` to 0, `CHUNK` to `ceil(N / B)`) |
 //! | `global:G` | `G` global patches (default 1) linked both ways to every patch, and one self-loop per node |
 //! | `A+B+...` | the edge union of the parts (e.g. `window:7+global+random:3`, `nat:3+lsh:8:2:1`) |
 //!
@@ -137,6 +137,8 @@ pub enum GraphSpec {
         rounds: usize,
         /// Seed of the rotations.
         seed: u64,
+        /// Chunk size of the sorted order (`None`: `ceil(N / buckets)`).
+        chunk: Option<usize>,
     },
     /// Global patches linked both ways to every patch, plus one self-loop per node
     /// (`Graph::longformer(rows, cols, 1, globals)`).
@@ -213,9 +215,9 @@ fn parse_one(s: &str) -> Result<GraphSpec> {
     }
     let mut parts = s.split(':');
     let name = parts.next().unwrap_or_default();
-    let (a, b, c) = (parts.next(), parts.next(), parts.next());
-    // Only `bigbird` and `lsh` take a third field.
-    if parts.next().is_some() || (c.is_some() && !matches!(name, "bigbird" | "lsh")) {
+    let (a, b, c, d) = (parts.next(), parts.next(), parts.next(), parts.next());
+    // Only `bigbird` and `lsh` take a third field, only `lsh` a fourth.
+    if parts.next().is_some() || (c.is_some() && !matches!(name, "bigbird" | "lsh")) || (d.is_some() && name != "lsh") {
         return Err(Error::invalid("graph spec", format!("`{s}` has too many `:` fields")));
     }
     let spec = match name {
@@ -247,6 +249,7 @@ fn parse_one(s: &str) -> Result<GraphSpec> {
             buckets: parse_num(s, a, None)?,
             rounds: parse_num(s, b, Some(1))?,
             seed: parse_num(s, c, Some(0))?,
+            chunk: d.map(|f| parse_num(s, Some(f), None)).transpose()?,
         },
         "global" => GraphSpec::Global { globals: parse_num(s, a, Some(1))? },
         // Aliases: `grid:4` / `grid:8` (radius 1) and `knn-feature:K[:dilation=D]`.
@@ -266,7 +269,7 @@ fn parse_one(s: &str) -> Result<GraphSpec> {
                 format!(
                     "unknown `{s}`: expected complete, grid4:R, grid8:R, window:S, nat:S, knn:K, fknn:K:D, \
                      fknn-cos:K:D, random:K:SEED, bigbird:W:R:SEED, longformer:W:G, swin:M, swin:M:S, \
-                     gridattn:G, lsh:BUCKETS:ROUNDS:SEED, global:G, or a union A+B+..."
+                     gridattn:G, lsh:BUCKETS:ROUNDS:SEED[:CHUNK], global:G, or a union A+B+..."
                 ),
             ));
         }
@@ -317,7 +320,8 @@ impl fmt::Display for GraphSpec {
             GraphSpec::Swin { size, shift: None } => write!(f, "swin:{size}"),
             GraphSpec::Swin { size, shift: Some(shift) } => write!(f, "swin:{size}:{shift}"),
             GraphSpec::GridAttention { grid } => write!(f, "gridattn:{grid}"),
-            GraphSpec::Lsh { buckets, rounds, seed } => write!(f, "lsh:{buckets}:{rounds}:{seed}"),
+            GraphSpec::Lsh { buckets, rounds, seed, chunk: None } => write!(f, "lsh:{buckets}:{rounds}:{seed}"),
+            GraphSpec::Lsh { buckets, rounds, seed, chunk: Some(c) } => write!(f, "lsh:{buckets}:{rounds}:{seed}:{c}"),
             GraphSpec::Global { globals } => write!(f, "global:{globals}"),
             GraphSpec::Union(parts) => {
                 for (k, part) in parts.iter().enumerate() {
@@ -390,9 +394,9 @@ impl GraphSpec {
             &GraphSpec::Longformer { window, globals } => Graph::longformer(rows, cols, window, globals)?,
             &GraphSpec::Swin { size, shift } => Graph::shifted_window(rows, cols, size, shift.unwrap_or(0))?,
             &GraphSpec::GridAttention { grid } => Graph::grid_attention(rows, cols, grid)?,
-            &GraphSpec::Lsh { buckets, rounds, seed } => {
+            &GraphSpec::Lsh { buckets, rounds, seed, chunk } => {
                 let x = needs("LSH features (patch nodes)")?;
-                Graph::lsh(x, &LshOptions { buckets, rounds, seed })?
+                Graph::lsh(x, &LshOptions { buckets, rounds, seed, chunk })?
             }
             &GraphSpec::Global { globals } => Graph::longformer(rows, cols, 1, globals)?,
             GraphSpec::Union(parts) => {

@@ -21,6 +21,7 @@
 //! ```
 
 pub mod dense;
+pub(crate) mod disjoint;
 pub mod favor;
 pub mod gemm;
 pub mod hub;

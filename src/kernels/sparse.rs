@@ -29,6 +29,7 @@
 //! assert_eq!(out.out.as_slice(), &[0.0, 0.0, 2.0]);
 //! ```
 
+use super::disjoint::DisjointMut;
 use super::hub::{HUB_DEGREE, HUB_SEGMENT, attend_hubs, hub_nodes};
 use super::simd::within;
 use crate::attention::{AttentionInputs, AttentionOutput, Dims, Score, leaky_relu};
@@ -49,26 +50,127 @@ pub const EDGE_CHUNK: usize = 4096;
 /// changes a destination's arithmetic (one thread reduces it, in edge order), so the output is
 /// the same bits for any split and thread count.
 pub fn edge_balanced_ranges(graph: &Graph, hub_degree: usize) -> Vec<Range<usize>> {
-    let load_of = |i: usize| {
-        let d = graph.in_degree(i);
+    balanced_stretches(graph, graph.num_nodes(), |p| p, hub_degree)
+}
+
+/// [`edge_balanced_ranges`] over the positions of a visiting order: consecutive stretches of
+/// `order` holding about the same number of edges each.
+fn ordered_ranges(graph: &Graph, order: &[u32], hub_degree: usize) -> Vec<Range<usize>> {
+    balanced_stretches(graph, order.len(), |p| order[p] as usize, hub_degree)
+}
+
+/// Cuts positions `0..len` (destination `node(p)` at position `p`) into consecutive stretches of
+/// about the same load, a destination's load being its in-degree plus one (one for a hub row).
+fn balanced_stretches(
+    graph: &Graph,
+    len: usize,
+    node: impl Fn(usize) -> usize,
+    hub_degree: usize,
+) -> Vec<Range<usize>> {
+    let load_of = |p: usize| {
+        let d = graph.in_degree(node(p));
         if d >= hub_degree { 1 } else { d + 1 }
     };
-    let total: usize = (0..graph.num_nodes()).map(load_of).sum();
+    let total: usize = (0..len).map(load_of).sum();
     let chunk = (total / (8 * rayon::current_num_threads())).clamp(256, EDGE_CHUNK);
     let mut ranges = Vec::new();
     let (mut start, mut load) = (0, 0);
-    for i in 0..graph.num_nodes() {
-        let d = load_of(i);
+    for p in 0..len {
+        let d = load_of(p);
         if load > 0 && load + d > chunk {
-            ranges.push(start..i);
-            (start, load) = (i, 0);
+            ranges.push(start..p);
+            (start, load) = (p, 0);
         }
         load += d;
     }
-    if start < graph.num_nodes() {
-        ranges.push(start..graph.num_nodes());
+    if start < len {
+        ranges.push(start..len);
     }
     ranges
+}
+
+/// The outputs, for tasks that visit destinations in a graph's visiting order (not in
+/// contiguous ranges): destination `i` owns output row `i`, lse row `i` and the weight rows of
+/// its edges.
+#[derive(Clone, Copy)]
+struct Rows {
+    out: DisjointMut,
+    lse: DisjointMut,
+    w: DisjointMut,
+    cols: usize,
+    heads: usize,
+}
+
+impl Rows {
+    /// The output row, lse row and (when `weights`) weight rows of destination `i`.
+    ///
+    /// # Safety
+    /// `edges` is `i`'s edge range and no other task visits `i` while the rows are alive.
+    unsafe fn of<'a>(
+        self,
+        i: usize,
+        edges: Range<usize>,
+        weights: bool,
+    ) -> (&'a mut [f32], &'a mut [f32], Option<&'a mut [f32]>) {
+        let h = self.heads;
+        // SAFETY: destination i's rows, exclusive to the caller by the contract (bounds checked).
+        unsafe {
+            (
+                self.out.span(i * self.cols, self.cols),
+                self.lse.span(i * h, h),
+                weights.then(|| self.w.span(edges.start * h, edges.len() * h)),
+            )
+        }
+    }
+}
+
+/// One task's stretch of a visiting order, run inside a SIMD dispatch.
+struct OrderedTask<'a, 'b> {
+    graph: &'a Graph,
+    score: &'a Score,
+    inputs: &'a AttentionInputs<'b>,
+    dims: &'a Dims,
+    weights: bool,
+    hub_degree: usize,
+    nodes: &'a [u32],
+    rows: Rows,
+    scratch: &'a mut Scratch,
+}
+
+impl WithSimd for OrderedTask<'_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let OrderedTask { graph, score, inputs, dims, weights, hub_degree, nodes, rows, scratch } = self;
+        let heads = dims.heads;
+        for &i in nodes {
+            let i = i as usize;
+            let edges = graph.edge_range(i);
+            if edges.len() >= hub_degree {
+                continue; // a hub row: reduced by `hub::attend_hubs`, split across threads
+            }
+            if scratch.scores.len() < edges.len() * heads {
+                scratch.scores.resize(edges.len() * heads, 0.0);
+            }
+            // SAFETY: `edges` is i's range, and the visiting order is a permutation (checked by
+            // `Graph::with_visit_order`): no other task visits i.
+            let (row, lse, w_row) = unsafe { rows.of(i, edges.clone(), weights) };
+            destination(
+                simd,
+                graph,
+                score,
+                inputs,
+                dims,
+                i,
+                row,
+                lse,
+                w_row,
+                &mut scratch.scores[..edges.len() * heads],
+                &mut scratch.sources,
+            );
+        }
+    }
 }
 
 /// One task's share of the outputs: its destinations' output rows, lse rows and weight rows.
@@ -109,35 +211,66 @@ pub(crate) fn attend_sparse_with(
     let mut lse = vec![f32::NEG_INFINITY; dims.nodes * heads];
     let mut w = if weights { vec![0.0f32; dims.edges * heads] } else { Vec::new() };
 
-    // Split every output into disjoint per-task slices.
-    let mut shares = Vec::new();
-    let (mut out_rest, mut lse_rest, mut w_rest) = (out.as_mut_slice(), lse.as_mut_slice(), w.as_mut_slice());
-    for nodes in edge_balanced_ranges(graph, hub_degree) {
-        let n = nodes.len();
-        let (o, orest) = out_rest.split_at_mut(n * cols);
-        let (l, lrest) = lse_rest.split_at_mut(n * heads);
-        let w_len = if weights {
-            (graph.edge_range(nodes.end - 1).end - graph.edge_range(nodes.start).start) * heads
-        } else {
-            0
-        };
-        let (wt, wrest) = w_rest.split_at_mut(w_len);
-        (out_rest, lse_rest, w_rest) = (orest, lrest, wrest);
-        shares.push(Share { nodes, out: o, lse: l, w: wt });
+    match graph.visit_order() {
+        None => {
+            // Split every output into disjoint per-task slices.
+            let mut shares = Vec::new();
+            let (mut out_rest, mut lse_rest, mut w_rest) = (out.as_mut_slice(), lse.as_mut_slice(), w.as_mut_slice());
+            for nodes in edge_balanced_ranges(graph, hub_degree) {
+                let n = nodes.len();
+                let (o, orest) = out_rest.split_at_mut(n * cols);
+                let (l, lrest) = lse_rest.split_at_mut(n * heads);
+                let w_len = if weights {
+                    (graph.edge_range(nodes.end - 1).end - graph.edge_range(nodes.start).start) * heads
+                } else {
+                    0
+                };
+                let (wt, wrest) = w_rest.split_at_mut(w_len);
+                (out_rest, lse_rest, w_rest) = (orest, lrest, wrest);
+                shares.push(Share { nodes, out: o, lse: l, w: wt });
+            }
+            shares.into_par_iter().for_each_init(Scratch::default, |scratch: &mut Scratch, share| {
+                // One SIMD dispatch per task: the per-edge dot products and axpys inline into the loop.
+                pulp::Arch::new().dispatch(ShareTask {
+                    graph,
+                    score,
+                    inputs,
+                    dims: &dims,
+                    weights,
+                    hub_degree,
+                    share,
+                    scratch,
+                });
+            });
+        }
+        Some(order) => {
+            // The graph's visiting order: tasks take consecutive stretches of it, each
+            // destination's rows written in place through `Rows`.
+            let rows = Rows {
+                out: DisjointMut::new(out.as_mut_slice()),
+                lse: DisjointMut::new(&mut lse),
+                w: DisjointMut::new(&mut w),
+                cols,
+                heads,
+            };
+            ordered_ranges(graph, order, hub_degree).into_par_iter().for_each_init(
+                Scratch::default,
+                |scratch: &mut Scratch, stretch| {
+                    pulp::Arch::new().dispatch(OrderedTask {
+                        graph,
+                        score,
+                        inputs,
+                        dims: &dims,
+                        weights,
+                        hub_degree,
+                        nodes: &order[stretch],
+                        rows,
+                        scratch,
+                    });
+                },
+            );
+        }
     }
-    shares.into_par_iter().for_each_init(Scratch::default, |scratch: &mut Scratch, share| {
-        // One SIMD dispatch per task: the per-edge dot products and axpys inline into the loop.
-        pulp::Arch::new().dispatch(ShareTask {
-            graph,
-            score,
-            inputs,
-            dims: &dims,
-            weights,
-            hub_degree,
-            share,
-            scratch,
-        });
-    });
     attend_hubs(
         graph,
         score,
