@@ -19,15 +19,24 @@
 //! | lsh | `lsh:16:1:0:32` on the layer input `[N x 768]`: 16 buckets, one round, chunks of 32 (in-degree at most 64: 57 per node on average at N = 3137, 64 at 50,177); the graph is built inside the timed call (Reformer hashes every forward) |
 //! | performer | FAVOR+ with m = int(64 ln 64) = 266 features |
 //! | linformer | k = 256 |
-//! | nystrom | 256 landmarks as 16 x 16 patch blocks (7 x 7 at g = 14) plus the class token, 6 pinv iterations, no conv |
+//! | nystrom | 256 landmarks as 16 x 16 patch blocks (7 x 7 at g = 14) plus the class token, 6 pinv iterations, the depthwise residual conv of kernel 33 (the peer's default) |
 //!
 //! Forward + backward: the forward keeping what the backward needs, then the backward for a
 //! fixed `dout`. A case is skipped ("over budget") when the previous grid's time times the
 //! method's growth (N^2 for complete, N otherwise) predicts more than `--budget` seconds.
+//!
+//! First, the machine's GEMM peak in the same sitting: faer's `2048 x 2048 x 2048` product on
+//! all threads (median of 5 after a warm-up), printed and recorded as op `faer_mm_2048`.
+//! `--export-graphs DIR` also writes each static graph it times (`window_N.npz`, `bigbird_N.npz`:
+//! `edge_index` `[2, E]`, sources then targets, as f32, exact below 2^24) for
+//! `scripts/bench_peers.py --graphs DIR`, so that the peers attend over the very same edges.
 
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Par};
 use patchgraph::Result;
 use patchgraph::attention::{AttentionInputs, Path, Score, attend, attend_backward};
 use patchgraph::bench::{CountingAllocator, HeapProbe, MemoryProbe};
+use patchgraph::checkpoint::TensorMap;
 use patchgraph::graph::GraphSpec;
 use patchgraph::nn::{Init, LowRankAttention, TokenGrid};
 use patchgraph::tensor::Matrix;
@@ -56,6 +65,24 @@ fn time(runs: usize, probe: &HeapProbe, mut f: impl FnMut() -> Result<()>) -> Re
     Ok((t[t.len() / 2], peak))
 }
 
+/// GFLOP/s of faer's `2048^3` product on all of rayon's threads, median of 5 after a warm-up.
+fn gemm_peak() -> f64 {
+    let n = 2048;
+    let a = Matrix::from_fn(n, n, |i, j| ((i * 7 + j * 3) % 11) as f32 - 5.0);
+    let b = Matrix::from_fn(n, n, |i, j| ((i * 5 + j * 2) % 13) as f32 - 6.0);
+    let mut c = Matrix::zeros(n, n);
+    let mut times: Vec<f64> = (0..6)
+        .map(|_| {
+            let s = Instant::now();
+            matmul(c.as_faer_mut(), Accum::Replace, a.as_faer(), b.as_faer(), 1.0, Par::rayon(0));
+            s.elapsed().as_secs_f64()
+        })
+        .skip(1)
+        .collect();
+    times.sort_by(f64::total_cmp);
+    2.0 * (n as f64).powi(3) / times[times.len() / 2] / 1e9
+}
+
 fn main() -> Result<()> {
     patchgraph::train::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -67,6 +94,14 @@ fn main() -> Result<()> {
     let runs: usize = value("--runs").and_then(|b| b.parse().ok()).unwrap_or(3);
     let probe = HeapProbe::default();
     let d = HEADS * HEAD_DIM;
+    let export = value("--export-graphs").map(std::path::PathBuf::from);
+    let mut records = Vec::new();
+    let peak = gemm_peak();
+    println!("GEMM peak (faer 2048^3, {} threads): {peak:.1} GFLOP/s", rayon::current_num_threads());
+    records.push(serde_json::json!({
+        "peer": "patchgraph", "op": "faer_mm_2048", "N": 2048, "gflops": peak,
+        "threads": rayon::current_num_threads(),
+    }));
     let all = ["complete", "window", "bigbird", "lsh", "performer", "linformer", "nystrom"];
     let methods: Vec<&str> = match value("--methods") {
         Some(list) => {
@@ -82,7 +117,6 @@ fn main() -> Result<()> {
         None => all.to_vec(),
     };
     let mut last: std::collections::HashMap<(String, bool), (usize, f64)> = Default::default();
-    let mut records = Vec::new();
     println!("| method | N | forward (ms) | fwd+bwd (ms) | forward peak extra (MiB) | fwd+bwd peak extra (MiB) |");
     println!("|---|---|---|---|---|---|");
     for &g in &grids {
@@ -105,7 +139,7 @@ fn main() -> Result<()> {
                 "lsh" => "lsh:16:1:0:32".into(),
                 "performer" => "performer:266:0".into(),
                 "linformer" => "linformer:256".into(),
-                _ => format!("nystrom:{}", if g >= 16 { 256 } else { 49 }),
+                _ => format!("nystrom:{}:33", if g >= 16 { 256 } else { 49 }),
             }
             .parse()?;
             let mut row = [None, None];
@@ -133,6 +167,13 @@ fn main() -> Result<()> {
                         // Static graphs are built once (a ViT builds them once per forward for all
                         // layers); LSH hashes the layer's features inside every call.
                         let fixed = if spec.needs_features() { None } else { Some(spec.build(g, g, None, true)?) };
+                        if let (Some(dir), Some(graph)) = (&export, &fixed) {
+                            let (src, dst) = graph.edge_index();
+                            let mut map = TensorMap::default();
+                            let data = src.iter().chain(&dst).map(|&i| i as f32).collect();
+                            map.insert("edge_index", vec![2, src.len()], data)?;
+                            map.save_npz(dir.join(format!("{method}_{n}.npz")))?;
+                        }
                         time(runs, &probe, || {
                             let hashed;
                             let graph = match &fixed {

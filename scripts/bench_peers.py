@@ -44,12 +44,24 @@ Times, on the shapes of the Rust benches (ViT-B: H = 12 heads of d = 64, model w
   - `performer`: `performer_pytorch.FastAttention(64, nb_features=266 = int(64 ln 64), causal=False)`
     called on q, k, v `[1, 12, N, 64]` (attention only, no linears).
   - `linformer`: `linformer.LinformerSelfAttention(dim=768, seq_len=N, k=256, heads=12, dim_head=64)`
-    on x `[1, N, 768]`: INCLUDES its to_q, to_k, to_v (768 -> 768, no bias) and to_out (768 -> 768)
-    linears and the two [N, 256] sequence projections (k = 256 > N at N = 197: allowed).
+    with its to_q, to_k, to_v and to_out linears replaced by `nn.Identity()`, on x `[1, N, 768]`
+    (so q = k = v = x): the attention alone, its two learned [N, 256] sequence projections E, F
+    included, as ours is timed from given q, k, v (k = 256 > N at N = 197: allowed).
   - `nystrom`: `nystrom_attention.NystromAttention(dim=768, dim_head=64, heads=12, num_landmarks=256,
-    pinv_iterations=6, residual=True)` (residual conv kernel 33) on x `[1, N, 768]`: INCLUDES its
-    to_qkv (768 -> 2304, no bias) and to_out (768 -> 768) linears; it zero-pads N at the front to a
-    multiple of 256.
+    pinv_iterations=6, residual=True)` (residual conv kernel 33) with to_qkv and to_out replaced by
+    `nn.Identity()`, on x `[1, N, 2304]` (its chunks are q, k, v): the attention alone, conv
+    included; it zero-pads N at the front to a multiple of 256.
+  - `window`, `bigbird`: graph attention over the very edges patchgraph times (`nat:7` and
+    `bigbird:7:3:0`, class token linked both ways), read from `--graphs DIR` (written by
+    `cargo run --release --example efficient_sweep -- --export-graphs DIR`), the way PyG's
+    `TransformerConv` attends without its linears: q, k, v `[N, 12, 64]`,
+    `alpha = (q[dst] * k[src]).sum(-1) / 8`, `torch_geometric.utils.softmax(alpha, dst)`,
+    `torch_geometric.utils.scatter(v[src] * alpha, dst, reduce="sum")`. Skipped without --graphs.
+  - `lsh`: the same edge attention on Reformer's LSH graph of the patch rows of q, built inside the
+    timed call as ours is (`lsh:16:1:0:32`: a Gaussian [768, 8] rotation, bucket = argmax [xR, -xR],
+    a stable sort by bucket, chunks of 32, each node linked to the nodes of its bucket in its chunk
+    and the previous one; the class token both ways). The rotation is torch's, not ChaCha's, so the
+    edges differ from ours but follow the same rule (about 57 per node at N = 3137, 64 at 50,177).
   Every case runs in its own fresh process (this script with a hidden --efficient-case argument),
   so memory is measured per case: peak_extra_mib = peak RSS during the calls (VmHWM, reset with
   `echo 5 > /proc/self/clear_refs` just before the first call) minus the RSS just before it (inputs,
@@ -78,8 +90,8 @@ substring (case-insensitive; op names: sdpa, torch_mm_2048, GATConv_knn8, GATv2C
 TransformerConv_knn32, ...; the timm ops are matched as timm_vit_tiny_patch16_224, ..., so
 `--only timm` selects the three ViTs and `--only vit_base` one of them; the efficient ops are
 efficient_sdpa_fwd, efficient_sdpa_fwdbwd, efficient_performer_fwd, ..., so `--only efficient` selects
-all eight, `--only performer` two, and `--only sdpa` the sdpa section plus the two efficient sdpa
-ops; flags for them: [--budget 60] [--efficient-mem-gib 12]). Prints a table; `--json FILE`
+all fourteen, `--only performer` two, and `--only sdpa` the sdpa section plus the two efficient sdpa
+ops; flags for them: [--budget 60] [--efficient-mem-gib 12] [--graphs DIR]). Prints a table; `--json FILE`
 also writes a list of records
 {"peer", "op", "B", "N", "k", "H", "d", "median_ms", "gflops", "threads", "torch", "pyg", ...}
 (k null for dense ops, gflops null for PyG; extras: calls, min_ms, max_rss_mib, and for PyG E, graph,
@@ -89,6 +101,7 @@ ms_per_image, images_per_s, img_size, embed_dim, depth, params, flops_per_image,
 
 import argparse
 import json
+import math
 import os
 import queue
 import statistics
@@ -110,7 +123,8 @@ KNN_KS = (8, 16, 32)
 H, D, WIDTH = 12, 64, 768
 COMPLETE_PROBE_LIMIT_S = 10.0
 EFFICIENT_GRIDS = (14, 28, 56, 112, 224)  # N = 197, 785, 3137, 12545, 50177 (patch 16 .. 1 at 224 px)
-EFFICIENT_OPS = ("sdpa", "performer", "linformer", "nystrom")
+EFFICIENT_OPS = ("sdpa", "performer", "linformer", "nystrom", "window", "bigbird", "lsh")
+LSH_BUCKETS, LSH_CHUNK = 16, 32
 EFFICIENT_MODES = ("fwd", "fwdbwd")
 PERFORMER_FEATURES = int(D * np.log(D))  # 266, performer_pytorch's own default for d = 64
 LINFORMER_K = 256
@@ -187,6 +201,37 @@ def _status_mib(field: str, pid="self"):
     return None
 
 
+def edge_attention(q, k, v, src, dst):
+    """Dot-product attention over the edges src -> dst as PyG's TransformerConv computes it
+    (without its linears): q, k, v [N, H, d] -> [N, H, d]."""
+    from torch_geometric.utils import scatter, softmax
+    alpha = (q[dst] * k[src]).sum(-1) / math.sqrt(q.shape[-1])
+    alpha = softmax(alpha, dst, num_nodes=q.shape[0])
+    return scatter(v[src] * alpha.unsqueeze(-1), dst, dim=0, dim_size=q.shape[0], reduce="sum")
+
+
+def lsh_edges(q, rotation):
+    """Reformer's LSH graph of the patch rows of q [N, H, d] (node 0 the class token), as
+    patchgraph's `lsh:B:1:0:C` with the class token: (src, dst) int64."""
+    n = q.shape[0]
+    x = q.detach()[1:].reshape(n - 1, -1)
+    p = x @ rotation
+    bucket = torch.cat([p, -p], 1).argmax(1)
+    order = torch.sort(bucket, stable=True).indices           # nodes by (bucket, id)
+    sb = bucket[order]
+    pos = torch.arange(n - 1)
+    cand = ((pos // LSH_CHUNK - 1) * LSH_CHUNK).unsqueeze(1) + torch.arange(2 * LSH_CHUNK)  # [P, 2c]
+    ok = (cand >= 0) & (cand < n - 1)
+    cand = cand.clamp(0, n - 2)
+    ok &= sb[cand] == sb.unsqueeze(1)
+    rows, cols = ok.nonzero(as_tuple=True)
+    dst, src = order[rows] + 1, order[cand[rows, cols]] + 1
+    patches = torch.arange(1, n)
+    src = torch.cat([src, torch.zeros(n - 1, dtype=torch.long), torch.arange(n)])
+    dst = torch.cat([dst, patches, torch.zeros(n, dtype=torch.long)])
+    return src, dst
+
+
 def efficient_worker(spec: dict) -> None:
     """One `efficient` case in this (fresh) process; talks to the parent by '@@' lines on stdout."""
     import gc
@@ -218,23 +263,44 @@ def efficient_worker(spec: dict) -> None:
                 call = lambda: fa(q, k, v)
                 extra["features"] = PERFORMER_FEATURES
             out_shape = (1, H, n, D)
+        elif op in ("window", "bigbird", "lsh"):
+            import importlib.metadata
+            import torch_geometric
+            package, version = "torch_geometric", importlib.metadata.version("torch_geometric")
+            q, k, v = (torch.randn(n, H, D, generator=gen).requires_grad_(grad) for _ in range(3))
+            inputs = [q, k, v]
+            if op == "lsh":
+                rotation = torch.randn(WIDTH, LSH_BUCKETS // 2, generator=gen)
+                call = lambda: edge_attention(q, k, v, *lsh_edges(q, rotation))
+                extra["buckets"], extra["chunk"] = LSH_BUCKETS, LSH_CHUNK
+            else:
+                ei = np.load(os.path.join(spec["graphs"], f"{op}_{n}.npz"))["edge_index"].astype(np.int64)
+                src, dst = torch.from_numpy(ei[0]).contiguous(), torch.from_numpy(ei[1]).contiguous()
+                call = lambda: edge_attention(q, k, v, src, dst)
+                extra["edges"] = int(src.numel())
+            out_shape = (n, H, D)
         else:
             import importlib.metadata
-            x = torch.randn(1, n, WIDTH, generator=gen).requires_grad_(grad)
-            inputs = [x]
+            import torch.nn as nn
             if op == "linformer":
                 from linformer import LinformerSelfAttention
                 package = "linformer"
+                x = torch.randn(1, n, WIDTH, generator=gen).requires_grad_(grad)
                 layer = LinformerSelfAttention(dim=WIDTH, seq_len=n, k=LINFORMER_K, heads=H, dim_head=D)
+                for name in ("to_q", "to_k", "to_v", "to_out"):
+                    setattr(layer, name, nn.Identity())  # the attention alone: q = k = v = x
                 extra["proj_k"] = LINFORMER_K
             else:
                 from nystrom_attention import NystromAttention
                 package = "nystrom-attention"
+                x = torch.randn(1, n, 3 * WIDTH, generator=gen).requires_grad_(grad)
                 layer = NystromAttention(dim=WIDTH, dim_head=D, heads=H, num_landmarks=NYSTROM_LANDMARKS,
                                          pinv_iterations=NYSTROM_ITERS, residual=True)
+                layer.to_qkv, layer.to_out = nn.Identity(), nn.Identity()  # x's chunks are q, k, v
                 extra["landmarks"] = NYSTROM_LANDMARKS
                 extra["pinv_iterations"] = NYSTROM_ITERS
                 extra["residual_conv_kernel"] = layer.res_conv.kernel_size[0]
+            inputs = [x]
             version = importlib.metadata.version(package)
             layer = layer.eval().requires_grad_(grad)
             params = list(layer.parameters())
@@ -343,10 +409,13 @@ def efficient_section(args, records, torch_v, pyg_v) -> None:
     print("-" * len(hdr))
     warned = []
     for name in EFFICIENT_OPS:
-        peer = "torch" if name == "sdpa" else name
+        peer = {"sdpa": "torch", "window": "pyg", "bigbird": "pyg", "lsh": "pyg"}.get(name, name)
         for mode in EFFICIENT_MODES:
             op = f"efficient_{name}_{mode}"
             if not wanted(op, args.only):
+                continue
+            if name in ("window", "bigbird") and args.graphs is None:
+                print(f"# {op}: skipped (no --graphs DIR from efficient_sweep --export-graphs)")
                 continue
             skip = None
             for g in grids:
@@ -357,7 +426,7 @@ def efficient_section(args, records, torch_v, pyg_v) -> None:
                        "mode": mode}
                 if skip is None:
                     spec = {"op": name, "mode": mode, "N": n, "threads": args.threads,
-                            "min_time": args.min_time}
+                            "min_time": args.min_time, "graphs": args.graphs}
                     res, note = run_efficient_case(spec, args.budget, mem_limit)
                     if note is not None and note.startswith("over"):
                         skip = f"{note.split(':')[0]} (at N = {n}; larger N not run)"
@@ -391,6 +460,8 @@ def main() -> None:
                     help="efficient: skip a case whose cold probe call takes longer (s)")
     ap.add_argument("--efficient-mem-gib", type=float, default=12.0,
                     help="efficient: kill a case whose RSS passes this (GiB)")
+    ap.add_argument("--graphs", default=None, metavar="DIR",
+                    help="efficient: edge lists of window and bigbird (efficient_sweep --export-graphs DIR)")
     ap.add_argument("--efficient-case", default=None, help=argparse.SUPPRESS)  # internal: one case
     args = ap.parse_args()
     if args.efficient_case is not None:
