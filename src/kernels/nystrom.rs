@@ -54,10 +54,11 @@
 //!
 //! # Memory and determinism
 //!
-//! [`NystromCache`] keeps, per (block, head), `A1` and `A3` (`2 n m` floats), `A2` and the
-//! iterates `Z_0 ..= Z_iters` (`(iters + 2) m^2`), `Ql`, `Kl` (`2 m d`) and `W`, `U` (`2 m dv`):
-//! `O(n m)` per head, never `O(n^2)`. ViT-S-like (n = 197, m = 50, d = dv = 64, 6 iterations):
-//! 210 KB per head. The backward recomputes `A_t .. D_t` from `Z_t`.
+//! [`NystromCache`] keeps, per (block, head), `A1` and `A3` (`2 n m` floats), `A2`, the
+//! iterates `Z_0 ..= Z_iters` and each iteration's `A_t`, `C_t`, `D_t` (`(4 iters + 2) m^2`),
+//! `Ql`, `Kl` (`2 m d`) and `W`, `U` (`2 m dv`): `O(n m)` per head, never `O(n^2)`. ViT-S-like
+//! (n = 197, m = 50, d = dv = 64, 6 iterations): 390 KB per head. Keeping `A_t, C_t, D_t` spares
+//! the backward 3 of its 11 `[m x m]` GEMMs per iteration (it rebuilds only `B_t = 7I - A_t`).
 //!
 //! Every task's arithmetic depends on the problem only (sequential faer GEMMs, fixed loop
 //! orders); the reductions over heads (maxima, `g`) and over blocks (`dw`) run in a fixed
@@ -117,6 +118,9 @@ struct HeadCache {
     a3: Vec<f32>,
     /// `Z_0 ..= Z_iters`, `(iters + 1)` matrices `[m x m]` one after the other.
     zs: Vec<f32>,
+    /// Per iteration `t`, `A_t`, `C_t`, `D_t` (`B_t = 7I - A_t` is rebuilt), `3 iters` matrices
+    /// `[m x m]`: the backward does not recompute them.
+    steps: Vec<f32>,
     /// `W = A3 v`, `U = Z W`, `[m x dv]`.
     w: Vec<f32>,
     u: Vec<f32>,
@@ -132,7 +136,7 @@ struct BlockScale {
 }
 
 /// What [`nystrom_forward`] keeps for [`nystrom_backward`]: per (block, head) `2 n m +
-/// (iters + 2) m^2 + 2 m (d + dv)` floats (see the module docs), never an `[n x n]` matrix.
+/// (4 iters + 2) m^2 + 2 m (d + dv)` floats (see the module docs), never an `[n x n]` matrix.
 #[derive(Clone, Debug)]
 pub struct NystromCache {
     dims: NystromDims,
@@ -150,7 +154,15 @@ impl NystromCache {
             .heads
             .iter()
             .map(|h| {
-                h.ql.len() + h.kl.len() + h.a1.len() + h.a2.len() + h.a3.len() + h.zs.len() + h.w.len() + h.u.len()
+                h.ql.len()
+                    + h.kl.len()
+                    + h.a1.len()
+                    + h.a2.len()
+                    + h.a3.len()
+                    + h.zs.len()
+                    + h.steps.len()
+                    + h.w.len()
+                    + h.u.len()
             })
             .sum();
         floats * std::mem::size_of::<f32>()
@@ -312,7 +324,7 @@ fn forward_head(p: &Problem<'_>, b: usize, h: usize) -> (HeadCache, (f32, usize)
             col_max = (c, j);
         }
     }
-    (HeadCache { ql, kl, a1, a2, a3, zs: Vec::new(), w, u: Vec::new() }, row_max, col_max)
+    (HeadCache { ql, kl, a1, a2, a3, zs: Vec::new(), steps: Vec::new(), w, u: Vec::new() }, row_max, col_max)
 }
 
 /// Forward phase 2 of (block `b`, head `h`): the pinv iterates, `U`, and the head's output
@@ -329,14 +341,14 @@ fn finish_head(p: &Problem<'_>, b: usize, h: usize, hc: &mut HeadCache, scale: B
             zs[i * m + j] = x[j * m + i] / ab;
         }
     }
-    let mut scratch = vec![0.0f32; 4 * mm];
-    for t in 0..p.iterations {
+    let mut steps = vec![0.0f32; 3 * p.iterations * mm];
+    let mut bb = vec![0.0f32; mm];
+    for (t, acd) in steps.chunks_exact_mut(3 * mm).enumerate() {
         let (done, next) = zs.split_at_mut((t + 1) * mm);
         let z = &done[t * mm..];
-        let (a, rest) = scratch.split_at_mut(mm);
-        let (bb, rest) = rest.split_at_mut(mm);
+        let (a, rest) = acd.split_at_mut(mm);
         let (c, d) = rest.split_at_mut(mm);
-        pinv_step(x, z, m, [&mut *a, &mut *bb, &mut *c, &mut *d]);
+        pinv_step(x, z, m, [&mut *a, &mut bb, &mut *c, &mut *d]);
         // Z_t+1 = 1/4 Z_t D_t
         gemm(&mut next[..mm], Accum::Replace, rm(z, m, m), rm(d, m, m), 0.25);
     }
@@ -356,6 +368,7 @@ fn finish_head(p: &Problem<'_>, b: usize, h: usize, hc: &mut HeadCache, scale: B
         }
     }
     hc.zs = zs;
+    hc.steps = steps;
     hc.u = u;
     out
 }
@@ -470,18 +483,20 @@ fn backward_head(p: &Problem<'_>, b: usize, h: usize, hc: &HeadCache, scale: Blo
     gemm(&mut dql, Accum::Replace, rm(&ds3, m, n), k, 1.0);
     let mut dk = vec![0.0f32; n * d];
     gemm(&mut dk, Accum::Replace, rm(&ds3, m, n).transpose(), rm(&hc.ql, m, d), 1.0);
-    // The pinv iterations, last first (A_t .. D_t recomputed from Z_t).
+    // The pinv iterations, last first (A_t, C_t, D_t from the cache, B_t = 7I - A_t rebuilt).
     let x = &hc.a2;
     let mut da2 = vec![0.0f32; mm];
-    let mut buf = vec![0.0f32; 9 * mm];
+    let mut buf = vec![0.0f32; 6 * mm];
     {
         let mut parts = buf.chunks_exact_mut(mm);
-        let mut next = || parts.next().expect("nine [m x m] buffers");
-        let (a, bb, c, dd, d_d, d_c, nb, d_a, dzp) =
-            (next(), next(), next(), next(), next(), next(), next(), next(), next());
+        let mut next = || parts.next().expect("six [m x m] buffers");
+        let (bb, d_d, d_c, nb, d_a, dzp) = (next(), next(), next(), next(), next(), next());
         for t in (0..p.iterations).rev() {
             let zt = &hc.zs[t * mm..(t + 1) * mm];
-            pinv_step(x, zt, m, [&mut *a, &mut *bb, &mut *c, &mut *dd]);
+            let acd = &hc.steps[3 * t * mm..3 * (t + 1) * mm];
+            let (a, c, dd) = (&acd[..mm], &acd[mm..2 * mm], &acd[2 * mm..]);
+            // B_t = 7I - A_t
+            affine_eye(bb, a, m, -1.0, 7.0);
             // Z_t+1 = 1/4 Z_t D_t:  dD = 1/4 Z_t^T dZ_t+1;  dZ_t = 1/4 dZ_t+1 D_t^T
             gemm(d_d, Accum::Replace, rm(zt, m, m).transpose(), rm(&dz, m, m), 0.25);
             gemm(dzp, Accum::Replace, rm(&dz, m, m), rm(dd, m, m).transpose(), 0.25);
