@@ -91,7 +91,7 @@ TransformerConv_knn32, ...; the timm ops are matched as timm_vit_tiny_patch16_22
 `--only timm` selects the three ViTs and `--only vit_base` one of them; the efficient ops are
 efficient_sdpa_fwd, efficient_sdpa_fwdbwd, efficient_performer_fwd, ..., so `--only efficient` selects
 all fourteen, `--only performer` two, and `--only sdpa` the sdpa section plus the two efficient sdpa
-ops; flags for them: [--budget 60] [--efficient-mem-gib 12] [--graphs DIR]). Prints a table; `--json FILE`
+ops; flags for them: [--budget 60] [--efficient-mem-gib 12] [--graphs DIR] [--efficient-grids 56,112]). Prints a table; `--json FILE`
 also writes a list of records
 {"peer", "op", "B", "N", "k", "H", "d", "median_ms", "gflops", "threads", "torch", "pyg", ...}
 (k null for dense ops, gflops null for PyG; extras: calls, min_ms, max_rss_mib, and for PyG E, graph,
@@ -399,6 +399,8 @@ def run_efficient_case(spec: dict, budget: float, mem_limit_mib: float):
 def efficient_section(args, records, torch_v, pyg_v) -> None:
     """Section 6: one attention layer, SDPA vs Performer / Linformer / Nystromformer (see docstring)."""
     grids = EFFICIENT_GRIDS[:2] if args.quick else EFFICIENT_GRIDS
+    if args.efficient_grids:
+        grids = tuple(int(g) for g in args.efficient_grids.split(","))
     mem_limit = args.efficient_mem_gib * 1024
     print()
     print(f"# efficient: one attention layer, B=1, H={H}, d={D}, width {WIDTH}, fp32; a fresh process per "
@@ -460,6 +462,8 @@ def main() -> None:
                     help="efficient: skip a case whose cold probe call takes longer (s)")
     ap.add_argument("--efficient-mem-gib", type=float, default=12.0,
                     help="efficient: kill a case whose RSS passes this (GiB)")
+    ap.add_argument("--efficient-grids", default=None, metavar="G,G,...",
+                    help="efficient: these grids only (N = g*g + 1), e.g. 56,112")
     ap.add_argument("--graphs", default=None, metavar="DIR",
                     help="efficient: edge lists of window and bigbird (efficient_sweep --export-graphs DIR)")
     ap.add_argument("--efficient-case", default=None, help=argparse.SUPPRESS)  # internal: one case

@@ -414,11 +414,10 @@ impl WithSimd for SoftmaxBackward<'_> {
 /// dF   += V_b dV'_b^T                    [n x k]    (V'_b = F^T V_b; summed over blocks)
 /// ```
 ///
-/// Passes: per (block, head, query tile) the first five lines, each tile writing its `dQ` rows
-/// and its own partial `dK'`, `dV'` (`[k x (d + dv)]` per task: the tile count times the size of
-/// `K'` and `V'`); per block the partials summed in tile order; per (block, head) `dK`, `dV`;
-/// per 64-row tile of `dE` and `dF` the sum over blocks in block order. Every reduction has a
-/// fixed order: the same bits on any thread count.
+/// Passes: per (block, head) the first five lines, query tile after query tile, each tile
+/// writing its `dQ` rows and adding its part of `dK'`, `dV'` in tile order; per (block, head)
+/// `dK`, `dV`; per 64-row tile of `dE` and `dF` the sum over blocks in block order. Every
+/// reduction has a fixed order: the same bits on any thread count.
 ///
 /// With key-value sharing (`share_kv`: one projection for keys and values) pass the same matrix
 /// as `e` and `f` and add `grads.e + grads.f` for its gradient (and, when the values are the
@@ -447,64 +446,70 @@ pub fn linformer_backward(
     let scale = 1.0 / (d as f32).sqrt();
     let (kp, vp) = (cache.key_proj.as_faer(), cache.value_proj.as_faer());
     let (tasks, tile) = tasks(&dims);
-    let per_block = tasks.len() / nb.max(1) / heads;
 
-    // Pass 1, per (block, head, query tile): dQ rows, partial dK', dV'.
+    // Pass 1, per (block, head), its query tiles in order: dQ rows, and dK', dV' accumulated
+    // tile after tile into the (block, head) columns (a fixed order: the same bits on any
+    // thread count; no per-tile partials to store and sum).
     let mut dq = Matrix::zeros(nodes, heads * d);
-    let mut part_k = vec![0.0f32; tasks.len() * k * d];
-    let mut part_v = vec![0.0f32; tasks.len() * k * dv];
-    let dq_ptr = SharedMut(dq.as_mut_slice().as_mut_ptr());
-    tasks.par_iter().zip(part_k.par_chunks_mut(k * d)).zip(part_v.par_chunks_mut(k * dv)).for_each_init(
-        || (vec![0.0f32; tile * k], vec![0.0f32; tile * k], vec![0.0f32; tile]),
-        |(s, dp, lse_t), ((t, pk), pv)| {
-            let (rows, base, h) = (t.q1 - t.q0, t.block * n, t.head);
-            let (s, dp, lse_t) = (&mut s[..rows * k], &mut dp[..rows * k], &mut lse_t[..rows]);
-            for (a, x) in lse_t.iter_mut().enumerate() {
-                *x = cache.log_sum_exp[(base + t.q0 + a) * heads + h];
-            }
-            let q = inputs.query.as_faer().submatrix(base + t.q0, h * d, rows, d);
-            let go = dout.as_faer().submatrix(base + t.q0, h * dv, rows, dv);
-            let kh = kp.submatrix(t.block * k, h * d, k, d);
-            let vh = vp.submatrix(t.block * k, h * dv, k, dv);
-            // S = scale Q_bh K'_bh^T (recomputed), P = exp(S - lse)
-            matmul(MatMut::from_row_major_slice_mut(s, rows, k), Accum::Replace, q, kh.transpose(), scale, Par::Seq);
-            // dP = dO_bh V'_bh^T
-            matmul(MatMut::from_row_major_slice_mut(dp, rows, k), Accum::Replace, go, vh.transpose(), 1.0, Par::Seq);
-            // dS = P * (dP - rowsum(P * dP))
-            pulp::Arch::new().dispatch(SoftmaxBackward { s, dp, cols: k, lse: lse_t });
-            let (p, ds) = (MatRef::from_row_major_slice(s, rows, k), MatRef::from_row_major_slice(dp, rows, k));
-            // dV'_bh (this tile's part) = P^T dO_bh
-            matmul(MatMut::from_row_major_slice_mut(pv, k, dv), Accum::Replace, p.transpose(), go, 1.0, Par::Seq);
-            // dK'_bh (this tile's part) = scale dS^T Q_bh
-            matmul(MatMut::from_row_major_slice_mut(pk, k, d), Accum::Replace, ds.transpose(), q, scale, Par::Seq);
-            // SAFETY: `dq` `[N x H d]` is borrowed mutably for this whole call and outlives the
-            // loop; this task owns rows base + q0 .. base + q1 of head h (columns h d .. (h + 1)
-            // d): tasks partition (block, head, query tile), so no other task touches the tile.
-            let dst = unsafe { dq_ptr.tile(heads * d, base + t.q0, h * d, rows, d) };
-            // dQ_bh = scale dS K'_bh
-            matmul(dst, Accum::Replace, ds, kh, scale, Par::Seq);
-        },
-    );
-
-    // Pass 2, per block: dK'_b, dV'_b = the partials of its tiles, summed in tile order.
     let mut dkp = Matrix::zeros(nb * k, heads * d);
     let mut dvp = Matrix::zeros(nb * k, heads * dv);
-    let sum_parts = |dst: &mut Matrix, parts: &[f32], w: usize| {
-        dst.as_mut_slice().par_chunks_mut(k * heads * w).enumerate().for_each(|(b, chunk)| {
-            for h in 0..heads {
-                for ti in 0..per_block {
-                    let part = &parts[((b * heads + h) * per_block + ti) * k * w..][..k * w];
-                    for (row, src) in chunk.chunks_exact_mut(heads * w).zip(part.chunks_exact(w)) {
-                        for (x, y) in row[h * w..(h + 1) * w].iter_mut().zip(src) {
-                            *x += y;
-                        }
-                    }
+    let dq_ptr = SharedMut(dq.as_mut_slice().as_mut_ptr());
+    let (dkp_ptr, dvp_ptr) = (SharedMut(dkp.as_mut_slice().as_mut_ptr()), SharedMut(dvp.as_mut_slice().as_mut_ptr()));
+    tasks.par_chunk_by(|a, b| (a.block, a.head) == (b.block, b.head)).for_each_init(
+        || (vec![0.0f32; tile * k], vec![0.0f32; tile * k], vec![0.0f32; tile]),
+        |(s, dp, lse_t), head_tiles| {
+            let (b, h) = (head_tiles[0].block, head_tiles[0].head);
+            // SAFETY: `dkp` `[B k x H d]` and `dvp` `[B k x H dv]` are borrowed mutably for this
+            // whole call and outlive the loop; this task is the only one of (block b, head h),
+            // and owns rows b k .. (b + 1) k x head h's columns of both.
+            let (mut pk, mut pv) = unsafe {
+                (dkp_ptr.tile(heads * d, b * k, h * d, k, d), dvp_ptr.tile(heads * dv, b * k, h * dv, k, dv))
+            };
+            for (ti, t) in head_tiles.iter().enumerate() {
+                let (rows, base) = (t.q1 - t.q0, b * n);
+                let accum = if ti == 0 { Accum::Replace } else { Accum::Add };
+                let (s, dp, lse_t) = (&mut s[..rows * k], &mut dp[..rows * k], &mut lse_t[..rows]);
+                for (a, x) in lse_t.iter_mut().enumerate() {
+                    *x = cache.log_sum_exp[(base + t.q0 + a) * heads + h];
                 }
+                let q = inputs.query.as_faer().submatrix(base + t.q0, h * d, rows, d);
+                let go = dout.as_faer().submatrix(base + t.q0, h * dv, rows, dv);
+                let kh = kp.submatrix(b * k, h * d, k, d);
+                let vh = vp.submatrix(b * k, h * dv, k, dv);
+                // S = scale Q_bh K'_bh^T (recomputed), P = exp(S - lse)
+                matmul(
+                    MatMut::from_row_major_slice_mut(s, rows, k),
+                    Accum::Replace,
+                    q,
+                    kh.transpose(),
+                    scale,
+                    Par::Seq,
+                );
+                // dP = dO_bh V'_bh^T
+                matmul(
+                    MatMut::from_row_major_slice_mut(dp, rows, k),
+                    Accum::Replace,
+                    go,
+                    vh.transpose(),
+                    1.0,
+                    Par::Seq,
+                );
+                // dS = P * (dP - rowsum(P * dP))
+                pulp::Arch::new().dispatch(SoftmaxBackward { s, dp, cols: k, lse: lse_t });
+                let (p, ds) = (MatRef::from_row_major_slice(s, rows, k), MatRef::from_row_major_slice(dp, rows, k));
+                // dV'_bh += P^T dO_bh
+                matmul(pv.as_mut(), accum, p.transpose(), go, 1.0, Par::Seq);
+                // dK'_bh += scale dS^T Q_bh
+                matmul(pk.as_mut(), accum, ds.transpose(), q, scale, Par::Seq);
+                // SAFETY: `dq` `[N x H d]` is borrowed mutably for this whole call and outlives
+                // the loop; this task owns rows base + q0 .. base + q1 of head h (columns h d ..
+                // (h + 1) d): tasks partition (block, head), so no other task touches the tile.
+                let dst = unsafe { dq_ptr.tile(heads * d, base + t.q0, h * d, rows, d) };
+                // dQ_bh = scale dS K'_bh
+                matmul(dst, Accum::Replace, ds, kh, scale, Par::Seq);
             }
-        })
-    };
-    rayon::join(|| sum_parts(&mut dkp, &part_k, d), || sum_parts(&mut dvp, &part_v, dv));
-    drop((part_k, part_v));
+        },
+    );
 
     // Pass 3, per (block, head): dK_b = E dK'_b, dV_b = F dV'_b.
     let mut dk = Matrix::zeros(nodes, heads * d);
