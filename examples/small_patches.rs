@@ -81,8 +81,8 @@ fn subset(set: &ImageDataset, n: usize) -> Result<ImageDataset> {
 }
 
 /// The spec of `method` on a `grid x grid` patch grid (`t` tokens).
-fn spec_for(method: &str, grid: usize, t: usize) -> String {
-    match method {
+fn spec_for(method: &str, grid: usize, t: usize) -> Result<String> {
+    Ok(match method {
         "complete" => "complete".into(),
         "window" => "nat:3".into(),
         "bigbird" => "bigbird:3:2:0".into(),
@@ -90,8 +90,15 @@ fn spec_for(method: &str, grid: usize, t: usize) -> String {
         "performer" => "performer".into(),
         "linformer" => format!("linformer:{}", 32.min(t)),
         "nystrom" => format!("nystrom:{}", if grid <= 4 { 4 } else { 16 }),
-        other => panic!("unknown method {other}"),
-    }
+        other => {
+            return Err(patchgraph::Error::invalid(
+                "--methods",
+                format!(
+                    "unknown method `{other}`: expected complete, window, bigbird, lsh, performer, linformer or nystrom"
+                ),
+            ));
+        }
+    })
 }
 
 /// Forward attention FLOPs per image and layer (see the module docs).
@@ -152,7 +159,7 @@ fn main() -> Result<()> {
         config.global_pool = GlobalPool::Avg;
         let t = config.num_tokens();
         for method in &methods {
-            let spec: GraphSpec = spec_for(method, grid, t).parse()?;
+            let spec: GraphSpec = spec_for(method, grid, t)?.parse()?;
             let mut c = config.clone();
             if let GraphSpec::LowRank(m) = &spec {
                 c.attention = Some(m.clone());

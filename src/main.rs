@@ -87,7 +87,7 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         patch: usize,
         /// Topology: complete, grid4:R, grid8:R, window:S, nat:S, knn:K, fknn:K:D, fknn-cos:K:D, random:K:SEED,
-        /// bigbird:W:R:SEED, longformer:W:G, swin:M[:S], gridattn:G, lsh:B:R:SEED, global:G, or a union A+B.
+        /// bigbird:W:R:SEED, longformer:W:G, swin:M[:S], gridattn:G, lsh:B:R:SEED[:CHUNK], global:G, or a union A+B.
         #[arg(long, default_value = "grid8:1")]
         graph: GraphSpec,
         /// Image side after timm's eval transform (shorter side to size/0.875, centre crop).
