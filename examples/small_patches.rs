@@ -105,7 +105,7 @@ fn spec_for(method: &str, grid: usize, t: usize) -> Result<String> {
 /// Forward attention FLOPs per image and layer (see the module docs).
 fn flops(spec: &GraphSpec, vit: &Vit, test: &ImageDataset) -> Result<f64> {
     let cfg = vit.config();
-    let (g, t, d, h) = (cfg.grid(), cfg.num_tokens(), cfg.embed_dim as f64, cfg.num_heads as f64);
+    let ((g, _), t, d, h) = (cfg.grid_size(), cfg.num_tokens(), cfg.embed_dim as f64, cfg.num_heads as f64);
     let hd = cfg.head_dim();
     let tf = t as f64;
     Ok(match spec {

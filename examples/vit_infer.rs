@@ -42,6 +42,7 @@ fn main() -> patchgraph::Result<()> {
     let photos = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg"].map(|f| format!("{dir}/{f}"));
     let preprocess = Preprocess {
         img_size: cfg.img_size,
+        in_chans: cfg.in_chans,
         crop_pct: 0.875,
         interpolation: Interpolation::Bicubic,
         normalization: Normalization::inception(),

@@ -84,8 +84,10 @@ pub fn load_vit_with(path: impl AsRef<Path>, config: VitConfig, allow_nonfinite:
 /// timm's evaluation preprocessing for a model of `img_size`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Preprocess {
-    /// Crop side (the model's `img_size`).
-    pub img_size: usize,
+    /// Crop size (the model's `img_size`).
+    pub img_size: crate::nn::Size2,
+    /// The model's input channels: 1 reads images as grey (PIL's `L`), 3 as RGB.
+    pub in_chans: usize,
     /// The shorter side is resized to `floor(img_size / crop_pct)` first.
     pub crop_pct: f64,
     /// Resize filter.
@@ -95,9 +97,25 @@ pub struct Preprocess {
 }
 
 impl Preprocess {
-    /// The transform on decoded images.
+    /// The transform on decoded images: timm's eval transform (a square size: resize the
+    /// shorter side to `floor(size / crop_pct)`; `[h, w]`: resize to `floor(h / crop_pct) x
+    /// floor(w / crop_pct)`; then the centre crop), grey for one channel (the normalisation's
+    /// first channel then applies).
     pub fn transform(&self) -> ImageTransform {
-        let mut t = ImageTransform::timm_eval(self.img_size, self.crop_pct, self.normalization.clone());
+        let (h, w) = (self.img_size.h, self.img_size.w);
+        let mut t = ImageTransform::timm_eval(h, self.crop_pct, self.normalization.clone());
+        if h != w {
+            let scale = |x: usize| (x as f64 / self.crop_pct).floor().max(0.0) as usize;
+            t.resize = Some(crate::image::ResizeTo::Exact { height: scale(h), width: scale(w) });
+            t.crop = Some(crate::image::CropSize { height: h, width: w });
+        }
+        if self.in_chans == 1 {
+            t.channels = crate::image::Channels::Gray;
+            if let Some(n) = t.normalize.as_mut() {
+                n.mean.truncate(1);
+                n.std.truncate(1);
+            }
+        }
         t.interpolation = self.interpolation;
         t
     }
@@ -113,8 +131,9 @@ pub struct Input {
 }
 
 /// Reads inputs: `.npy` and `.safetensors` files are taken as prepared tensors (`[C, H, W]` or
-/// `[B, C, H, W]`; a safetensors file's tensor `input`, or its only tensor), anything else is
-/// decoded as an image and goes through `preprocess`.
+/// `[B, C, H, W]`, and for a one-channel model also `[H, W]` and `[B, H, W]`; a safetensors
+/// file's tensor `input`, or its only tensor), anything else is decoded as an image and goes
+/// through `preprocess`.
 pub fn load_inputs(paths: &[impl AsRef<Path>], preprocess: &Preprocess) -> Result<Vec<Input>> {
     let transform = preprocess.transform();
     let mut inputs = Vec::new();
@@ -147,13 +166,20 @@ pub fn load_inputs(paths: &[impl AsRef<Path>], preprocess: &Preprocess) -> Resul
         match tensor {
             None => inputs.push(Input { image: transform.apply_path(path)?, name }),
             Some(t) => {
+                let grey = preprocess.in_chans == 1;
                 let (b, c, h, w) = match t.shape[..] {
+                    [h, w] if grey => (1, 1, h, w),
+                    [b, h, w] if grey && b != 1 => (b, 1, h, w),
                     [c, h, w] => (1, c, h, w),
                     [b, c, h, w] => (b, c, h, w),
                     _ => {
                         return Err(Error::shape(
                             format!("input tensor in {name}"),
-                            "[C, H, W] or [B, C, H, W]",
+                            if grey {
+                                "[H, W], [B, H, W], [1, H, W] or [B, 1, H, W]"
+                            } else {
+                                "[C, H, W] or [B, C, H, W]"
+                            },
                             format!("{:?}", t.shape),
                         ));
                     }
@@ -226,6 +252,12 @@ pub fn kl_divergence(p: &[f32], q: &[f32]) -> f64 {
 
 /// One forward, timed: probabilities `[B x K]` and the median seconds of `runs` forwards.
 pub fn predict(vit: &Vit, images: &[ChwImage], options: &VitOptions, runs: usize) -> Result<(Matrix, f64)> {
+    let (logits, seconds) = predict_logits(vit, images, options, runs)?;
+    Ok((softmax_rows(&logits), seconds))
+}
+
+/// The logits `[B x K]` of `runs` forwards (the last one's) and the median seconds per forward.
+pub fn predict_logits(vit: &Vit, images: &[ChwImage], options: &VitOptions, runs: usize) -> Result<(Matrix, f64)> {
     let mut times = Vec::with_capacity(runs.max(1));
     let mut logits = None;
     for _ in 0..runs.max(1) {
@@ -235,7 +267,7 @@ pub fn predict(vit: &Vit, images: &[ChwImage], options: &VitOptions, runs: usize
     }
     times.sort_by(f64::total_cmp);
     let logits = logits.ok_or_else(|| Error::invalid("predict", "no run"))?;
-    Ok((softmax_rows(&logits), times[times.len() / 2]))
+    Ok((logits, times[times.len() / 2]))
 }
 
 /// A sparse graph's predictions against the complete graph's, with the same weights.
@@ -327,6 +359,8 @@ pub struct PreparedVit {
     pub transform: ImageTransform,
     /// The normalisation applied before the model.
     pub normalization: Normalization,
+    /// What loading adapted (class count, resampled position embedding), one line each.
+    pub adapted: Vec<String>,
 }
 
 impl PreparedVit {
@@ -370,7 +404,7 @@ impl PreparedVit {
                     } else {
                         crate::image::Channels::Rgb
                     },
-                    resize: Some(crate::image::ResizeTo::Exact { height: size, width: size }),
+                    resize: Some(crate::image::ResizeTo::Exact { height: size.h, width: size.w }),
                     interpolation: Interpolation::Bilinear,
                     crop: None,
                     normalize: None,
@@ -378,13 +412,20 @@ impl PreparedVit {
                 Normalization { mean: t.mean, std: t.std },
             ),
             None => {
-                let mut t = ImageTransform::timm_eval(size, 0.875, normalization.clone());
-                t.normalize = None;
+                let pre = Preprocess {
+                    img_size: size,
+                    in_chans: config.in_chans,
+                    crop_pct: 0.875,
+                    interpolation: Interpolation::Bicubic,
+                    normalization,
+                };
+                let mut t = pre.transform();
+                let normalization = t.normalize.take().unwrap_or_else(|| pre.normalization.clone());
                 (t, normalization)
             }
         };
-        let (vit, _) = Vit::load_adapting(config, map, &what)?;
-        Ok(PreparedVit { vit, transform, normalization })
+        let (vit, adapted) = Vit::load_adapting(config, map, &what)?;
+        Ok(PreparedVit { vit, transform, normalization, adapted })
     }
 
     /// `(display, input)`: an image file as the model sees it, in `[0, 1]`, and normalised.

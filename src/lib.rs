@@ -15,11 +15,13 @@
 
 #![warn(missing_docs)]
 
+pub mod algebra;
 pub mod atomic_file;
 pub mod attention;
 pub mod attention_map;
 pub mod bench;
 pub mod checkpoint;
+pub mod cli;
 pub mod data;
 pub mod error;
 pub mod graph;

@@ -1575,19 +1575,23 @@ fn fuzz_vit_config(f: &mut Fuzz) {
                 Ok(c) => {
                     // What a valid config implies, computed here: a whole number of patches, heads
                     // dividing the width, sizes within the limits.
-                    if c.patch_size == 0
-                        || c.img_size % c.patch_size != 0
+                    let (img, patch) = (c.img_size, c.patch_size);
+                    if patch.h == 0
+                        || patch.w == 0
+                        || img.h % patch.h != 0
+                        || img.w % patch.w != 0
                         || c.num_heads == 0
                         || c.embed_dim % c.num_heads != 0
                     {
                         return Verdict::Bad(format!("accepted {c:?}"));
                     }
-                    let grid = c.img_size / c.patch_size;
-                    let tokens = grid.checked_mul(grid).and_then(|t| t.checked_add(usize::from(c.class_token)));
+                    let grid = (img.h / patch.h).checked_mul(img.w / patch.w);
+                    let prefix = usize::from(c.class_token).checked_add(c.reg_tokens);
+                    let tokens = grid.zip(prefix).and_then(|(g, p)| g.checked_add(p));
                     let pos = tokens.and_then(|t| t.checked_mul(c.embed_dim));
-                    let embed = product(&[c.embed_dim, c.in_chans, c.patch_size, c.patch_size]);
+                    let embed = product(&[c.embed_dim, c.in_chans, patch.h, patch.w]);
                     let square = c.embed_dim.checked_mul(c.embed_dim).and_then(|d| d.checked_mul(4));
-                    let image = product(&[c.in_chans, c.img_size, c.img_size]);
+                    let image = product(&[c.in_chans, img.h, img.w]);
                     for (what, n, limit) in [
                         ("tokens", tokens, MAX_TOKENS),
                         ("pos_embed", pos, MAX_TENSOR_ELEMENTS),

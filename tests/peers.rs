@@ -181,8 +181,15 @@ fn check_timm_attention(name: &str) {
     assert!(graph.is_complete(), "a batch of complete graphs stays dense");
     let x = matrix(&mut map, "x");
     let expected = matrix(&mut map, "out");
-    let config =
-        AttentionConfig::Timm { dim: num(&c, "dim"), heads: num(&c, "num_heads"), qkv_bias: flag(&c, "qkv_bias") };
+    let config = AttentionConfig::Timm {
+        dim: num(&c, "dim"),
+        heads: num(&c, "num_heads"),
+        qkv_bias: flag(&c, "qkv_bias"),
+        qk_norm: false,
+        scale_norm: false,
+        proj_bias: true,
+        norm_eps: 1e-6,
+    };
     let layer = GraphAttention::load(config, &mut map, "").unwrap();
     map.finish().unwrap();
     assert_close(name, &layer.forward(&graph, &x).unwrap(), &expected);
@@ -206,12 +213,11 @@ fn check_timm_block(name: &str) {
     let x = matrix(&mut map, "x");
     let expected = matrix(&mut map, "out");
     let config = BlockConfig {
-        dim: num(&c, "dim"),
-        heads: num(&c, "num_heads"),
         mlp_hidden: num(&c, "mlp_hidden"),
         qkv_bias: flag(&c, "qkv_bias"),
         eps: c["eps"].as_f64().unwrap() as f32,
         layer_scale: c["init_values"].as_f64().map(|v| v as f32),
+        ..BlockConfig::vit(num(&c, "dim"), num(&c, "num_heads"))
     };
     let block = Block::load(&config, &mut map, "").unwrap();
     map.finish().unwrap();

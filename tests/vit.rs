@@ -302,7 +302,8 @@ fn npy_input_is_read_as_prepared_tensor() {
     let path = std::env::temp_dir().join(format!("pg-input-{}.npy", std::process::id()));
     std::fs::write(&path, &bytes).unwrap();
     let pre = patchgraph::infer::Preprocess {
-        img_size: 32,
+        img_size: patchgraph::nn::Size2::square(32),
+        in_chans: 3,
         crop_pct: 0.875,
         interpolation: patchgraph::image::Interpolation::Bicubic,
         normalization: patchgraph::image::Normalization::inception(),

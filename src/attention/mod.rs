@@ -27,19 +27,15 @@
 
 mod backward;
 mod dispatch;
-mod inputs;
 pub mod linformer;
 pub mod low_rank;
 pub mod nystrom;
 pub mod performer;
-mod reference;
-pub(crate) mod score;
 
 pub use backward::{AttentionGrads, attend_backward, attend_backward_qkv, attend_backward_reference};
 pub use dispatch::{
     DENSE_DENSITY, DENSE_DENSITY_LARGE, DENSE_DENSITY_LARGE_N, DENSE_DENSITY_SMALL_N, Path, attend, auto_path,
     dense_density,
 };
-pub use inputs::{AttentionInputs, AttentionOutput, Dims};
-pub use reference::attend_reference;
-pub use score::{Score, leaky_relu};
+// The problem's types live in `crate::algebra`, below the kernels; re-exported here.
+pub use crate::algebra::{AttentionInputs, AttentionOutput, Dims, Score, attend_reference, leaky_relu};

@@ -58,4 +58,28 @@ impl Graph {
             None => graph,
         }
     }
+
+    /// `self` with `count` global nodes `0 .. count` prepended (timm's prefix tokens: a class
+    /// token and register tokens), node `i` of `self` becoming node `count + i`. Each global
+    /// node reads every node (the globals, itself included, then the others in order); each
+    /// other node reads the globals first, then its own sources. `count = 1` is
+    /// [`Graph::with_global_node`]`(true)`. A visiting order is carried (globals first).
+    pub fn with_global_nodes(&self, count: usize) -> Graph {
+        let n = self.num_nodes;
+        let total = n + count;
+        let topology = Topology::WithGlobal(Box::new(self.topology.clone()));
+        let graph = Graph::from_fn_unchecked(total, topology, |i, out| {
+            if i < count {
+                out.extend((0..total).map(|j| j as u32));
+            } else {
+                out.extend((0..count).map(|j| j as u32));
+                out.extend(self.incoming(i - count).map(|j| (j + count) as u32));
+            }
+        });
+        match self.visit_order() {
+            Some(order) => graph
+                .with_builder_visit_order((0..count as u32).chain(order.iter().map(|&i| i + count as u32)).collect()),
+            None => graph,
+        }
+    }
 }

@@ -373,6 +373,42 @@ impl GraphSpec {
         Ok(patches.with_global_node(true))
     }
 
+    /// [`GraphSpec::build`] with `prefix` global tokens (a class token and register tokens:
+    /// timm's prefix tokens) in front of the patches, each linked both ways to every token
+    /// (and to itself); `prefix` 0 and 1 are `build` without and with a class token.
+    ///
+    /// ```
+    /// use patchgraph::graph::GraphSpec;
+    /// let spec: GraphSpec = "grid4:1".parse().unwrap();
+    /// let g = spec.build_with_prefix(3, 3, None, 3).unwrap();
+    /// assert_eq!(g.num_nodes(), 12);
+    /// assert_eq!(g.in_degree(0), 12);                    // a global token reads every token
+    /// assert_eq!(g.in_degree(3 + 4), 3 + 5);             // the centre patch: 3 globals, itself, 4 neighbours
+    /// assert!(GraphSpec::Complete.build_with_prefix(3, 3, None, 3).unwrap().is_complete());
+    /// ```
+    pub fn build_with_prefix(
+        &self,
+        rows: usize,
+        cols: usize,
+        features: Option<&Matrix>,
+        prefix: usize,
+    ) -> Result<Graph> {
+        if prefix <= 1 {
+            return self.build(rows, cols, features, prefix == 1);
+        }
+        let n = rows.checked_mul(cols).and_then(|n| n.checked_add(prefix)).ok_or_else(|| {
+            Error::invalid("graph spec", format!("`{self}` on a {rows} x {cols} grid: the node count overflows"))
+        })?;
+        if self.is_complete() {
+            return Graph::try_complete(n, true);
+        }
+        let patches = self.build(rows, cols, features, false)?;
+        // Each global adds `2 n` edges at most (both ways with every token).
+        let edges = n.checked_mul(2 * prefix).and_then(|e| e.checked_add(patches.num_edges()));
+        check_edges(&format!("`{self}` with {prefix} prefix tokens"), edges)?;
+        Ok(patches.with_global_nodes(prefix))
+    }
+
     /// The graph over the `n = rows * cols` patches alone (no class token).
     fn patch_graph(&self, rows: usize, cols: usize, n: usize, features: Option<&Matrix>) -> Result<Graph> {
         let needs = |what: &str| -> Result<&Matrix> {

@@ -50,6 +50,6 @@ pub use normalize::{
     IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, Normalization, denormalize, normalize,
     normalize_in_place,
 };
-pub use patchify::{PatchPolicy, patch_grid, patchify, patchify_with, unpatchify};
+pub use patchify::{PatchPolicy, patch_grid, patchify, patchify_rect, patchify_with, unpatchify};
 pub use resize::{Interpolation, resize_exact, resize_shorter_side, shorter_side_size};
 pub use transform::{CropSize, ImageTransform, ResizeTo};

@@ -102,27 +102,51 @@ pub fn patchify_with(image: &ChwImage, p: usize, policy: PatchPolicy) -> Result<
     let (gh, gw) = policy.grid(h, w, p)?;
     let (th, tw) = (gh * p, gw * p);
     if (th, tw) == (h, w) {
-        return Ok(patchify_exact(image, p, gh, gw));
+        return Ok(patchify_exact(image, (p, p), gh, gw));
     }
     let fitted = match policy {
         PatchPolicy::PadZero => pad_zero(image, th, tw)?,
         _ => center_crop(image, th, tw)?,
     };
-    Ok(patchify_exact(&fitted, p, gh, gw))
+    Ok(patchify_exact(&fitted, (p, p), gh, gw))
 }
 
-/// Patchify an image whose size is exactly `(gh * p, gw * p)`.
-fn patchify_exact(image: &ChwImage, p: usize, gh: usize, gw: usize) -> Matrix {
+/// [`patchify`] with rectangular `ph x pw` patches (timm's `patch_size=(ph, pw)`): row
+/// `r * gw + c` holds patch `(r, c)` in the conv order `k * ph * pw + dy * pw + dx`. The image
+/// must be exactly a multiple of the patch in both sides.
+///
+/// ```
+/// use patchgraph::image::{ChwImage, patchify_rect};
+/// let img = ChwImage::from_fn(1, 4, 6, |_, y, x| (y * 6 + x) as f32).unwrap();
+/// let p = patchify_rect(&img, 2, 3).unwrap(); // a 2 x 2 grid of 2 x 3 patches
+/// assert_eq!(p.shape(), (4, 6));
+/// assert_eq!(p.row(1), &[3.0, 4.0, 5.0, 9.0, 10.0, 11.0]);
+/// assert!(patchify_rect(&img, 3, 3).is_err()); // 4 rows are not a multiple of 3
+/// ```
+pub fn patchify_rect(image: &ChwImage, ph: usize, pw: usize) -> Result<Matrix> {
+    let (_, h, w) = image.shape();
+    if ph == 0 || pw == 0 || h % ph != 0 || w % pw != 0 || h == 0 || w == 0 {
+        return Err(crate::error::Error::shape(
+            "patchify",
+            format!("an image whose sides are positive multiples of the patch {ph} x {pw}"),
+            format!("{h} x {w}"),
+        ));
+    }
+    Ok(patchify_exact(image, (ph, pw), h / ph, w / pw))
+}
+
+/// Patchify an image whose size is exactly `(gh * ph, gw * pw)`.
+fn patchify_exact(image: &ChwImage, (ph, pw): (usize, usize), gh: usize, gw: usize) -> Matrix {
     let ch = image.channels();
-    let cols = ch * p * p;
+    let cols = ch * ph * pw;
     let mut out = Matrix::zeros(gh * gw, cols);
     for r in 0..gh {
         for c in 0..gw {
             let row = out.row_mut(r * gw + c);
             for k in 0..ch {
-                for dy in 0..p {
-                    let src = &image.row(k, r * p + dy)[c * p..(c + 1) * p];
-                    row[k * p * p + dy * p..k * p * p + (dy + 1) * p].copy_from_slice(src);
+                for dy in 0..ph {
+                    let src = &image.row(k, r * ph + dy)[c * pw..(c + 1) * pw];
+                    row[k * ph * pw + dy * pw..k * ph * pw + (dy + 1) * pw].copy_from_slice(src);
                 }
             }
         }

@@ -35,7 +35,7 @@
 
 use super::simd;
 use super::simd::within;
-use crate::attention::{AttentionInputs, AttentionOutput, Dims, Score};
+use crate::algebra::{AttentionInputs, AttentionOutput, Dims, Score};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, complete_edges};
 use crate::tensor::Matrix;

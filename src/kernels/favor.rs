@@ -62,7 +62,7 @@
 //! ```
 
 use super::simd;
-use crate::attention::AttentionInputs;
+use crate::algebra::AttentionInputs;
 use crate::error::{Error, Result, ensure_finite};
 use crate::tensor::{ColumnBlock, Matrix};
 use faer::linalg::matmul::matmul;

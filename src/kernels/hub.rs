@@ -37,7 +37,7 @@
 
 use super::simd::within;
 use super::sparse::edge_scores;
-use crate::attention::{AttentionInputs, Dims, Score};
+use crate::algebra::{AttentionInputs, Dims, Score};
 use crate::graph::Graph;
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
@@ -263,8 +263,8 @@ impl WithSimd for SegmentTask<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attention::{Path, attend, attend_reference};
-    use crate::kernels::sparse::attend_sparse_with;
+    use crate::algebra::attend_reference;
+    use crate::kernels::sparse::{attend_sparse, attend_sparse_with};
     use crate::tensor::Matrix;
 
     /// A graph with hub rows of several sizes (one all-masked by the bias on some heads), each
@@ -350,7 +350,7 @@ mod tests {
         assert!(got.out.max_abs_diff(&oracle.out) < 1e-5);
     }
 
-    /// Through `attend` (the default thresholds): a 3000-source class row equals the reference.
+    /// Through `attend_sparse` (the default thresholds): a 3000-source class row equals the reference.
     #[test]
     fn class_row_through_attend_matches_the_reference() {
         let n = 3000;
@@ -359,7 +359,7 @@ mod tests {
         let (q, k, v) = (sine(n, 4, 0.5), sine(n, 4, 0.7), sine(n, 4, 0.9));
         let inputs = AttentionInputs::new(&q, &k, &v, 2);
         let score = Score::Dot { scale: 0.5 };
-        let fast = attend(&g, &score, &inputs, Path::Sparse, false).unwrap();
+        let fast = attend_sparse(&g, &score, &inputs, false).unwrap();
         let oracle = attend_reference(&g, &score, &inputs, false).unwrap();
         assert!(fast.out.max_abs_diff(&oracle.out) < 1e-5);
     }

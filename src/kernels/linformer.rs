@@ -37,7 +37,7 @@
 //! ```
 
 use super::simd::within;
-use crate::attention::AttentionInputs;
+use crate::algebra::AttentionInputs;
 use crate::error::{Error, Result, ensure_finite};
 use crate::tensor::{ColumnBlock, Matrix};
 use faer::linalg::matmul::matmul;

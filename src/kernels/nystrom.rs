@@ -84,8 +84,8 @@
 //! ```
 
 use super::simd;
-use crate::attention::AttentionInputs;
-use crate::attention::nystrom::{Landmarks, NystromDims, validate};
+use crate::algebra::AttentionInputs;
+use crate::algebra::landmarks::{Landmarks, NystromDims, validate};
 use crate::error::{Error, Result, ensure_finite};
 use crate::tensor::Matrix;
 use faer::linalg::matmul::matmul;

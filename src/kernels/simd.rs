@@ -124,6 +124,46 @@ impl WithSimd for Max<'_> {
     }
 }
 
+/// Whether every value of `x` is finite (no NaN, no infinity): `sum_i x_i * 0` is `0` exactly
+/// when they all are (`NaN * 0` and `inf * 0` are NaN, and NaN sticks through the sum). At
+/// memory speed, for checking inputs at an API boundary.
+pub fn all_finite(x: &[f32]) -> bool {
+    dispatch(AllFinite(x))
+}
+
+/// Scalar reference of [`all_finite`].
+pub fn all_finite_scalar(x: &[f32]) -> bool {
+    x.iter().all(|v| v.is_finite())
+}
+
+struct AllFinite<'a>(&'a [f32]);
+
+impl WithSimd for AllFinite<'_> {
+    type Output = bool;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) -> bool {
+        let (head, tail) = S::as_simd_f32s(self.0);
+        let zero = simd.splat_f32s(0.0);
+        let mut acc = [zero; 4];
+        let mut quads = head.chunks_exact(4);
+        for q in &mut quads {
+            for k in 0..4 {
+                acc[k] = simd.mul_add_f32s(q[k], zero, acc[k]);
+            }
+        }
+        for (k, &v) in quads.remainder().iter().enumerate() {
+            acc[k] = simd.mul_add_f32s(v, zero, acc[k]);
+        }
+        if !tail.is_empty() {
+            let v = simd.select_f32s(first_lanes(simd, tail.len()), simd.partial_load_f32s(tail), zero);
+            acc[0] = simd.mul_add_f32s(v, zero, acc[0]);
+        }
+        let acc = simd.add_f32s(simd.add_f32s(acc[0], acc[1]), simd.add_f32s(acc[2], acc[3]));
+        simd.reduce_sum_f32s(acc) == 0.0
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // exp
 
@@ -814,6 +854,24 @@ impl WithSimd for Gatv2Row<'_> {
 
 #[cfg(test)]
 mod tests {
+
+    /// `all_finite` against its scalar reference around the SIMD widths, with one NaN, +inf
+    /// or -inf at every position (the tail lanes included) and huge finite values.
+    #[test]
+    fn all_finite_finds_every_non_finite_value() {
+        for n in [0usize, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100] {
+            let x: Vec<f32> = (0..n).map(|i| if i % 3 == 0 { f32::MAX } else { -(i as f32) * 0.5 }).collect();
+            assert!(all_finite(&x) && all_finite_scalar(&x), "n {n}");
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                for at in 0..n {
+                    let mut y = x.clone();
+                    y[at] = bad;
+                    assert!(!all_finite(&y) && !all_finite_scalar(&y), "n {n}, {bad} at {at}");
+                }
+            }
+        }
+    }
+
     use super::*;
 
     const LENS: [usize; 18] = [0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 1000];

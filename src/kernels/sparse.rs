@@ -32,7 +32,7 @@
 use super::disjoint::DisjointMut;
 use super::hub::{HUB_DEGREE, HUB_SEGMENT, attend_hubs, hub_nodes};
 use super::simd::within;
-use crate::attention::{AttentionInputs, AttentionOutput, Dims, Score, leaky_relu};
+use crate::algebra::{AttentionInputs, AttentionOutput, Dims, Score, leaky_relu};
 use crate::error::Result;
 use crate::graph::Graph;
 use crate::tensor::Matrix;

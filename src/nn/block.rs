@@ -16,8 +16,8 @@
 //! ```
 
 use super::{
-    AttentionCache, AttentionConfig, AttentionGrads, AttentionWeights, ForwardOptions, GraphAttention, Init, LayerNorm,
-    LayerNormGrads, LowRankAttention, LowRankGrads, Mlp, MlpGrads, RelativePositionBias,
+    Activation, AttentionCache, AttentionConfig, AttentionGrads, AttentionWeights, ForwardOptions, GraphAttention,
+    Init, LayerNorm, LayerNormGrads, LowRankAttention, LowRankGrads, Mlp, MlpGrads, MlpOptions, RelativePositionBias,
 };
 use crate::checkpoint::TensorMap;
 use crate::error::{Error, Result};
@@ -40,16 +40,59 @@ pub struct BlockConfig {
     pub eps: f32,
     /// LayerScale (`ls1.gamma`, `ls2.gamma`), initialised to this value when present.
     pub layer_scale: Option<f32>,
+    /// timm's `qk_norm`: LayerNorm of each head's query and key.
+    #[serde(default)]
+    pub qk_norm: bool,
+    /// timm's `scale_attn_norm`: LayerNorm of the attended values before `attn.proj`.
+    #[serde(default)]
+    pub scale_attn_norm: bool,
+    /// timm's `scale_mlp_norm`: LayerNorm of the MLP's hidden activations.
+    #[serde(default)]
+    pub scale_mlp_norm: bool,
+    /// timm's `proj_bias`: biases of `attn.proj`, `mlp.fc1`, `mlp.fc2` (default true).
+    #[serde(default = "yes")]
+    pub proj_bias: bool,
+    /// The MLP's activation.
+    #[serde(default)]
+    pub act: Activation,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl BlockConfig {
     /// timm's ViT block: MLP ratio 4, qkv bias, eps 1e-6, no LayerScale.
     pub fn vit(dim: usize, heads: usize) -> Self {
-        BlockConfig { dim, heads, mlp_hidden: 4 * dim, qkv_bias: true, eps: 1e-6, layer_scale: None }
+        BlockConfig {
+            dim,
+            heads,
+            mlp_hidden: 4 * dim,
+            qkv_bias: true,
+            eps: 1e-6,
+            layer_scale: None,
+            qk_norm: false,
+            scale_attn_norm: false,
+            scale_mlp_norm: false,
+            proj_bias: true,
+            act: Activation::Gelu,
+        }
+    }
+
+    fn mlp_options(&self) -> MlpOptions {
+        MlpOptions { act: self.act, bias: self.proj_bias, norm_eps: self.scale_mlp_norm.then_some(self.eps) }
     }
 
     fn attention(&self) -> AttentionConfig {
-        AttentionConfig::Timm { dim: self.dim, heads: self.heads, qkv_bias: self.qkv_bias }
+        AttentionConfig::Timm {
+            dim: self.dim,
+            heads: self.heads,
+            qkv_bias: self.qkv_bias,
+            qk_norm: self.qk_norm,
+            scale_norm: self.scale_attn_norm,
+            proj_bias: self.proj_bias,
+            norm_eps: self.eps,
+        }
     }
 }
 
@@ -84,11 +127,11 @@ impl Block {
         }
         let d = config.dim;
         let attn = GraphAttention::new(config.attention(), init)?;
-        let mut mlp = Mlp::new(init, d, config.mlp_hidden);
+        let mut mlp = Mlp::with_options(init, d, config.mlp_hidden, &config.mlp_options());
         for lin in [&mut mlp.fc1, &mut mlp.fc2] {
             let (o, i) = lin.weight.shape();
             lin.weight = Matrix::from_vec(o, i, init.trunc_normal(o * i, 0.02))?;
-            lin.bias = Some(vec![0.0; o]);
+            lin.bias = config.proj_bias.then(|| vec![0.0; o]);
         }
         Ok(Block {
             norm1: LayerNorm::new(d, config.eps),
@@ -115,7 +158,7 @@ impl Block {
             attn: GraphAttention::load(config.attention(), map, &p("attn."))?,
             ls1: gamma(map, "ls1.gamma")?,
             norm2: LayerNorm::load(map, &p("norm2"), d, config.eps)?,
-            mlp: Mlp::load(map, &p("mlp"), d, config.mlp_hidden)?,
+            mlp: Mlp::load_with(map, &p("mlp"), d, config.mlp_hidden, &config.mlp_options())?,
             ls2: gamma(map, "ls2.gamma")?,
             low_rank: None,
             relative_position: None,

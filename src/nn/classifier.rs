@@ -63,7 +63,7 @@ impl Classifier for Vit {
 
     fn input_shape(&self) -> (usize, usize, usize) {
         let c = self.config();
-        (c.in_chans, c.img_size, c.img_size)
+        (c.in_chans, c.img_size.h, c.img_size.w)
     }
 
     fn logits(&self, images: &[ChwImage], graphs: &[GraphSpec]) -> Result<Matrix> {

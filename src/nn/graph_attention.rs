@@ -23,7 +23,7 @@
 //! assert_eq!(y.shape(), (5, 8)); // 2 heads x 4 channels, concatenated
 //! ```
 
-use super::{Init, Linear, LinearGrads, LowRankAttention, LowRankCache, LowRankGrads};
+use super::{Init, LayerNorm, LayerNormGrads, Linear, LinearGrads, LowRankAttention, LowRankCache, LowRankGrads};
 use crate::attention::{AttentionInputs, Path, Score, attend};
 use crate::checkpoint::TensorMap;
 use crate::error::{Error, Result, ensure_finite};
@@ -35,7 +35,8 @@ use std::borrow::Cow;
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AttentionConfig {
-    /// timm `Attention(dim, num_heads, qkv_bias)`: dot-product score with `scale = d^-1/2`.
+    /// timm `Attention(dim, num_heads, qkv_bias, qk_norm, scale_norm, proj_bias)`: dot-product
+    /// score with `scale = d^-1/2`.
     Timm {
         /// Model width `D` (input and output).
         dim: usize,
@@ -43,6 +44,18 @@ pub enum AttentionConfig {
         heads: usize,
         /// Whether `qkv` has a bias.
         qkv_bias: bool,
+        /// LayerNorm of every head's query and key (`q_norm`, `k_norm` `[d]`) before the score.
+        #[serde(default)]
+        qk_norm: bool,
+        /// LayerNorm of the attended values before `proj` (`norm` `[D]`).
+        #[serde(default)]
+        scale_norm: bool,
+        /// Whether `proj` has a bias (default true).
+        #[serde(default = "default_true")]
+        proj_bias: bool,
+        /// Epsilon of those LayerNorms (timm's `LayerNorm`: 1e-6; `torch.nn.LayerNorm`: 1e-5).
+        #[serde(default = "default_norm_eps")]
+        norm_eps: f32,
     },
     /// PyG `GATConv(in_channels, out_channels, heads, concat, negative_slope, add_self_loops, bias)`.
     Gat {
@@ -99,10 +112,26 @@ pub enum AttentionConfig {
     },
 }
 
+fn default_true() -> bool {
+    true
+}
+
+fn default_norm_eps() -> f32 {
+    1e-6
+}
+
 impl AttentionConfig {
     /// timm's `Attention(dim, heads, qkv_bias=True)`, as in every ViT.
     pub fn timm(dim: usize, heads: usize) -> Self {
-        AttentionConfig::Timm { dim, heads, qkv_bias: true }
+        AttentionConfig::Timm {
+            dim,
+            heads,
+            qkv_bias: true,
+            qk_norm: false,
+            scale_norm: false,
+            proj_bias: true,
+            norm_eps: default_norm_eps(),
+        }
     }
 
     /// `GATConv(in, out, heads)` with PyG's defaults (concat, slope 0.2, self-loops, bias).
@@ -191,7 +220,7 @@ impl AttentionConfig {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         let heads = self.heads();
         if heads == 0 {
             return Err(Error::invalid("attention heads", "must be at least 1"));
@@ -202,9 +231,12 @@ impl AttentionConfig {
                 format!("input {} and per-head {} must be positive", self.in_dim(), self.head_dim()),
             ));
         }
-        if let AttentionConfig::Timm { dim, heads, .. } = *self {
+        if let AttentionConfig::Timm { dim, heads, norm_eps, .. } = *self {
             if dim % heads != 0 {
                 return Err(Error::invalid("timm attention", format!("dim {dim} is not a multiple of {heads} heads")));
+            }
+            if norm_eps.is_nan() || norm_eps <= 0.0 {
+                return Err(Error::invalid("timm attention norm_eps", format!("{norm_eps} must be positive")));
             }
         }
         Ok(())
@@ -216,6 +248,10 @@ impl AttentionConfig {
 enum Params {
     Timm {
         qkv: Linear,
+        /// `q_norm`, `k_norm` over a head's `d` channels (timm's `qk_norm`).
+        qk_norm: Option<(LayerNorm, LayerNorm)>,
+        /// `norm` over the attended `D` channels before `proj` (timm's `scale_norm`).
+        norm: Option<LayerNorm>,
         proj: Linear,
     },
     Gat {
@@ -245,8 +281,12 @@ pub type ParamVisitor<'f> = dyn FnMut(usize, &mut [f32], &[f32], bool) + 'f;
 pub struct AttentionCache {
     /// `x Wqkv^T + b` `[N x 3D]`.
     pub qkv: Matrix,
-    /// The attended values before `proj` `[N x D]`.
+    /// With `qk_norm`: `[q_norm(q) | k_norm(k) | v]` `[N x 3D]`, what attention scored.
+    pub qk_normed: Option<Matrix>,
+    /// The attended values before `proj` (and before `norm`) `[N x D]`.
     pub attended: Matrix,
+    /// With `scale_norm`: `norm(attended)`, what `proj` read.
+    pub attended_normed: Option<Matrix>,
     /// `[N x H]` (empty with low-rank attention).
     pub log_sum_exp: Vec<f32>,
     /// The low-rank method's own cache, when it ran instead of the softmax on the graph.
@@ -256,10 +296,14 @@ pub struct AttentionCache {
 /// Gradients of a [`GraphAttention`]'s parameters (see [`GraphAttention::backward`]).
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttentionGrads {
-    /// timm's `qkv` and `proj`.
+    /// timm's `qkv`, `q_norm` / `k_norm`, `norm` and `proj`.
     Timm {
         /// Of `qkv`.
         qkv: LinearGrads,
+        /// Of `q_norm` and `k_norm`, with `qk_norm`.
+        qk_norm: Option<(LayerNormGrads, LayerNormGrads)>,
+        /// Of `norm`, with `scale_norm`.
+        norm: Option<LayerNormGrads>,
         /// Of `proj`.
         proj: LinearGrads,
     },
@@ -353,12 +397,17 @@ impl GraphAttention {
         config.validate()?;
         let (f, c, h) = (config.in_dim(), config.head_dim(), config.heads());
         let params = match config {
-            AttentionConfig::Timm { dim, qkv_bias, .. } => {
+            AttentionConfig::Timm { dim, qkv_bias, qk_norm, scale_norm, proj_bias, norm_eps, .. } => {
                 let timm_linear = |init: &mut Init, i: usize, o: usize, b: bool| Linear {
                     weight: Matrix::from_vec(o, i, init.trunc_normal(o * i, 0.02)).unwrap_or_default(),
                     bias: b.then(|| vec![0.0; o]),
                 };
-                Params::Timm { qkv: timm_linear(init, dim, 3 * dim, qkv_bias), proj: timm_linear(init, dim, dim, true) }
+                Params::Timm {
+                    qkv: timm_linear(init, dim, 3 * dim, qkv_bias),
+                    qk_norm: qk_norm.then(|| (LayerNorm::new(c, norm_eps), LayerNorm::new(c, norm_eps))),
+                    norm: scale_norm.then(|| LayerNorm::new(dim, norm_eps)),
+                    proj: timm_linear(init, dim, dim, proj_bias),
+                }
             }
             AttentionConfig::Gat { bias, .. } => Params::Gat {
                 lin: Linear::glorot_init(init, f, h * c, false),
@@ -394,9 +443,18 @@ impl GraphAttention {
         let (f, c, h) = (config.in_dim(), config.head_dim(), config.heads());
         let p = |name: &str| format!("{prefix}{name}");
         let params = match config {
-            AttentionConfig::Timm { dim, qkv_bias, .. } => Params::Timm {
+            AttentionConfig::Timm { dim, qkv_bias, qk_norm, scale_norm, proj_bias, norm_eps, .. } => Params::Timm {
                 qkv: Linear::load(map, &p("qkv"), dim, 3 * dim, qkv_bias)?,
-                proj: Linear::load(map, &p("proj"), dim, dim, true)?,
+                qk_norm: if qk_norm {
+                    Some((
+                        LayerNorm::load(map, &p("q_norm"), c, norm_eps)?,
+                        LayerNorm::load(map, &p("k_norm"), c, norm_eps)?,
+                    ))
+                } else {
+                    None
+                },
+                norm: if scale_norm { Some(LayerNorm::load(map, &p("norm"), dim, norm_eps)?) } else { None },
+                proj: Linear::load(map, &p("proj"), dim, dim, proj_bias)?,
             },
             AttentionConfig::Gat { bias, .. } => Params::Gat {
                 lin: Linear::load(map, &p("lin"), f, h * c, false)?,
@@ -434,8 +492,15 @@ impl GraphAttention {
         let (c, h) = (self.config.head_dim(), self.config.heads());
         let p = |name: &str| format!("{prefix}{name}");
         match &self.params {
-            Params::Timm { qkv, proj } => {
+            Params::Timm { qkv, qk_norm, norm, proj } => {
                 qkv.save(map, &p("qkv"))?;
+                if let Some((qn, kn)) = qk_norm {
+                    qn.save(map, &p("q_norm"))?;
+                    kn.save(map, &p("k_norm"))?;
+                }
+                if let Some(n) = norm {
+                    n.save(map, &p("norm"))?;
+                }
                 proj.save(map, &p("proj"))
             }
             Params::Gat { lin, att_src, att_dst, bias } => {
@@ -512,10 +577,14 @@ impl GraphAttention {
             ));
         }
         let (attended, out) = match &self.params {
-            Params::Timm { qkv, proj } => {
-                // qkv [N x 3D]: q = columns 0..D, k = D..2D, v = 2D..3D.
+            Params::Timm { qkv, qk_norm, norm, proj } => {
+                // qkv [N x 3D]: q = columns 0..D, k = D..2D, v = 2D..3D (q, k normalised per head
+                // with qk_norm).
                 let d = self.config.in_dim();
-                let qkv = qkv.forward(x)?;
+                let mut qkv = qkv.forward(x)?;
+                if let Some((qn, kn)) = qk_norm {
+                    qkv = normalize_qk(&qkv, qn, kn, heads)?;
+                }
                 let (q, k, v) = (column_block(&qkv, 0, d)?, column_block(&qkv, d, d)?, column_block(&qkv, 2 * d, d)?);
                 let a = match options.low_rank {
                     Some(lr) => {
@@ -525,7 +594,10 @@ impl GraphAttention {
                     }
                     None => run(q, k, v)?,
                 };
-                let out = proj.forward(&a.out)?;
+                let out = match norm {
+                    Some(n) => proj.forward(&n.forward(&a.out)?)?, // y = norm(a) Wproj^T + b
+                    None => proj.forward(&a.out)?,
+                };
                 (a, out)
             }
             Params::Gat { lin, att_src, att_dst, bias } => {
@@ -627,16 +699,21 @@ impl GraphAttention {
         options: &ForwardOptions<'_>,
     ) -> Result<(Matrix, AttentionCache)> {
         x.expect_shape("attention input x", graph.num_nodes(), self.config.in_dim())?;
-        let Params::Timm { qkv, proj } = &self.params else {
+        let Params::Timm { qkv, qk_norm, norm, proj } = &self.params else {
             return Err(self.no_layer_backward());
         };
-        let d = self.config.in_dim();
+        let (d, heads) = (self.config.in_dim(), self.config.heads());
         let qkv_out = qkv.forward(x)?; // qkv = x Wqkv^T + b
+        let normed = match qk_norm {
+            Some((qn, kn)) => Some(normalize_qk(&qkv_out, qn, kn, heads)?), // q' = q_norm(q), k' = k_norm(k)
+            None => None,
+        };
+        let scored = normed.as_ref().unwrap_or(&qkv_out);
         let mut inputs = AttentionInputs::new(
-            column_block(&qkv_out, 0, d)?,
-            column_block(&qkv_out, d, d)?,
-            column_block(&qkv_out, 2 * d, d)?,
-            self.config.heads(),
+            column_block(scored, 0, d)?,
+            column_block(scored, d, d)?,
+            column_block(scored, 2 * d, d)?,
+            heads,
         );
         inputs.bias = options.edge_bias;
         let (attended, log_sum_exp, low_rank) = match options.low_rank {
@@ -650,8 +727,9 @@ impl GraphAttention {
                 (a.out, a.log_sum_exp, None)
             }
         };
-        let y = proj.forward(&attended)?; // y = a Wproj^T + b
-        Ok((y, AttentionCache { qkv: qkv_out, attended, log_sum_exp, low_rank }))
+        let attended_normed = norm.as_ref().map(|n| n.forward(&attended)).transpose()?; // a' = norm(a)
+        let y = proj.forward(attended_normed.as_ref().unwrap_or(&attended))?; // y = a' Wproj^T + b
+        Ok((y, AttentionCache { qkv: qkv_out, qk_normed: normed, attended, attended_normed, log_sum_exp, low_rank }))
     }
 
     /// Backward from [`GraphAttention::forward_cached`]'s cache (no recomputation).
@@ -688,19 +766,28 @@ impl GraphAttention {
     ) -> Result<(Matrix, Vec<f32>)> {
         // x [N x D], dy [N x D]
         x.expect_shape("attention backward x", graph.num_nodes(), self.config.in_dim())?;
-        let (Params::Timm { qkv, proj }, AttentionGrads::Timm { qkv: g_qkv, proj: g_proj }) = (&self.params, grads)
+        let (
+            Params::Timm { qkv, qk_norm, norm, proj },
+            AttentionGrads::Timm { qkv: g_qkv, proj: g_proj, qk_norm: g_qk, norm: g_norm },
+        ) = (&self.params, grads)
         else {
             return Err(self.no_layer_backward());
         };
-        let d = self.config.in_dim();
+        let (d, heads) = (self.config.in_dim(), self.config.heads());
+        let scored = cache.qk_normed.as_ref().unwrap_or(&cache.qkv);
         let mut inputs = AttentionInputs::new(
-            column_block(&cache.qkv, 0, d)?,
-            column_block(&cache.qkv, d, d)?,
-            column_block(&cache.qkv, 2 * d, d)?,
-            self.config.heads(),
+            column_block(scored, 0, d)?,
+            column_block(scored, d, d)?,
+            column_block(scored, 2 * d, d)?,
+            heads,
         );
         inputs.bias = options.edge_bias;
-        let da = proj.backward(&cache.attended, dy, g_proj)?; // y = a Wproj^T + b
+        let da = proj.backward(cache.attended_normed.as_ref().unwrap_or(&cache.attended), dy, g_proj)?; // y = a' Wproj^T + b
+        let da = match (norm, g_norm) {
+            (Some(n), Some(g)) => n.backward(&cache.attended, &da, g)?, // a' = norm(a)
+            (None, None) => da,
+            _ => return Err(self.no_layer_backward()),
+        };
         // dq | dk | dv side by side, as the q | k | v columns of qkv = x Wqkv^T + b
         let side_by_side = |dq: &Matrix, dk: &Matrix, dv: &Matrix| {
             let mut dqkv = Matrix::zeros(dq.rows(), 3 * d);
@@ -736,6 +823,12 @@ impl GraphAttention {
                     "the cache's attention (low-rank or softmax) differs from the options'",
                 ));
             }
+        };
+        let dqkv = match (qk_norm, g_qk) {
+            // q' = q_norm(q), k' = k_norm(k): the gradients of the raw q, k columns
+            (Some((qn, kn)), Some((gq, gk))) => normalize_qk_backward(&cache.qkv, dqkv, (qn, kn), (gq, gk), heads)?,
+            (None, None) => dqkv,
+            _ => return Err(self.no_layer_backward()),
         };
         Ok((qkv.backward(x, &dqkv, g_qkv)?, dbias))
     }
@@ -781,9 +874,14 @@ impl GraphAttention {
     /// Zero gradients shaped like this layer's parameters.
     pub fn zero_grads(&self) -> AttentionGrads {
         match &self.params {
-            Params::Timm { qkv, proj } => {
-                AttentionGrads::Timm { qkv: LinearGrads::zeros(qkv), proj: LinearGrads::zeros(proj) }
-            }
+            Params::Timm { qkv, qk_norm, norm, proj } => AttentionGrads::Timm {
+                qkv: LinearGrads::zeros(qkv),
+                qk_norm: qk_norm
+                    .as_ref()
+                    .map(|(q, k)| (LayerNormGrads::zeros(q.dim()), LayerNormGrads::zeros(k.dim()))),
+                norm: norm.as_ref().map(|n| LayerNormGrads::zeros(n.dim())),
+                proj: LinearGrads::zeros(proj),
+            },
             Params::Gat { lin, att_src, att_dst, bias } => AttentionGrads::Gat {
                 lin: LinearGrads::zeros(lin),
                 att_src: vec![0.0; att_src.len()],
@@ -1078,7 +1176,9 @@ impl GraphAttention {
             }
             return;
         }
-        if let (Params::Timm { qkv, proj }, AttentionGrads::Timm { qkv: gq, proj: gp }) = (&mut self.params, grads) {
+        if let (Params::Timm { qkv, proj, .. }, AttentionGrads::Timm { qkv: gq, proj: gp, .. }) =
+            (&mut self.params, grads)
+        {
             for (slot, (l, g)) in [(qkv, gq), (proj, gp)].into_iter().enumerate() {
                 f(2 * slot, l.weight.as_mut_slice(), g.weight.as_slice(), true);
                 if let (Some(b), Some(gb)) = (l.bias.as_mut(), g.bias.as_ref()) {
@@ -1086,6 +1186,90 @@ impl GraphAttention {
                 }
             }
         }
+    }
+
+    /// The timm layer's optional norms (`q_norm`, `k_norm`, `norm`: weight then bias each), at
+    /// slots `slot ..`, `slot` advanced by 6 whether they exist or not (a model keeps its slot
+    /// numbers whatever its options). [`GraphAttention::visit_params`] visits the rest.
+    pub fn visit_norm_params(&mut self, grads: &AttentionGrads, slot: &mut usize, f: &mut ParamVisitor<'_>) {
+        let start = *slot;
+        if let (Params::Timm { qk_norm, norm, .. }, AttentionGrads::Timm { qk_norm: gqk, norm: gn, .. }) =
+            (&mut self.params, grads)
+        {
+            if let (Some((qn, kn)), Some((gq, gk))) = (qk_norm.as_mut(), gqk.as_ref()) {
+                let mut s = start;
+                qn.visit_params(gq, &mut s, f);
+                kn.visit_params(gk, &mut s, f);
+            }
+            if let (Some(n), Some(g)) = (norm.as_mut(), gn.as_ref()) {
+                let mut s = start + 4;
+                n.visit_params(g, &mut s, f);
+            }
+        }
+        *slot = start + 6;
+    }
+
+    /// Gradients under the peer's parameter names (as `named_parameters()` of the peer layer).
+    pub fn grads_state_dict(&self, grads: &AttentionGrads) -> Result<TensorMap> {
+        let (c, h) = (self.config.head_dim(), self.config.heads());
+        let mut map = TensorMap::default();
+        let lin = |map: &mut TensorMap, name: &str, g: &LinearGrads| -> Result<()> {
+            map.insert(format!("{name}.weight"), vec![g.weight.rows(), g.weight.cols()], g.weight.as_slice().to_vec())?;
+            g.bias.iter().try_for_each(|b| map.insert(format!("{name}.bias"), vec![b.len()], b.clone()))
+        };
+        let ln = |map: &mut TensorMap, name: &str, g: &LayerNormGrads| -> Result<()> {
+            map.insert(format!("{name}.weight"), vec![g.weight.len()], g.weight.clone())?;
+            map.insert(format!("{name}.bias"), vec![g.bias.len()], g.bias.clone())
+        };
+        let att = |map: &mut TensorMap, name: &str, g: &[f32]| map.insert(name, vec![1, h, c], g.to_vec());
+        let vector = |map: &mut TensorMap, name: &str, g: &Option<Vec<f32>>| {
+            g.iter().try_for_each(|b| map.insert(name, vec![b.len()], b.clone()))
+        };
+        match grads {
+            AttentionGrads::Timm { qkv, qk_norm, norm, proj } => {
+                lin(&mut map, "qkv", qkv)?;
+                if let Some((q, k)) = qk_norm {
+                    ln(&mut map, "q_norm", q)?;
+                    ln(&mut map, "k_norm", k)?;
+                }
+                if let Some(n) = norm {
+                    ln(&mut map, "norm", n)?;
+                }
+                lin(&mut map, "proj", proj)?;
+            }
+            AttentionGrads::Gat { lin: l, att_src, att_dst, bias } => {
+                lin(&mut map, "lin", l)?;
+                att(&mut map, "att_src", att_src)?;
+                att(&mut map, "att_dst", att_dst)?;
+                vector(&mut map, "bias", bias)?;
+            }
+            AttentionGrads::GatV2 { lin_l, lin_r, att: a, bias } => {
+                lin(&mut map, "lin_l", lin_l)?;
+                if let Some(r) = lin_r {
+                    lin(&mut map, "lin_r", r)?;
+                }
+                att(&mut map, "att", a)?;
+                vector(&mut map, "bias", bias)?;
+            }
+            AttentionGrads::Transformer { qkvs, lin_beta } => {
+                let hc = h * c;
+                let rows = [hc, hc, hc, qkvs.weight.rows() - 3 * hc];
+                let mut r0 = 0;
+                for (name, rows) in ["lin_query", "lin_key", "lin_value", "lin_skip"].into_iter().zip(rows) {
+                    let cols = qkvs.weight.cols();
+                    let w = qkvs.weight.as_slice()[r0 * cols..(r0 + rows) * cols].to_vec();
+                    map.insert(format!("{name}.weight"), vec![rows, cols], w)?;
+                    if let Some(b) = &qkvs.bias {
+                        map.insert(format!("{name}.bias"), vec![rows], b[r0..r0 + rows].to_vec())?;
+                    }
+                    r0 += rows;
+                }
+                if let Some(l) = lin_beta {
+                    lin(&mut map, "lin_beta", l)?;
+                }
+            }
+        }
+        Ok(map)
     }
 
     /// Concatenated heads `[N x H*C]` -> `[N x H*C]` (concat) or their mean `[N x C]`, plus bias.
@@ -1126,4 +1310,46 @@ fn per_head_dot(x: &Matrix, a: &[f32], heads: usize) -> Matrix {
     Matrix::from_fn(x.rows(), heads, |n, h| {
         crate::kernels::simd::dot(&x.row(n)[h * c..(h + 1) * c], &a[h * c..(h + 1) * c])
     })
+}
+
+/// `qkv [N x 3D]` with each head's query and key normalised: `[q_norm(q) | k_norm(k) | v]`.
+/// A head's `d` channels are contiguous, so `q` read as `[N*H x d]` rows is one LayerNorm call.
+fn normalize_qk(qkv: &Matrix, q_norm: &LayerNorm, k_norm: &LayerNorm, heads: usize) -> Result<Matrix> {
+    let (n, d3) = qkv.shape();
+    let d = d3 / 3;
+    let c = d / heads.max(1);
+    let mut out = qkv.clone();
+    for (part, norm) in [(0, q_norm), (1, k_norm)] {
+        let rows = Matrix::from_fn(n * heads, c, |r, j| qkv.get(r / heads, part * d + (r % heads) * c + j));
+        let normed = norm.forward(&rows)?;
+        for r in 0..n * heads {
+            let (i, h) = (r / heads, r % heads);
+            out.row_mut(i)[part * d + h * c..part * d + (h + 1) * c].copy_from_slice(normed.row(r));
+        }
+    }
+    Ok(out)
+}
+
+/// The backward of [`normalize_qk`]: `dqkv` holds `[dq' | dk' | dv]`; returns `[dq | dk | dv]`
+/// (`q' = q_norm(q)`, `k' = k_norm(k)`), the norms' gradients added into `grads`.
+fn normalize_qk_backward(
+    qkv: &Matrix,
+    mut dqkv: Matrix,
+    norms: (&LayerNorm, &LayerNorm),
+    grads: (&mut LayerNormGrads, &mut LayerNormGrads),
+    heads: usize,
+) -> Result<Matrix> {
+    let (n, d3) = qkv.shape();
+    let d = d3 / 3;
+    let c = d / heads.max(1);
+    let (norms, grads) = ([norms.0, norms.1], [grads.0, grads.1]);
+    for (part, (norm, g)) in norms.into_iter().zip(grads).enumerate() {
+        let rows = |m: &Matrix| Matrix::from_fn(n * heads, c, |r, j| m.get(r / heads, part * d + (r % heads) * c + j));
+        let dx = norm.backward(&rows(qkv), &rows(&dqkv), g)?; // q' = q_norm(q)
+        for r in 0..n * heads {
+            let (i, h) = (r / heads, r % heads);
+            dqkv.row_mut(i)[part * d + h * c..part * d + (h + 1) * c].copy_from_slice(dx.row(r));
+        }
+    }
+    Ok(dqkv)
 }

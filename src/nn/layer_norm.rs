@@ -34,6 +34,11 @@ impl LayerNorm {
         LayerNorm { weight: vec![1.0; dim], bias: vec![0.0; dim], eps }
     }
 
+    /// The normalised width `D`.
+    pub fn dim(&self) -> usize {
+        self.weight.len()
+    }
+
     /// Loads `{prefix}.weight` and `{prefix}.bias`, both `[dim]`.
     pub fn load(map: &mut TensorMap, prefix: &str, dim: usize, eps: f32) -> Result<LayerNorm> {
         Ok(LayerNorm {

@@ -12,6 +12,7 @@
 //! assert_eq!(y.shape(), (10, 16));
 //! ```
 
+mod activation;
 mod block;
 mod classifier;
 mod elu;
@@ -26,10 +27,12 @@ mod max_relative;
 mod mlp;
 mod patch_embed;
 mod patch_gat;
+mod peer_config;
 mod relative_position;
 mod vig;
 mod vit;
 
+pub use activation::Activation;
 pub use block::{Block, BlockCache, BlockConfig, BlockGrads};
 pub use classifier::Classifier;
 pub use elu::{elu, elu_backward, elu_inplace};
@@ -44,9 +47,12 @@ pub use linear::{Linear, LinearGrads};
 pub use loss::CrossEntropy;
 pub use low_rank::{LowRankAttention, LowRankCache, LowRankGrads, LowRankParams, TokenGrid};
 pub use max_relative::MaxRelative;
-pub use mlp::{Mlp, MlpGrads};
+pub use mlp::{Mlp, MlpGrads, MlpOptions};
 pub use patch_embed::{PatchEmbed, PatchEmbedGrads};
 pub use patch_gat::{PatchGat, PatchGatConfig, PatchGatGrads};
 pub use relative_position::{NO_ENTRY, RelativePositionBias};
 pub use vig::{Vig, VigBlock, VigBlockGrads, VigConfig, VigGrads};
-pub use vit::{GlobalPool, Vit, VitConfig, VitGrads, VitOptions, VitOutput, resample_pos_embed};
+pub use vit::{
+    GlobalPool, PoolCache, PosEmbed, Size2, Vit, VitConfig, VitGrads, VitOptions, VitOutput, resample_pos_embed,
+    vit_pool, vit_pool_backward,
+};

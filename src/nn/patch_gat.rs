@@ -304,8 +304,15 @@ pub(crate) fn attention_grad_slices(g: &mut AttentionGrads) -> Vec<&mut [f32]> {
                 out.push(b);
             }
         }
-        AttentionGrads::Timm { qkv, proj } => {
+        AttentionGrads::Timm { qkv, qk_norm, norm, proj } => {
             qkv.push_slices(&mut out);
+            if let Some((q, k)) = qk_norm {
+                q.push_slices(&mut out);
+                k.push_slices(&mut out);
+            }
+            if let Some(n) = norm {
+                n.push_slices(&mut out);
+            }
             proj.push_slices(&mut out);
         }
         AttentionGrads::Transformer { qkvs, lin_beta } => {

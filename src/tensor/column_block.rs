@@ -1,4 +1,5 @@
-//! `ColumnBlock`: columns `start .. start + width` of every row of a [`Matrix`], read in place.
+//! `ColumnBlock`: columns `start .. start + width` of every row of a [`Matrix`] (or of a
+//! caller's row-major slice), read in place.
 //!
 //! A fused projection writes `[N x (q | k | v)]` into one matrix; attention reads `q`, `k` and
 //! `v` as three column blocks of it, with row stride `cols`, instead of copying them out.
@@ -17,12 +18,16 @@
 //! ```
 
 use super::Matrix;
+use crate::error::{Error, Result};
 use faer::MatRef;
 
-/// A read-only block of whole columns of a row-major [`Matrix`].
+/// A read-only block of whole columns of a row-major `[rows x stride]` buffer: a [`Matrix`],
+/// or a caller's slice (a NumPy array, a torch tensor's storage) read without copying.
 #[derive(Clone, Copy, Debug)]
 pub struct ColumnBlock<'a> {
-    parent: &'a Matrix,
+    data: &'a [f32],
+    rows: usize,
+    stride: usize,
     start: usize,
     width: usize,
 }
@@ -30,12 +35,36 @@ pub struct ColumnBlock<'a> {
 impl<'a> ColumnBlock<'a> {
     /// Columns `start .. start + width` of `parent`; `None` if they are not all inside it.
     pub fn new(parent: &'a Matrix, start: usize, width: usize) -> Option<Self> {
-        (start.checked_add(width)? <= parent.cols()).then_some(ColumnBlock { parent, start, width })
+        (start.checked_add(width)? <= parent.cols()).then_some(ColumnBlock {
+            data: parent.as_slice(),
+            rows: parent.rows(),
+            stride: parent.cols(),
+            start,
+            width,
+        })
     }
 
-    /// Number of rows (the parent's).
+    /// A row-major `[rows x cols]` slice read in place (every column).
+    ///
+    /// ```
+    /// use patchgraph::ColumnBlock;
+    /// let data = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+    /// let b = ColumnBlock::from_slice(&data, 3, 2).unwrap();
+    /// assert_eq!(b.row(2), &[5.0, 6.0]);
+    /// assert!(ColumnBlock::from_slice(&data, 4, 2).is_err()); // 8 values needed
+    /// ```
+    ///
+    /// Errors ([`Error::Shape`]) unless `data` holds exactly `rows * cols` values.
+    pub fn from_slice(data: &'a [f32], rows: usize, cols: usize) -> Result<Self> {
+        if rows.checked_mul(cols) != Some(data.len()) {
+            return Err(Error::shape("row-major block", format!("{rows} x {cols} values"), format!("{}", data.len())));
+        }
+        Ok(ColumnBlock { data, rows, stride: cols, start: 0, width: cols })
+    }
+
+    /// Number of rows.
     pub fn rows(&self) -> usize {
-        self.parent.rows()
+        self.rows
     }
 
     /// Number of columns in the block.
@@ -45,18 +74,21 @@ impl<'a> ColumnBlock<'a> {
 
     /// Row `i` of the block (panics if `i >= rows`: an internal invariant, not user input).
     pub fn row(&self, i: usize) -> &'a [f32] {
-        &self.parent.row(i)[self.start..self.start + self.width]
+        assert!(i < self.rows, "row {i} of {}", self.rows);
+        let at = i * self.stride + self.start;
+        &self.data[at..at + self.width]
     }
 
     /// Element `(i, j)` of the block.
     pub fn get(&self, i: usize, j: usize) -> f32 {
         debug_assert!(j < self.width);
-        self.parent.get(i, self.start + j)
+        self.row(i)[j]
     }
 
-    /// faer view (row stride: the parent's `cols`, column stride 1).
+    /// faer view (row stride: the buffer's width, column stride 1).
     pub fn as_faer(&self) -> MatRef<'a, f32> {
-        self.parent.as_faer().subcols(self.start, self.width)
+        let full = MatRef::from_row_major_slice(self.data, self.rows, self.stride);
+        full.subcols(self.start, self.width)
     }
 
     /// The block as a new contiguous matrix.
@@ -67,7 +99,7 @@ impl<'a> ColumnBlock<'a> {
 
 impl<'a> From<&'a Matrix> for ColumnBlock<'a> {
     fn from(m: &'a Matrix) -> Self {
-        ColumnBlock { parent: m, start: 0, width: m.cols() }
+        ColumnBlock { data: m.as_slice(), rows: m.rows(), stride: m.cols(), start: 0, width: m.cols() }
     }
 }
 

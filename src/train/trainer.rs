@@ -138,7 +138,7 @@ impl TrainConfig {
 }
 
 /// One epoch's numbers.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpochMetrics {
     /// 1-based.
     pub epoch: usize,

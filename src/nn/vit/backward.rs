@@ -23,6 +23,7 @@
 //! assert!(grads.to_tensor_map().unwrap().contains("blocks.0.attn.qkv.weight"));
 //! ```
 
+use super::pool::{pool, pool_backward};
 use super::{GlobalPool, Vit, VitOptions};
 use crate::checkpoint::TensorMap;
 use crate::error::Result;
@@ -38,8 +39,12 @@ pub struct VitGrads {
     pub patch_embed: LinearGrads,
     /// `cls_token` `[D]`.
     pub cls_token: Option<Vec<f32>>,
-    /// `pos_embed` `[T' x D]`.
+    /// `reg_token` `[R x D]`.
+    pub reg_token: Option<Matrix>,
+    /// `pos_embed` `[T' x D]` (no rows without a position embedding).
     pub pos_embed: Matrix,
+    /// `norm_pre`.
+    pub norm_pre: Option<LayerNormGrads>,
     /// Per block.
     pub blocks: Vec<BlockGrads>,
     /// `norm`.
@@ -48,8 +53,8 @@ pub struct VitGrads {
     pub fc_norm: Option<LayerNormGrads>,
     /// `head`.
     pub head: Option<LinearGrads>,
-    /// Shapes for naming: (D, C, P).
-    dims: (usize, usize, usize),
+    /// Shapes for naming: (D, C, Ph, Pw).
+    dims: (usize, usize, usize, usize),
     /// The relative position window `M`, for naming the table's shape.
     relative_window: Option<usize>,
 }
@@ -62,11 +67,24 @@ impl VitGrads {
         if let Some(c) = self.cls_token.as_mut() {
             out.push(c);
         }
+        if let Some(r) = self.reg_token.as_mut() {
+            out.push(r.as_mut_slice());
+        }
         out.push(self.pos_embed.as_mut_slice());
+        if let Some(n) = self.norm_pre.as_mut() {
+            n.push_slices(&mut out);
+        }
         for b in &mut self.blocks {
             b.norm1.push_slices(&mut out);
-            if let AttentionGrads::Timm { qkv, proj } = &mut b.attn {
+            if let AttentionGrads::Timm { qkv, qk_norm, norm, proj } = &mut b.attn {
                 qkv.push_slices(&mut out);
+                if let Some((q, k)) = qk_norm {
+                    q.push_slices(&mut out);
+                    k.push_slices(&mut out);
+                }
+                if let Some(n) = norm {
+                    n.push_slices(&mut out);
+                }
                 proj.push_slices(&mut out);
             }
             for g in [&mut b.ls1, &mut b.ls2].into_iter().flatten() {
@@ -74,6 +92,9 @@ impl VitGrads {
             }
             b.norm2.push_slices(&mut out);
             b.mlp.fc1.push_slices(&mut out);
+            if let Some(n) = b.mlp.norm.as_mut() {
+                n.push_slices(&mut out);
+            }
             b.mlp.fc2.push_slices(&mut out);
             if let Some(g) = b.relative_position.as_mut() {
                 out.push(g);
@@ -94,7 +115,7 @@ impl VitGrads {
     /// The gradients under timm's parameter names and shapes (as `model.named_parameters()`).
     pub fn to_tensor_map(&self) -> Result<TensorMap> {
         let mut m = TensorMap::default();
-        let (d, c, p) = self.dims;
+        let (d, c, ph, pw) = self.dims;
         let lin = |m: &mut TensorMap, name: &str, g: &LinearGrads, shape: Vec<usize>| -> Result<()> {
             m.insert(format!("{name}.weight"), shape, g.weight.as_slice().to_vec())?;
             if let Some(b) = &g.bias {
@@ -107,21 +128,39 @@ impl VitGrads {
             m.insert(format!("{name}.bias"), vec![g.bias.len()], g.bias.clone())
         };
         let rel_rows = self.relative_window.map_or(0, |w| (2 * w - 1) * (2 * w - 1));
-        lin(&mut m, "patch_embed.proj", &self.patch_embed, vec![d, c, p, p])?;
+        lin(&mut m, "patch_embed.proj", &self.patch_embed, vec![d, c, ph, pw])?;
         if let Some(cls) = &self.cls_token {
             m.insert("cls_token", vec![1, 1, d], cls.clone())?;
         }
-        m.insert("pos_embed", vec![1, self.pos_embed.rows(), d], self.pos_embed.as_slice().to_vec())?;
+        if let Some(r) = &self.reg_token {
+            m.insert("reg_token", vec![1, r.rows(), d], r.as_slice().to_vec())?;
+        }
+        if self.pos_embed.rows() > 0 {
+            m.insert("pos_embed", vec![1, self.pos_embed.rows(), d], self.pos_embed.as_slice().to_vec())?;
+        }
+        if let Some(g) = &self.norm_pre {
+            ln(&mut m, "norm_pre", g)?;
+        }
         for (i, b) in self.blocks.iter().enumerate() {
             let pre = format!("blocks.{i}.");
             ln(&mut m, &format!("{pre}norm1"), &b.norm1)?;
-            if let AttentionGrads::Timm { qkv, proj } = &b.attn {
+            if let AttentionGrads::Timm { qkv, qk_norm, norm, proj } = &b.attn {
                 lin(&mut m, &format!("{pre}attn.qkv"), qkv, vec![qkv.weight.rows(), qkv.weight.cols()])?;
+                if let Some((q, k)) = qk_norm {
+                    ln(&mut m, &format!("{pre}attn.q_norm"), q)?;
+                    ln(&mut m, &format!("{pre}attn.k_norm"), k)?;
+                }
+                if let Some(n) = norm {
+                    ln(&mut m, &format!("{pre}attn.norm"), n)?;
+                }
                 lin(&mut m, &format!("{pre}attn.proj"), proj, vec![proj.weight.rows(), proj.weight.cols()])?;
             }
             ln(&mut m, &format!("{pre}norm2"), &b.norm2)?;
             for (name, g) in [("mlp.fc1", &b.mlp.fc1), ("mlp.fc2", &b.mlp.fc2)] {
                 lin(&mut m, &format!("{pre}{name}"), g, vec![g.weight.rows(), g.weight.cols()])?;
+            }
+            if let Some(g) = &b.mlp.norm {
+                ln(&mut m, &format!("{pre}mlp.norm"), g)?;
             }
             for (name, g) in [("ls1.gamma", &b.ls1), ("ls2.gamma", &b.ls2)] {
                 if let Some(g) = g {
@@ -216,6 +255,24 @@ impl Vit {
             }
             slot += 3;
         }
+        // Then the parts of timm's later options, in fixed slots whether present or not (a
+        // model without them keeps every slot number above): the register tokens and
+        // `norm_pre`, then per block `q_norm`, `k_norm`, `attn.norm` and `mlp.norm`.
+        if let (Some(r), Some(g)) = (self.reg_token.as_mut(), grads.reg_token.as_ref()) {
+            f(slot, r.as_mut_slice(), g.as_slice(), false);
+        }
+        slot += 1;
+        match (self.norm_pre.as_mut(), grads.norm_pre.as_ref()) {
+            (Some(n), Some(g)) => n.visit_params(g, &mut slot, f),
+            _ => slot += 2,
+        }
+        for (b, gb) in self.blocks.iter_mut().zip(&grads.blocks) {
+            b.attn.visit_norm_params(&gb.attn, &mut slot, f);
+            match (b.mlp.norm.as_mut(), gb.mlp.norm.as_ref()) {
+                (Some(n), Some(g)) => n.visit_params(g, &mut slot, f),
+                _ => slot += 2,
+            }
+        }
     }
 
     /// Zero gradients shaped like the model's parameters.
@@ -224,12 +281,14 @@ impl Vit {
         VitGrads {
             patch_embed: LinearGrads::zeros(&self.patch_embed),
             cls_token: self.cls_token.as_ref().map(|c| vec![0.0; c.len()]),
+            reg_token: self.reg_token.as_ref().map(|r| Matrix::zeros(r.rows(), r.cols())),
             pos_embed: Matrix::zeros(self.pos_embed.rows(), self.pos_embed.cols()),
+            norm_pre: self.norm_pre.as_ref().map(|n| LayerNormGrads::zeros(n.dim())),
             blocks: self.blocks.iter().map(|b| b.zero_grads()).collect(),
             norm: self.norm.as_ref().map(|n| LayerNormGrads::zeros(n.weight.len())),
             fc_norm: self.fc_norm.as_ref().map(|n| LayerNormGrads::zeros(n.weight.len())),
             head: self.head.as_ref().map(LinearGrads::zeros),
-            dims: (cfg.embed_dim, cfg.in_chans, cfg.patch_size),
+            dims: (cfg.embed_dim, cfg.in_chans, cfg.patch_size.h, cfg.patch_size.w),
             relative_window: cfg.relative_position_bias,
         }
     }
@@ -256,14 +315,25 @@ impl Vit {
     ) -> Result<(f32, VitGrads, Matrix)> {
         let cfg = self.config().clone();
         let specs = self.layer_specs(&options.graphs)?;
-        let (b, t, g, d, prefix) = (images.len(), cfg.num_tokens(), cfg.grid(), cfg.embed_dim, cfg.prefix_tokens());
+        let (b, t, np, d, prefix) =
+            (images.len(), cfg.num_tokens(), cfg.num_patches(), cfg.embed_dim, cfg.prefix_tokens());
         if b == 0 {
             return Err(crate::Error::invalid("ViT input", "no images"));
+        }
+        if cfg.global_pool == GlobalPool::None {
+            return Err(crate::Error::invalid(
+                "ViT training",
+                "global_pool '' gives one output per token; the loss needs one prediction per image",
+            ));
         }
         let mut grads = self.zero_grads();
         // ---- forward, keeping each block's input and graph
         let patches = self.patches(images)?;
-        let mut x = self.embed_patches(&patches, b)?;
+        let tokens = self.embed_patches(&patches, b)?;
+        let mut x = match &self.norm_pre {
+            Some(n) => n.forward(&tokens)?, // x_0 = norm_pre(tokens)
+            None => tokens.clone(),
+        };
         let mut cache: Vec<(GraphSpec, Graph)> = Vec::new();
         let mut layer_inputs = Vec::with_capacity(self.blocks.len());
         for (l, (block, spec)) in self.blocks.iter().zip(&specs).enumerate() {
@@ -276,12 +346,7 @@ impl Vit {
             Some(n) => n.forward(&x)?,
             None => x.clone(),
         };
-        let pooled = match cfg.global_pool {
-            GlobalPool::Token => Matrix::from_fn(b, d, |i, c| xn.get(i * t, c)),
-            GlobalPool::Avg => Matrix::from_fn(b, d, |i, c| {
-                (prefix..t).map(|r| xn.get(i * t + r, c)).sum::<f32>() / (t - prefix) as f32
-            }),
-        };
+        let (pooled, pool_cache) = pool(&cfg, &xn, b)?;
         let pn = match &self.fc_norm {
             Some(n) => n.forward(&pooled)?,
             None => pooled.clone(),
@@ -301,20 +366,7 @@ impl Vit {
             (Some(n), Some(gn)) => n.backward(&pooled, &dpn, gn)?, // pn = fc_norm(pooled)
             _ => dpn,
         };
-        let mut dxn = Matrix::zeros(b * t, d);
-        for i in 0..b {
-            match cfg.global_pool {
-                GlobalPool::Token => dxn.row_mut(i * t).copy_from_slice(dpooled.row(i)), // pooled = xn[row 0]
-                GlobalPool::Avg => {
-                    let inv = 1.0 / (t - prefix) as f32; // pooled = mean of the patch rows
-                    for r in prefix..t {
-                        for (o, v) in dxn.row_mut(i * t + r).iter_mut().zip(dpooled.row(i)) {
-                            *o = v * inv;
-                        }
-                    }
-                }
-            }
-        }
+        let dxn = pool_backward(&cfg, &pool_cache, &dpooled, b)?; // pooled = pool(xn)
         let mut dx = match (&self.norm, &mut grads.norm) {
             (Some(n), Some(gn)) => n.backward(&x, &dxn, gn)?, // xn = norm(x_L)
             _ => dxn,
@@ -334,25 +386,34 @@ impl Vit {
         if shared_grads.is_some() {
             grads.blocks[0].low_rank = shared_grads;
         }
-        // tokens[i*t + prefix + r] = patch_embed(patches)[i*G^2 + r] + pos[off + r]; tokens[i*t] = cls + pos[0]
+        if let (Some(n), Some(g)) = (&self.norm_pre, grads.norm_pre.as_mut()) {
+            dx = n.backward(&tokens, &dx, g)?; // x_0 = norm_pre(tokens)
+        }
+        // tokens[i*t + k] = prefix_k (+ pos[k]);  tokens[i*t + prefix + r] = patch_embed(patches)[i*np + r] + pos[off + r]
+        let has_pos = self.pos_embed.rows() > 0;
         let pos_offset = if cfg.no_embed_class { 0 } else { prefix };
-        let mut dpatch = Matrix::zeros(b * g * g, d);
+        let cls = usize::from(cfg.class_token);
+        let mut dpatch = Matrix::zeros(b * np, d);
         for i in 0..b {
-            if let Some(gc) = &mut grads.cls_token {
-                for (a, v) in gc.iter_mut().zip(dx.row(i * t)) {
-                    *a += v;
+            for k in 0..prefix {
+                let src = dx.row(i * t + k);
+                let target = if k < cls {
+                    grads.cls_token.as_mut().map(|g| g.as_mut_slice())
+                } else {
+                    grads.reg_token.as_mut().map(|g| g.row_mut(k - cls))
+                };
+                if let Some(g) = target {
+                    g.iter_mut().zip(src).for_each(|(a, v)| *a += v);
                 }
-                if !cfg.no_embed_class {
-                    for (a, v) in grads.pos_embed.row_mut(0).iter_mut().zip(dx.row(i * t)) {
-                        *a += v;
-                    }
+                if has_pos && !cfg.no_embed_class {
+                    grads.pos_embed.row_mut(k).iter_mut().zip(src).for_each(|(a, v)| *a += v);
                 }
             }
-            for r in 0..g * g {
+            for r in 0..np {
                 let src = dx.row(i * t + prefix + r);
-                dpatch.row_mut(i * g * g + r).copy_from_slice(src);
-                for (a, v) in grads.pos_embed.row_mut(pos_offset + r).iter_mut().zip(src) {
-                    *a += v;
+                dpatch.row_mut(i * np + r).copy_from_slice(src);
+                if has_pos {
+                    grads.pos_embed.row_mut(pos_offset + r).iter_mut().zip(src).for_each(|(a, v)| *a += v);
                 }
             }
         }

@@ -14,7 +14,7 @@
 //! ```
 //! use patchgraph::nn::{GlobalPool, VitConfig};
 //! let c = VitConfig::arch("vit_base_patch16_224").unwrap();
-//! assert_eq!((c.embed_dim, c.depth, c.num_heads, c.grid()), (768, 12, 12, 14));
+//! assert_eq!((c.embed_dim, c.depth, c.num_heads, c.grid_size()), (768, 12, 12, (14, 14)));
 //! assert_eq!(c.num_tokens(), 197);
 //! let json = r#"{"img_size": 32, "patch_size": 8, "num_classes": 10, "embed_dim": 48,
 //!                "depth": 2, "num_heads": 3, "global_pool": "avg"}"#;
@@ -25,17 +25,97 @@
 
 use crate::attention::low_rank::LowRank;
 use crate::error::{Error, Result};
+use crate::nn::Activation;
 use serde::{Deserialize, Serialize};
 
-/// How the token sequence becomes one vector per image before the head.
+/// How the token sequence becomes the head's input (timm's `global_pool`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GlobalPool {
-    /// The class token's final state (timm `global_pool='token'`).
+    /// The class token's final state (`'token'`).
     #[default]
     Token,
-    /// The mean over the patch tokens, class token excluded (timm `global_pool='avg'`).
+    /// The mean over the tokens (`'avg'`): the patch tokens, or every token with
+    /// `pool_include_prefix`.
     Avg,
+    /// The per-channel maximum over those tokens (`'max'`).
+    Max,
+    /// Half the mean plus half the maximum (`'avgmax'`).
+    #[serde(rename = "avgmax")]
+    AvgMax,
+    /// No pooling (`''`): the head reads every token, and the output has one row per token.
+    #[serde(rename = "")]
+    None,
+    /// timm's attention-pooling head (`'map'`): read, and refused by [`VitConfig::validate`].
+    #[serde(rename = "map")]
+    Map,
+    /// timm's `'prr'` attention pooling: read, and refused by [`VitConfig::validate`].
+    #[serde(rename = "prr")]
+    Prr,
+}
+
+/// An image or patch size: one side (square, as timm takes an int) or `[height, width]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Size2 {
+    /// Height.
+    pub h: usize,
+    /// Width.
+    pub w: usize,
+}
+
+impl Size2 {
+    /// A square.
+    pub fn square(side: usize) -> Size2 {
+        Size2 { h: side, w: side }
+    }
+
+    /// `h * w`.
+    pub fn area(&self) -> usize {
+        self.h.saturating_mul(self.w)
+    }
+}
+
+impl std::fmt::Display for Size2 {
+    /// `16`, or `16x8` for a rectangle.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.h == self.w { write!(f, "{}", self.h) } else { write!(f, "{}x{}", self.h, self.w) }
+    }
+}
+
+impl Serialize for Size2 {
+    /// An int when square (as timm's configs write it), else `[h, w]`.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        if self.h == self.w { s.serialize_u64(self.h as u64) } else { [self.h, self.w].serialize(s) }
+    }
+}
+
+impl<'de> Deserialize<'de> for Size2 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Size2, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            One(usize),
+            Two([usize; 2]),
+        }
+        match Either::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a size: an int or [height, width]"))?
+        {
+            Either::One(s) => Ok(Size2::square(s)),
+            Either::Two([h, w]) => Ok(Size2 { h, w }),
+        }
+    }
+}
+
+/// Whether and how positions are embedded (timm's `pos_embed`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PosEmbed {
+    /// A learned `pos_embed` (`'learn'`).
+    #[default]
+    #[serde(rename = "learn")]
+    Learn,
+    /// None (`'none'` or `''`).
+    #[serde(rename = "none", alias = "")]
+    None,
 }
 
 fn default_in_chans() -> usize {
@@ -50,16 +130,27 @@ fn default_true() -> bool {
 fn default_eps() -> f32 {
     1e-6
 }
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+fn is_true(v: &bool) -> bool {
+    *v
+}
 
 /// A Vision Transformer's shape, as timm's `VisionTransformer(**kwargs)` (JSON with these names;
-/// unknown fields are an error).
+/// an argument timm does not have is an error naming it). Every argument of timm 1.0's
+/// `VisionTransformer.__init__` is read: those that change inference are implemented, those
+/// that act only in training or initialisation (`drop_rate`, `drop_path_rate`, ...,
+/// `weight_init`, `fix_init`) are accepted and have no effect, and the few patchgraph does not
+/// implement (`global_pool='map'`, `dynamic_img_size=True`, another `block_fn`, ...) are refused
+/// by [`VitConfig::validate`] with what is missing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VitConfig {
-    /// Input side in pixels (square images).
-    pub img_size: usize,
-    /// Patch side `P` in pixels.
-    pub patch_size: usize,
+    /// Input size in pixels: one side (square) or `[height, width]`.
+    pub img_size: Size2,
+    /// Patch size `P` in pixels: one side or `[height, width]`.
+    pub patch_size: Size2,
     /// Input channels `C` (default 3).
     #[serde(default = "default_in_chans")]
     pub in_chans: usize,
@@ -77,24 +168,111 @@ pub struct VitConfig {
     /// Whether `qkv` has a bias (default true).
     #[serde(default = "default_true")]
     pub qkv_bias: bool,
+    /// LayerNorm of every head's query and key (`attn.q_norm`, `attn.k_norm`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub qk_norm: bool,
+    /// LayerNorm of the attended values before `attn.proj` (`attn.norm`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub scale_attn_norm: bool,
+    /// LayerNorm of the MLP's hidden activations before `fc2` (`mlp.norm`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub scale_mlp_norm: bool,
+    /// Whether `attn.proj`, `mlp.fc1` and `mlp.fc2` have biases (default true).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub proj_bias: bool,
     /// Whether there is a class token (default true).
     #[serde(default = "default_true")]
     pub class_token: bool,
+    /// A learned position embedding, or none (default `learn`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub pos_embed: PosEmbed,
+    /// Register tokens after the class token (`reg_token [1, R, D]`, default 0).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub reg_tokens: usize,
     /// Pooling before the head (default `token`).
     #[serde(default)]
     pub global_pool: GlobalPool,
-    /// Position embedding for the patches only, the class token added without one (default false).
+    /// Whether average / max pooling includes the prefix tokens (default false).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub pool_include_prefix: bool,
+    /// Position embedding for the patches only, the prefix tokens added without one (default false).
     #[serde(default)]
     pub no_embed_class: bool,
-    /// LayerNorm after pooling instead of before it; `None` = timm's rule (`global_pool == avg`).
+    /// LayerNorm after the embeddings, before the blocks (`norm_pre`; CLIP's `ln_pre`); the
+    /// patch embedding then has no bias.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub pre_norm: bool,
+    /// The final LayerNorm (`norm` or `fc_norm`, default true).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub final_norm: bool,
+    /// LayerNorm after pooling instead of before it; `None` = timm's rule (pooling `avg`,
+    /// `avgmax` or `max`).
     #[serde(default)]
     pub fc_norm: Option<bool>,
     /// LayerScale initial value (`ls1.gamma`, `ls2.gamma`), if any.
     #[serde(default)]
     pub init_values: Option<f32>,
+    /// The MLP's activation (timm's `act_layer`: `gelu`, `gelu_tanh`, `quick_gelu`, `relu`, `silu`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub act_layer: Activation,
     /// LayerNorm epsilon (timm and the JAX originals: 1e-6; Hugging Face: 1e-12).
     #[serde(default = "default_eps")]
     pub eps: f32,
+    /// Training only (dropout, stochastic depth): accepted, no effect here.
+    #[serde(default, skip_serializing)]
+    pub drop_rate: f64,
+    /// Training only: accepted, no effect.
+    #[serde(default, skip_serializing)]
+    pub pos_drop_rate: f64,
+    /// Training only: accepted, no effect.
+    #[serde(default, skip_serializing)]
+    pub patch_drop_rate: f64,
+    /// Training only: accepted, no effect.
+    #[serde(default, skip_serializing)]
+    pub proj_drop_rate: f64,
+    /// Training only: accepted, no effect.
+    #[serde(default, skip_serializing)]
+    pub attn_drop_rate: f64,
+    /// Training only: accepted, no effect.
+    #[serde(default, skip_serializing)]
+    pub drop_path_rate: f64,
+    /// Initialisation only: accepted, no effect (patchgraph initialises as timm's default).
+    #[serde(default, skip_serializing)]
+    pub weight_init: Option<String>,
+    /// Initialisation only: accepted, no effect.
+    #[serde(default, skip_serializing)]
+    pub fix_init: bool,
+    /// Must be false: inputs of another size are resampled once at load (`--img-size`).
+    #[serde(default, skip_serializing)]
+    pub dynamic_img_size: bool,
+    /// Must be false (no padding of inputs to a multiple of the patch).
+    #[serde(default, skip_serializing)]
+    pub dynamic_img_pad: bool,
+    /// timm's module names, accepted at their defaults only (`PatchEmbed`, `LayerNorm`, `Block`,
+    /// `Mlp`, `Attention`; `embed_norm_layer` none); anything else is refused by name.
+    #[serde(default, skip_serializing)]
+    pub embed_layer: Option<String>,
+    /// See `embed_layer`.
+    #[serde(default, skip_serializing)]
+    pub embed_norm_layer: Option<String>,
+    /// See `embed_layer` (`LayerNorm`; its eps is `eps`).
+    #[serde(default, skip_serializing)]
+    pub norm_layer: Option<String>,
+    /// See `embed_layer`.
+    #[serde(default, skip_serializing)]
+    pub block_fn: Option<String>,
+    /// See `embed_layer`.
+    #[serde(default, skip_serializing)]
+    pub mlp_layer: Option<String>,
+    /// See `embed_layer`.
+    #[serde(default, skip_serializing)]
+    pub attn_layer: Option<String>,
+    /// Accepted: patchgraph runs on the CPU (`None` or `"cpu"`).
+    #[serde(default, skip_serializing)]
+    pub device: Option<String>,
+    /// Accepted: patchgraph computes in float32 (`None` or `"float32"`).
+    #[serde(default, skip_serializing)]
+    pub dtype: Option<String>,
     /// patchgraph: a low-rank attention in every block instead of the softmax on a graph
     /// (`"performer:M:SEED"`, `"linformer:K[:SHARING]"`, `"nystrom:L[:CONV]"`), with its
     /// parameters part of the model (`blocks.N.attn.projection_matrix`, `proj_k`, `proj_v`,
@@ -163,21 +341,14 @@ impl VitConfig {
             "384" => 384,
             _ => return Err(unknown()),
         };
-        Ok(VitConfig {
-            img_size,
-            patch_size,
-            embed_dim,
-            depth,
-            num_heads,
-            ..VitConfig::tiny(img_size, patch_size, 1000)
-        })
+        Ok(VitConfig { embed_dim, depth, num_heads, ..VitConfig::tiny(img_size, patch_size, 1000) })
     }
 
     /// A small custom ViT with timm's defaults otherwise (D = 192, 12 blocks, 3 heads = ViT-Ti).
     pub fn tiny(img_size: usize, patch_size: usize, num_classes: usize) -> VitConfig {
         VitConfig {
-            img_size,
-            patch_size,
+            img_size: Size2::square(img_size),
+            patch_size: Size2::square(patch_size),
             in_chans: 3,
             num_classes,
             embed_dim: 192,
@@ -185,12 +356,40 @@ impl VitConfig {
             num_heads: 3,
             mlp_ratio: 4.0,
             qkv_bias: true,
+            qk_norm: false,
+            scale_attn_norm: false,
+            scale_mlp_norm: false,
+            proj_bias: true,
             class_token: true,
+            pos_embed: PosEmbed::Learn,
+            reg_tokens: 0,
             global_pool: GlobalPool::Token,
+            pool_include_prefix: false,
             no_embed_class: false,
+            pre_norm: false,
+            final_norm: true,
             fc_norm: None,
             init_values: None,
+            act_layer: Activation::Gelu,
             eps: 1e-6,
+            drop_rate: 0.0,
+            pos_drop_rate: 0.0,
+            patch_drop_rate: 0.0,
+            proj_drop_rate: 0.0,
+            attn_drop_rate: 0.0,
+            drop_path_rate: 0.0,
+            weight_init: None,
+            fix_init: false,
+            dynamic_img_size: false,
+            dynamic_img_pad: false,
+            embed_layer: None,
+            embed_norm_layer: None,
+            norm_layer: None,
+            block_fn: None,
+            mlp_layer: None,
+            attn_layer: None,
+            device: None,
+            dtype: None,
             attention: None,
             relative_position_bias: None,
         }
@@ -209,12 +408,15 @@ impl VitConfig {
     /// Checks that the sizes fit together (every error names the field).
     pub fn validate(&self) -> Result<()> {
         let bad = |what: &str, reason: String| Err(Error::invalid(format!("ViT config `{what}`"), reason));
-        if self.patch_size == 0 || self.img_size < self.patch_size || self.img_size % self.patch_size != 0 {
+        let (img, patch) = (self.img_size, self.patch_size);
+        let fits = |i: usize, p: usize| p > 0 && i >= p && i % p == 0;
+        if !fits(img.h, patch.h) || !fits(img.w, patch.w) {
             return bad(
                 "img_size",
-                format!("{} must be a positive multiple of patch_size {}", self.img_size, self.patch_size),
+                format!("{img:?} must be a positive multiple of patch_size {patch:?} (height and width)"),
             );
         }
+        self.refuse_unimplemented()?;
         if self.in_chans == 0 || self.embed_dim == 0 || self.num_heads == 0 {
             return bad("embed_dim", "in_chans, embed_dim and num_heads must be positive".into());
         }
@@ -230,21 +432,29 @@ impl VitConfig {
         if !self.class_token && self.global_pool == GlobalPool::Token {
             return bad("global_pool", "`token` pooling needs a class token".into());
         }
+        for (name, p) in [
+            ("drop_rate", self.drop_rate),
+            ("pos_drop_rate", self.pos_drop_rate),
+            ("patch_drop_rate", self.patch_drop_rate),
+            ("proj_drop_rate", self.proj_drop_rate),
+            ("attn_drop_rate", self.attn_drop_rate),
+            ("drop_path_rate", self.drop_path_rate),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return bad(name, format!("{p} is not a rate in [0, 1)"));
+            }
+        }
         if self.eps.is_nan() || self.eps <= 0.0 {
             return bad("eps", format!("{} must be positive", self.eps));
         }
         if self.relative_position_bias == Some(0) {
             return bad("relative_position_bias", "the window side must be at least 1".into());
         }
-        if self.relative_position_bias.is_some_and(|m| m > self.grid().max(1)) {
+        let (gh, gw) = self.grid_size();
+        if self.relative_position_bias.is_some_and(|m| m > gh.min(gw).max(1)) {
             return bad(
                 "relative_position_bias",
-                format!(
-                    "a window of {:?} patches is larger than the {} x {} grid",
-                    self.relative_position_bias,
-                    self.grid(),
-                    self.grid()
-                ),
+                format!("a window of {:?} patches is larger than the {gh} x {gw} grid", self.relative_position_bias),
             );
         }
         if self.attention.is_some() && self.relative_position_bias.is_some() {
@@ -256,28 +466,90 @@ impl VitConfig {
         self.check_sizes()
     }
 
+    /// The timm arguments patchgraph reads but does not implement, each refused by name with
+    /// what is missing; their defaults pass.
+    fn refuse_unimplemented(&self) -> Result<()> {
+        let no = |what: &str, reason: &str| Err(Error::invalid(format!("ViT config `{what}`"), reason.to_string()));
+        if matches!(self.global_pool, GlobalPool::Map | GlobalPool::Prr) {
+            return no(
+                "global_pool",
+                "attention pooling ('map', 'prr': a learned latent query) is not implemented; token, avg, avgmax, max and '' are",
+            );
+        }
+        if self.dynamic_img_size {
+            return no(
+                "dynamic_img_size",
+                "true resamples the position embedding at every call; patchgraph resamples it once when loading (`--img-size`, Vit::load_adapting)",
+            );
+        }
+        if self.dynamic_img_pad {
+            return no("dynamic_img_pad", "true pads inputs to a multiple of the patch; give inputs of img_size");
+        }
+        let module = |value: &Option<String>, allowed: &[&str]| value.as_deref().is_none_or(|v| allowed.contains(&v));
+        if !module(&self.embed_layer, &["PatchEmbed", "timm.layers.PatchEmbed"]) {
+            return no("embed_layer", "only timm's PatchEmbed (a strided convolution) embeds patches");
+        }
+        if self.embed_norm_layer.is_some() {
+            return no("embed_norm_layer", "a norm inside the patch embedding is not implemented");
+        }
+        if !module(
+            &self.norm_layer,
+            &["LayerNorm", "layernorm", "nn.LayerNorm", "torch.nn.LayerNorm", "timm.layers.LayerNorm"],
+        ) {
+            return no("norm_layer", "only LayerNorm (with `eps`) normalises; RMSNorm and others are not implemented");
+        }
+        if !module(&self.block_fn, &["Block", "timm.models.vision_transformer.Block"]) {
+            return no("block_fn", "only timm's pre-norm Block (attention then MLP) is implemented");
+        }
+        if !module(&self.mlp_layer, &["Mlp", "timm.layers.Mlp"]) {
+            return no("mlp_layer", "only timm's two-layer Mlp is implemented (no SwiGLU / GluMlp)");
+        }
+        if !module(&self.attn_layer, &["Attention", "timm.layers.Attention"]) {
+            return no("attn_layer", "only timm's Attention (its softmax on any patch graph) is implemented");
+        }
+        if !self.device.as_deref().is_none_or(|d| d == "cpu") {
+            return no("device", "patchgraph runs on the CPU");
+        }
+        if !self.dtype.as_deref().is_none_or(|d| matches!(d, "float32" | "torch.float32")) {
+            return no("dtype", "patchgraph computes in float32");
+        }
+        if let Some(w) = &self.weight_init {
+            if !matches!(w.as_str(), "" | "skip" | "reset" | "jax" | "jax_nlhb" | "moco") {
+                return no(
+                    "weight_init",
+                    "is not one of timm's schemes ('', 'skip', 'reset', 'jax', 'jax_nlhb', 'moco')",
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The sizes a config implies, checked against [`crate::limits`] before anything is
     /// allocated (a config read from a file, or `--img-size`, can say anything): tokens per
     /// image, each parameter tensor, and all parameters together.
     fn check_sizes(&self) -> Result<()> {
         use crate::limits::{MAX_PARAMETERS, MAX_TOKENS, check_elements};
         let bad = |what: &str, reason: String| Err(Error::invalid(format!("ViT config `{what}`"), reason));
-        let grid = self.grid();
-        let tokens = grid.checked_mul(grid).and_then(|p| p.checked_add(self.prefix_tokens()));
+        let (gh, gw) = self.grid_size();
+        let tokens = gh.checked_mul(gw).and_then(|p| p.checked_add(self.prefix_tokens()));
         if tokens.is_none_or(|t| t > MAX_TOKENS) {
             return bad(
                 "img_size",
                 format!(
-                    "{} px in patches of {} is a {grid} x {grid} grid: more than the limit of {MAX_TOKENS} (2^20) tokens",
+                    "{:?} px in patches of {:?} is a {gh} x {gw} grid: more than the limit of {MAX_TOKENS} (2^20) tokens",
                     self.img_size, self.patch_size
                 ),
             );
         }
-        let (d, hidden, c, p) = (self.embed_dim, self.mlp_hidden(), self.in_chans, self.patch_size);
+        if self.reg_tokens > MAX_TOKENS {
+            return bad("reg_tokens", format!("{} register tokens exceed the limit of {MAX_TOKENS}", self.reg_tokens));
+        }
+        let (d, hidden, c) = (self.embed_dim, self.mlp_hidden(), self.in_chans);
+        let (ph, pw) = (self.patch_size.h, self.patch_size.w);
         let per_block = [
             ("blocks.N.attn.qkv.weight", vec![3, d, d]),
             ("blocks.N.mlp.fc1.weight", vec![hidden, d]),
-            ("patch_embed.proj.weight", vec![d, c, p, p]),
+            ("patch_embed.proj.weight", vec![d, c, ph, pw]),
             ("pos_embed", vec![self.pos_tokens(), d]),
             ("head.weight", vec![self.num_classes, d]),
         ];
@@ -286,7 +558,7 @@ impl VitConfig {
         }
         // Each block holds about 4 D^2 (attention) + 2 D hidden (MLP) values.
         let block = 4 * d * d + 2 * d * hidden + 9 * d + hidden;
-        let stem = d * c * p * p + self.pos_tokens() * d + self.num_classes * d + 4 * d;
+        let stem = d * c * ph * pw + (self.pos_tokens() + self.reg_tokens) * d + self.num_classes * d + 6 * d;
         let total = block.checked_mul(self.depth).and_then(|b| b.checked_add(stem));
         if total.is_none_or(|t| t > MAX_PARAMETERS) {
             return bad(
@@ -300,24 +572,40 @@ impl VitConfig {
         Ok(())
     }
 
-    /// Patches per side `img_size / patch_size`.
-    pub fn grid(&self) -> usize {
-        self.img_size / self.patch_size.max(1)
+    /// Patch rows and columns: `img_size / patch_size` per side.
+    pub fn grid_size(&self) -> (usize, usize) {
+        (self.img_size.h / self.patch_size.h.max(1), self.img_size.w / self.patch_size.w.max(1))
     }
 
-    /// Prefix tokens (the class token, if any).
+    /// Patches per image.
+    pub fn num_patches(&self) -> usize {
+        let (h, w) = self.grid_size();
+        h * w
+    }
+
+    /// Prefix tokens: the class token, if any, then the register tokens.
     pub fn prefix_tokens(&self) -> usize {
-        self.class_token as usize
+        self.class_token as usize + self.reg_tokens
     }
 
-    /// Tokens per image: the patches and the class token.
+    /// Tokens per image: the prefix tokens and the patches.
     pub fn num_tokens(&self) -> usize {
-        self.grid() * self.grid() + self.prefix_tokens()
+        self.num_patches() + self.prefix_tokens()
     }
 
-    /// Rows of `pos_embed`: the tokens, less the class token with `no_embed_class`.
+    /// Rows of `pos_embed`: the tokens, less the prefix tokens with `no_embed_class`; 0 without
+    /// a position embedding.
     pub fn pos_tokens(&self) -> usize {
-        if self.no_embed_class { self.grid() * self.grid() } else { self.num_tokens() }
+        match self.pos_embed {
+            PosEmbed::None => 0,
+            PosEmbed::Learn if self.no_embed_class => self.num_patches(),
+            PosEmbed::Learn => self.num_tokens(),
+        }
+    }
+
+    /// Input values per patch, `C x Ph x Pw` (the patch embedding's input width).
+    pub fn patch_dim(&self) -> usize {
+        self.in_chans * self.patch_size.area()
     }
 
     /// MLP hidden width, `int(embed_dim * mlp_ratio)` as timm computes it.
@@ -327,7 +615,17 @@ impl VitConfig {
 
     /// Whether the final LayerNorm comes after pooling (`fc_norm`) rather than before it (`norm`).
     pub fn uses_fc_norm(&self) -> bool {
-        self.fc_norm.unwrap_or(self.global_pool == GlobalPool::Avg)
+        self.fc_norm.unwrap_or(matches!(self.global_pool, GlobalPool::Avg | GlobalPool::AvgMax | GlobalPool::Max))
+    }
+
+    /// Whether there is a final `norm` (before pooling).
+    pub fn has_norm(&self) -> bool {
+        self.final_norm && !self.uses_fc_norm()
+    }
+
+    /// Whether there is an `fc_norm` (after pooling).
+    pub fn has_fc_norm(&self) -> bool {
+        self.final_norm && self.uses_fc_norm()
     }
 
     /// Width per head.
@@ -343,8 +641,9 @@ mod tests {
     #[test]
     fn arch_names_give_timm_shapes() {
         let l = VitConfig::arch("vit_large_patch32_384").unwrap();
-        assert_eq!((l.embed_dim, l.depth, l.num_heads, l.patch_size, l.img_size), (1024, 24, 16, 32, 384));
-        assert_eq!(l.grid(), 12);
+        assert_eq!((l.embed_dim, l.depth, l.num_heads), (1024, 24, 16));
+        assert_eq!((l.patch_size, l.img_size), (Size2::square(32), Size2::square(384)));
+        assert_eq!(l.grid_size(), (12, 12));
         let g = VitConfig::arch("ViT-B_16").unwrap();
         assert_eq!(g, VitConfig::arch("vit_base_patch16_224").unwrap());
         assert_eq!(VitConfig::arch("ViT-L_32-384").unwrap(), l);
@@ -358,7 +657,7 @@ mod tests {
     fn validate_names_the_field() {
         let mut c = VitConfig::tiny(32, 8, 10);
         assert!(c.validate().is_ok());
-        c.img_size = 30;
+        c.img_size = Size2::square(30);
         assert!(c.validate().unwrap_err().to_string().contains("img_size"));
         let mut c = VitConfig::tiny(32, 8, 10);
         c.num_heads = 5;
@@ -382,8 +681,10 @@ mod tests {
         let base = VitConfig::arch("vit_base_patch16_224").unwrap();
         type Edit = fn(&mut VitConfig);
         let cases: [(&str, Edit); 6] = [
-            ("img_size", |c| c.img_size = 16 * 62_500), // 1,000,000 px
-            ("img_size", |c| (c.img_size, c.patch_size) = (usize::MAX - usize::MAX % 2, 2)),
+            ("img_size", |c| c.img_size = Size2::square(16 * 62_500)), // 1,000,000 px
+            ("img_size", |c| {
+                (c.img_size, c.patch_size) = (Size2::square(usize::MAX - usize::MAX % 2), Size2::square(2))
+            }),
             ("qkv", |c| c.embed_dim = 12 << 18),
             ("fc1", |c| c.mlp_ratio = 1e30),
             ("head", |c| c.num_classes = usize::MAX),

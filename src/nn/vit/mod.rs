@@ -3,13 +3,15 @@
 //!
 //! ```text
 //! images [B x C x H x W]
-//! patches  [B*G^2 x C*P*P]            patchify, rows in timm's conv order
-//! x        [B*G^2 x D] = patches W_pe^T + b_pe       patch_embed.proj (conv as linear, no transpose)
-//! tokens   [B*T x D]   = [cls | x] + pos_embed        T = G^2 + 1 (class token first, as timm)
+//! patches  [B*Gh*Gw x C*Ph*Pw]        patchify, rows in timm's conv order
+//! x        [B*Gh*Gw x D] = patches W_pe^T (+ b_pe)   patch_embed.proj (conv as linear; no bias with pre_norm)
+//! tokens   [B*T x D]   = [cls | reg | x] + pos_embed  T = R' + Gh*Gw, R' = class token + register tokens
+//!                                                      (with no_embed_class only the patches get pos_embed)
+//! norm_pre (pre_norm: LayerNorm; identity otherwise)
 //! blocks   x = x + attn(norm1(x)) over graph_l ; x = x + mlp(norm2(x))       l = 0 .. depth
-//! norm     (identity when fc_norm is used)
-//! pool     token: row 0 of each image | avg: mean of the patch rows
-//! fc_norm, head  -> logits [B x K]
+//! norm     (identity with fc_norm or without final_norm)
+//! pool     token | avg | max | avgmax over the patch rows (all rows with pool_include_prefix) | none
+//! fc_norm, head  -> logits [B x K]  ([B*T x K] without pooling)
 //! ```
 //!
 //! A batch is one disjoint-union graph of `B` per-image graphs: complete graphs stay implicit
@@ -37,10 +39,12 @@
 
 mod backward;
 mod config;
+mod pool;
 mod pos_embed;
 
 pub use backward::VitGrads;
-pub use config::{GlobalPool, VitConfig};
+pub use config::{GlobalPool, PosEmbed, Size2, VitConfig};
+pub use pool::{PoolCache, pool as vit_pool, pool_backward as vit_pool_backward};
 pub use pos_embed::resample_pos_embed;
 
 use super::{
@@ -51,7 +55,7 @@ use crate::attention::Path;
 use crate::checkpoint::TensorMap;
 use crate::error::{Error, Result, ensure_finite};
 use crate::graph::{Graph, GraphSpec};
-use crate::image::{ChwImage, patchify};
+use crate::image::{ChwImage, patchify_rect};
 use crate::tensor::Matrix;
 use pos_embed::square_side;
 use std::borrow::Cow;
@@ -96,8 +100,13 @@ pub struct Vit {
     pub patch_embed: Linear,
     /// `cls_token` `[D]`, when the model has one.
     pub cls_token: Option<Vec<f32>>,
-    /// `pos_embed` `[T' x D]` (`T' = T`, or `G^2` with `no_embed_class`).
+    /// `reg_token` `[R x D]`, the register tokens, when the model has them.
+    pub reg_token: Option<Matrix>,
+    /// `pos_embed` `[T' x D]` (`T' = T`, or `Gh Gw` with `no_embed_class`; no rows with
+    /// `pos_embed = none`).
     pub pos_embed: Matrix,
+    /// `norm_pre`, with `pre_norm`.
+    pub norm_pre: Option<LayerNorm>,
     /// The transformer blocks.
     pub blocks: Vec<Block>,
     /// Final norm before pooling (absent when `fc_norm` is used).
@@ -123,9 +132,10 @@ pub struct VitOptions {
 /// Output of [`Vit::forward_with`].
 #[derive(Clone, Debug)]
 pub struct VitOutput {
-    /// `[B x K]` (or `[B x D]` pooled features when the model has no head).
+    /// `[B x K]` (or `[B x D]` pooled features when the model has no head; one row per
+    /// token, `[B*T x ...]`, without pooling).
     pub logits: Matrix,
-    /// The pooled, normalised features before the head `[B x D]`.
+    /// The pooled, normalised features before the head `[B x D]` (`[B*T x D]` without pooling).
     pub pre_logits: Matrix,
     /// Per layer, the attention weights with their (batch) graph, when asked for.
     pub weights: Vec<AttentionWeights>,
@@ -138,9 +148,11 @@ impl Vit {
     pub fn new(config: VitConfig, init: &mut Init) -> Result<Vit> {
         config.validate()?;
         let d = config.embed_dim;
-        let cpp = config.in_chans * config.patch_size * config.patch_size;
-        let patch_embed = Linear::torch_init(init, cpp, d, true);
+        let patch_embed = Linear::torch_init(init, config.patch_dim(), d, !config.pre_norm);
         let cls_token = config.class_token.then(|| init.normal(d, 1e-6));
+        let reg_token = (config.reg_tokens > 0)
+            .then(|| Matrix::from_vec(config.reg_tokens, d, init.normal(config.reg_tokens * d, 1e-6)))
+            .transpose()?;
         let pos_embed = Matrix::from_vec(config.pos_tokens(), d, init.trunc_normal(config.pos_tokens() * d, 0.02))?;
         let mut blocks: Vec<Block> =
             (0..config.depth).map(|_| Block::new(&block_config(&config), init)).collect::<Result<_>>()?;
@@ -161,11 +173,13 @@ impl Vit {
             }
         });
         Ok(Vit {
-            norm: (!config.uses_fc_norm()).then(|| LayerNorm::new(d, config.eps)),
-            fc_norm: config.uses_fc_norm().then(|| LayerNorm::new(d, config.eps)),
+            norm: config.has_norm().then(|| LayerNorm::new(d, config.eps)),
+            fc_norm: config.has_fc_norm().then(|| LayerNorm::new(d, config.eps)),
+            norm_pre: config.pre_norm.then(|| LayerNorm::new(d, config.eps)),
             config,
             patch_embed,
             cls_token,
+            reg_token,
             pos_embed,
             blocks,
             head,
@@ -206,7 +220,7 @@ impl Vit {
         if let Ok(pos) = map.get("pos_embed") {
             let prefix = if config.no_embed_class { 0 } else { config.prefix_tokens() };
             let want = config.pos_tokens();
-            if pos.shape.len() == 3 && pos.shape[1] != want && pos.shape[1] > prefix {
+            if want > 0 && pos.shape.len() == 3 && pos.shape[1] != want && pos.shape[1] > prefix {
                 let (rows, d) = (pos.shape[1], pos.shape[2]);
                 let old = square_side(rows - prefix).ok_or_else(|| Error::Checkpoint {
                     path: what.to_string(),
@@ -215,9 +229,9 @@ impl Vit {
                     )],
                 })?;
                 let m = Matrix::from_vec(rows, d, pos.data.clone())?;
-                let g = config.grid();
-                let r = resample_pos_embed(&m, prefix, (old, old), (g, g))?;
-                notes.push(format!("pos_embed resampled from a {old}x{old} to a {g}x{g} grid"));
+                let (gh, gw) = config.grid_size();
+                let r = resample_pos_embed(&m, prefix, (old, old), (gh, gw))?;
+                notes.push(format!("pos_embed resampled from a {old}x{old} to a {gh}x{gw} grid"));
                 map.insert("pos_embed", vec![1, r.rows(), d], r.into_vec())?;
             }
         }
@@ -227,14 +241,17 @@ impl Vit {
     /// Takes every tensor by its timm name (the map records problems; see [`Vit::load`]).
     fn take_tensors(config: VitConfig, map: &mut TensorMap) -> Result<Vit> {
         let d = config.embed_dim;
-        let (c, p) = (config.in_chans, config.patch_size);
-        let weight = map.take("patch_embed.proj.weight", &[d, c, p, p])?;
-        let patch_embed = Linear::from_parts(
-            Matrix::from_vec(d, c * p * p, weight)?,
-            Some(map.take("patch_embed.proj.bias", &[d])?),
-        )?;
+        let (c, ph, pw) = (config.in_chans, config.patch_size.h, config.patch_size.w);
+        let weight = map.take("patch_embed.proj.weight", &[d, c, ph, pw])?;
+        let bias = if config.pre_norm { None } else { Some(map.take("patch_embed.proj.bias", &[d])?) };
+        let patch_embed = Linear::from_parts(Matrix::from_vec(d, config.patch_dim(), weight)?, bias)?;
         let cls_token = if config.class_token { Some(map.take("cls_token", &[1, 1, d])?) } else { None };
-        let pos_embed = Matrix::from_vec(config.pos_tokens(), d, map.take("pos_embed", &[1, config.pos_tokens(), d])?)?;
+        let r = config.reg_tokens;
+        let reg_token = if r > 0 { Some(Matrix::from_vec(r, d, map.take("reg_token", &[1, r, d])?)?) } else { None };
+        let pt = config.pos_tokens();
+        let pos_embed =
+            if pt > 0 { Matrix::from_vec(pt, d, map.take("pos_embed", &[1, pt, d])?)? } else { Matrix::zeros(0, d) };
+        let norm_pre = if config.pre_norm { Some(LayerNorm::load(map, "norm_pre", d, config.eps)?) } else { None };
         let bc = block_config(&config);
         let mut blocks: Vec<Block> =
             (0..config.depth).map(|i| Block::load(&bc, map, &format!("blocks.{i}."))).collect::<Result<_>>()?;
@@ -248,26 +265,34 @@ impl Vit {
                 block.relative_position = Some(RelativePositionBias::load(w, h, map, &prefix)?);
             }
         }
-        let fc = config.uses_fc_norm();
-        let norm = if fc { None } else { Some(LayerNorm::load(map, "norm", d, config.eps)?) };
-        let fc_norm = if fc { Some(LayerNorm::load(map, "fc_norm", d, config.eps)?) } else { None };
+        let norm = if config.has_norm() { Some(LayerNorm::load(map, "norm", d, config.eps)?) } else { None };
+        let fc_norm = if config.has_fc_norm() { Some(LayerNorm::load(map, "fc_norm", d, config.eps)?) } else { None };
         let head =
             if config.num_classes > 0 { Some(Linear::load(map, "head", d, config.num_classes, true)?) } else { None };
-        Ok(Vit { config, patch_embed, cls_token, pos_embed, blocks, norm, fc_norm, head })
+        Ok(Vit { config, patch_embed, cls_token, reg_token, pos_embed, norm_pre, blocks, norm, fc_norm, head })
     }
 
     /// The model's tensors under timm's names (the inverse of [`Vit::load`]).
     pub fn state_dict(&self) -> Result<TensorMap> {
         let mut map = TensorMap::default();
-        let (d, c, p) = (self.config.embed_dim, self.config.in_chans, self.config.patch_size);
-        map.insert("patch_embed.proj.weight", vec![d, c, p, p], self.patch_embed.weight.as_slice().to_vec())?;
+        let (d, c) = (self.config.embed_dim, self.config.in_chans);
+        let (ph, pw) = (self.config.patch_size.h, self.config.patch_size.w);
+        map.insert("patch_embed.proj.weight", vec![d, c, ph, pw], self.patch_embed.weight.as_slice().to_vec())?;
         if let Some(b) = &self.patch_embed.bias {
             map.insert("patch_embed.proj.bias", vec![d], b.clone())?;
         }
         if let Some(cls) = &self.cls_token {
             map.insert("cls_token", vec![1, 1, d], cls.clone())?;
         }
-        map.insert("pos_embed", vec![1, self.pos_embed.rows(), d], self.pos_embed.as_slice().to_vec())?;
+        if let Some(reg) = &self.reg_token {
+            map.insert("reg_token", vec![1, reg.rows(), d], reg.as_slice().to_vec())?;
+        }
+        if self.pos_embed.rows() > 0 {
+            map.insert("pos_embed", vec![1, self.pos_embed.rows(), d], self.pos_embed.as_slice().to_vec())?;
+        }
+        if let Some(n) = &self.norm_pre {
+            n.save(&mut map, "norm_pre")?;
+        }
         for (i, b) in self.blocks.iter().enumerate() {
             b.save(&mut map, &format!("blocks.{i}."))?;
         }
@@ -302,7 +327,7 @@ impl Vit {
     pub fn forward_with(&self, images: &[ChwImage], options: &VitOptions) -> Result<VitOutput> {
         let cfg = &self.config;
         let specs = self.layer_specs(&options.graphs)?;
-        let (b, t, d) = (images.len(), cfg.num_tokens(), cfg.embed_dim);
+        let b = images.len();
         if b == 0 {
             return Err(Error::invalid("ViT input", "no images"));
         }
@@ -326,24 +351,7 @@ impl Vit {
         if let Some(n) = &self.norm {
             x = n.forward(&x)?;
         }
-        let prefix = cfg.prefix_tokens();
-        let mut pooled = match cfg.global_pool {
-            GlobalPool::Token => Matrix::from_fn(b, d, |i, c| x.get(i * t, c)),
-            GlobalPool::Avg => {
-                let mut m = Matrix::zeros(b, d);
-                for i in 0..b {
-                    let row = m.row_mut(i);
-                    for r in prefix..t {
-                        for (acc, v) in row.iter_mut().zip(x.row(i * t + r)) {
-                            *acc += v;
-                        }
-                    }
-                    let inv = 1.0 / (t - prefix) as f32;
-                    row.iter_mut().for_each(|v| *v *= inv);
-                }
-                m
-            }
-        };
+        let (mut pooled, _) = pool::pool(cfg, &x, b)?;
         if let Some(n) = &self.fc_norm {
             pooled = n.forward(&pooled)?;
         }
@@ -363,7 +371,7 @@ impl Vit {
             Error::invalid("ViT layer", format!("{layer} is not below the model's {} blocks", self.blocks.len()))
         })?;
         let specs = self.layer_specs(&options.graphs)?;
-        let (b, t, g, prefix) = (images.len(), cfg.num_tokens(), cfg.grid(), cfg.prefix_tokens());
+        let (b, t, np, prefix) = (images.len(), cfg.num_tokens(), cfg.num_patches(), cfg.prefix_tokens());
         let mut x = self.embed(images)?;
         let mut cache: Vec<(GraphSpec, Graph)> = Vec::new();
         for (l, (blk, spec)) in self.blocks[..layer].iter().zip(&specs).enumerate() {
@@ -372,7 +380,7 @@ impl Vit {
             blk.forward_in_place(&graph, &mut x, &la.options(options.path, false))?;
         }
         let h = block.norm1.forward(&x)?;
-        Ok(Matrix::from_fn(b * g * g, cfg.embed_dim, |r, c| h.get((r / (g * g)) * t + prefix + r % (g * g), c)))
+        Ok(Matrix::from_fn(b * np, cfg.embed_dim, |r, c| h.get((r / np) * t + prefix + r % np, c)))
     }
 
     /// The batch graph of one layer: static specs built once per forward (cached in `cache`),
@@ -386,15 +394,15 @@ impl Vit {
         cache: &mut Vec<(GraphSpec, Graph)>,
     ) -> Result<Graph> {
         let cfg = &self.config;
-        let (t, g, d) = (cfg.num_tokens(), cfg.grid(), cfg.embed_dim);
+        let (t, (gh, gw), d, prefix) = (cfg.num_tokens(), cfg.grid_size(), cfg.embed_dim, cfg.prefix_tokens());
         match spec {
             _ if spec.needs_features() => {
                 let h = block.norm1.forward(x)?;
                 let per_image = (0..b)
                     .map(|i| {
-                        let start = i * t + cfg.prefix_tokens();
-                        let patches = Matrix::from_fn(g * g, d, |r, c| h.get(start + r, c));
-                        spec.build(g, g, Some(&patches), cfg.class_token)
+                        let start = i * t + prefix;
+                        let patches = Matrix::from_fn(gh * gw, d, |r, c| h.get(start + r, c));
+                        spec.build_with_prefix(gh, gw, Some(&patches), prefix)
                     })
                     .collect::<Result<Vec<_>>>()?;
                 Graph::disjoint_union(&per_image)
@@ -402,7 +410,7 @@ impl Vit {
             _ => match cache.iter().find(|(s, _)| s == spec) {
                 Some((_, graph)) => Ok(graph.clone()),
                 None => {
-                    let one = spec.build(g, g, None, cfg.class_token)?;
+                    let one = spec.build_with_prefix(gh, gw, None, prefix)?;
                     let graph = Graph::disjoint_union(&vec![one; b])?;
                     cache.push((spec.clone(), graph.clone()));
                     Ok(graph)
@@ -471,20 +479,24 @@ impl Vit {
         }
     }
 
-    /// Patch embedding, class token and position embedding: `[B*T x D]` tokens.
+    /// Patch embedding, prefix tokens, position embedding and `norm_pre`: `[B*T x D]` tokens,
+    /// the first block's input.
     pub fn embed(&self, images: &[ChwImage]) -> Result<Matrix> {
         let patches = self.patches(images)?;
-        self.embed_patches(&patches, images.len())
+        let tokens = self.embed_patches(&patches, images.len())?;
+        match &self.norm_pre {
+            Some(n) => n.forward(&tokens), // x_0 = norm_pre(tokens)
+            None => Ok(tokens),
+        }
     }
 
-    /// The patch rows of every image, checked: `[B*G^2 x C*P*P]`.
+    /// The patch rows of every image, checked: `[B*Gh*Gw x C*Ph*Pw]`.
     pub fn patches(&self, images: &[ChwImage]) -> Result<Matrix> {
         let cfg = &self.config;
-        let g = cfg.grid();
-        let cpp = cfg.in_chans * cfg.patch_size * cfg.patch_size;
-        let mut patches = Matrix::zeros(images.len() * g * g, cpp);
+        let (np, cpp) = (cfg.num_patches(), cfg.patch_dim());
+        let mut patches = Matrix::zeros(images.len() * np, cpp);
         for (i, image) in images.iter().enumerate() {
-            let want = (cfg.in_chans, cfg.img_size, cfg.img_size);
+            let want = (cfg.in_chans, cfg.img_size.h, cfg.img_size.w);
             if image.shape() != want {
                 return Err(Error::shape(
                     format!("ViT input image {i}"),
@@ -493,32 +505,44 @@ impl Vit {
                 ));
             }
             ensure_finite(&format!("ViT input image {i}"), image.as_slice())?;
-            let p = patchify(image, cfg.patch_size)?;
-            patches.as_mut_slice()[i * g * g * cpp..(i + 1) * g * g * cpp].copy_from_slice(p.as_slice());
+            let p = patchify_rect(image, cfg.patch_size.h, cfg.patch_size.w)?;
+            patches.as_mut_slice()[i * np * cpp..(i + 1) * np * cpp].copy_from_slice(p.as_slice());
         }
         Ok(patches)
     }
 
-    /// Tokens `[B*T x D]` from patch rows: patch embedding, class token, position embedding.
+    /// Tokens `[B*T x D]` from patch rows: patch embedding, class and register tokens, position
+    /// embedding (before `norm_pre`).
     pub fn embed_patches(&self, patches: &Matrix, batch: usize) -> Result<Matrix> {
         let cfg = &self.config;
-        let (t, g, d, prefix) = (cfg.num_tokens(), cfg.grid(), cfg.embed_dim, cfg.prefix_tokens());
+        let (t, np, d, prefix) = (cfg.num_tokens(), cfg.num_patches(), cfg.embed_dim, cfg.prefix_tokens());
         let x = self.patch_embed.forward(patches)?;
+        let has_pos = self.pos_embed.rows() > 0;
+        // With no_embed_class, pos_embed covers the patches only; otherwise every token.
         let pos_offset = if cfg.no_embed_class { 0 } else { prefix };
         let mut tokens = Matrix::zeros(batch * t, d);
         for i in 0..batch {
-            if let Some(cls) = &self.cls_token {
-                let row = tokens.row_mut(i * t);
-                row.copy_from_slice(cls);
-                if !cfg.no_embed_class {
-                    row.iter_mut().zip(self.pos_embed.row(0)).for_each(|(v, p)| *v += p);
+            let prefix_rows = self
+                .cls_token
+                .iter()
+                .map(|c| c.as_slice())
+                .chain(self.reg_token.iter().flat_map(|r| (0..r.rows()).map(|k| r.row(k))));
+            for (k, src) in prefix_rows.enumerate() {
+                let row = tokens.row_mut(i * t + k);
+                row.copy_from_slice(src);
+                if has_pos && !cfg.no_embed_class {
+                    row.iter_mut().zip(self.pos_embed.row(k)).for_each(|(v, p)| *v += p);
                 }
             }
-            for r in 0..g * g {
-                let pos = self.pos_embed.row(pos_offset + r);
+            for r in 0..np {
                 let row = tokens.row_mut(i * t + prefix + r);
-                for ((v, e), p) in row.iter_mut().zip(x.row(i * g * g + r)).zip(pos) {
-                    *v = e + p;
+                if has_pos {
+                    let pos = self.pos_embed.row(pos_offset + r);
+                    for ((v, e), p) in row.iter_mut().zip(x.row(i * np + r)).zip(pos) {
+                        *v = e + p;
+                    }
+                } else {
+                    row.copy_from_slice(x.row(i * np + r));
                 }
             }
         }
@@ -528,7 +552,8 @@ impl Vit {
 
 /// One image's token layout.
 fn token_grid(config: &VitConfig) -> TokenGrid {
-    TokenGrid { rows: config.grid(), cols: config.grid(), prefix: config.prefix_tokens() }
+    let (rows, cols) = config.grid_size();
+    TokenGrid { rows, cols, prefix: config.prefix_tokens() }
 }
 
 fn block_config(config: &VitConfig) -> BlockConfig {
@@ -539,5 +564,10 @@ fn block_config(config: &VitConfig) -> BlockConfig {
         qkv_bias: config.qkv_bias,
         eps: config.eps,
         layer_scale: config.init_values,
+        qk_norm: config.qk_norm,
+        scale_attn_norm: config.scale_attn_norm,
+        scale_mlp_norm: config.scale_mlp_norm,
+        proj_bias: config.proj_bias,
+        act: config.act_layer,
     }
 }

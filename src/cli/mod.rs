@@ -1,0 +1,100 @@
+//! The `patchgraph` command's work as library calls: one module per command, each an `Args`
+//! (the command's flags, parsed by clap in `main.rs` or built by a caller) and a `run` that
+//! returns what the command found as data, a report that prints itself as the command does.
+//! `main.rs` only parses and dispatches; the Python package calls the same functions.
+//!
+//! | command | module | report |
+//! |---|---|---|
+//! | `patchgraph graph IMAGE` | [`graph`] | the patch graph and its statistics |
+//! | `patchgraph attention` | [`attention`] | one query's attention (or the rollout) over the patches |
+//! | `patchgraph plot` | [`plot`] | the picture written |
+//! | `patchgraph bench` | [`bench`] | every timing record |
+//! | `patchgraph train` | [`train`] | the metrics of every epoch |
+//! | `patchgraph convert` | [`convert`] | what was adapted, the file written |
+//! | `patchgraph infer` | [`infer`] | logits, top-k and (with `--compare`) the comparison |
+//!
+//! ```
+//! use clap::Parser;
+//! use patchgraph::cli::{Common, convert};
+//! // The flags as the command line writes them; an unknown architecture is the same typed
+//! // error from Rust, the command line and Python.
+//! #[derive(Parser)]
+//! struct Cmd {
+//!     #[command(flatten)]
+//!     args: convert::Args,
+//! }
+//! let cmd = Cmd::try_parse_from(["convert", "--checkpoint", "x.npz", "--arch", "vit_huge_patch14_224", "--out", "y"]).unwrap();
+//! let err = convert::run(&cmd.args, &Common::default()).unwrap_err();
+//! assert!(err.to_string().contains("vit_huge_patch14_224"));
+//! ```
+
+pub mod attention;
+pub mod bench;
+pub mod convert;
+pub mod graph;
+pub mod infer;
+pub mod plot;
+pub mod train;
+
+use crate::error::{Error, Result};
+use crate::graph::GraphSpec;
+use crate::image::Normalization;
+use crate::nn::VitConfig;
+use std::path::Path;
+
+/// What every command shares: the rayon threads and whether checkpoints may hold NaN or
+/// infinities (the command line's global `--threads` and `--allow-nonfinite`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Common {
+    /// rayon threads (`None`: rayon's default, all cores). Same seed, same numbers, whatever
+    /// the count.
+    pub threads: Option<usize>,
+    /// Load checkpoints that hold NaN or infinities (by default each is an error naming the
+    /// tensor and index).
+    pub allow_nonfinite: bool,
+}
+
+impl Common {
+    /// Runs `work` on a rayon pool of [`Common::threads`] threads.
+    pub fn install<T: Send>(&self, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(self.threads.unwrap_or(0))
+            .build()
+            .map_err(|e| Error::invalid("--threads", e.to_string()))?
+            .install(work)
+    }
+}
+
+/// A line of progress: the command line prints it; a library caller may keep or drop it.
+pub type Log<'a> = dyn FnMut(&str) + 'a;
+
+/// The model config from `--config FILE` or `--arch NAME`, if given.
+pub fn model_config(config: Option<&Path>, arch: Option<&str>) -> Result<Option<VitConfig>> {
+    match (config, arch) {
+        (Some(path), _) => VitConfig::from_json_file(path).map(Some),
+        (None, Some(name)) => VitConfig::arch(name).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+/// `--norm`: `inception` (mean = std = 0.5) or `imagenet`.
+pub fn parse_norm(norm: &str) -> Result<Normalization> {
+    match norm {
+        "inception" => Ok(Normalization::inception()),
+        "imagenet" => Ok(Normalization::imagenet()),
+        other => Err(Error::invalid("--norm", format!("`{other}`: expected inception or imagenet"))),
+    }
+}
+
+/// `--graph`: one spec for every layer, or one per layer, comma-separated.
+pub fn parse_graphs(spec: &str) -> Result<Vec<GraphSpec>> {
+    spec.split(',').map(|s| s.trim().parse()).collect()
+}
+
+/// "wrote PATH" lines of a report.
+fn wrote(f: &mut std::fmt::Formatter<'_>, paths: &[std::path::PathBuf]) -> std::fmt::Result {
+    for p in paths {
+        writeln!(f, "wrote {}", p.display())?;
+    }
+    Ok(())
+}
