@@ -602,6 +602,49 @@ fn py_attend_backward<'py>(
     Ok((matrix_out(py, grads.query)?, matrix_out(py, grads.key)?, matrix_out(py, grads.value)?, dbias, da))
 }
 
+/// Seconds per call of [`attend`] (and, with `backward`, of [`attend`] then
+/// [`attend_backward`]) on these inputs, timed inside Rust: `runs` calls after one warm-up, the
+/// GIL released. What a Python caller pays beyond these is the boundary (argument checks,
+/// array views, result arrays); `scripts/bench_python.py` measures it.
+#[pyfunction(name = "_time_attend")]
+#[pyo3(signature = (graph, q, k, v, heads, runs, backward = false))]
+#[allow(clippy::too_many_arguments)]
+fn py_time_attend<'py>(
+    py: Python<'py>,
+    graph: &PyGraph,
+    q: &Bound<'py, PyAny>,
+    k: &Bound<'py, PyAny>,
+    v: &Bound<'py, PyAny>,
+    heads: usize,
+    runs: usize,
+    backward: bool,
+) -> PyResult<Vec<f64>> {
+    let (q, k, v) = (F32In::new("q", q)?, F32In::new("k", k)?, F32In::new("v", v)?);
+    let score = score_of("dot", None, None, 0.2, q.cols / heads.max(1))?;
+    let g = graph.graph.clone();
+    let (qb, kb, vb) = (q.block()?, k.block()?, v.block()?);
+    let dout = Matrix::from_fn(q.rows, v.cols, |i, j| ((i + j) % 7) as f32 - 3.0);
+    py.detach(|| {
+        let inputs = AttentionInputs::new(qb, kb, vb, heads);
+        let once = || -> patchgraph::Result<()> {
+            let out = attend(&g, &score, &inputs, Path::Auto, false)?;
+            if backward {
+                attend_backward(&g, &score, &inputs, &out.log_sum_exp, &dout)?;
+            }
+            Ok(())
+        };
+        once()?;
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let start = std::time::Instant::now();
+            once()?;
+            times.push(start.elapsed().as_secs_f64());
+        }
+        Ok(times)
+    })
+    .py()
+}
+
 /// The score in f64.
 fn score64_of(
     name: &str,
@@ -1167,6 +1210,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_attend_backward, m)?)?;
     m.add_function(wrap_pyfunction!(py_attend64, m)?)?;
     m.add_function(wrap_pyfunction!(py_attend_backward64, m)?)?;
+    m.add_function(wrap_pyfunction!(py_time_attend, m)?)?;
     m.add_function(wrap_pyfunction!(run_command, m)?)?;
     m.add_function(wrap_pyfunction!(load_dataset, m)?)?;
     m.add_function(wrap_pyfunction!(init_threads, m)?)?;

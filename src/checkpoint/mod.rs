@@ -21,7 +21,7 @@ mod npz;
 
 pub use google_vit::{google_vit_to_timm, timm_vit_to_google};
 pub use layout::permute_axes;
-pub use npz::read_npy;
+pub use npz::{read_npy, read_npy_ints};
 
 use crate::error::{Error, Result};
 use safetensors::{Dtype, SafeTensors};

@@ -260,6 +260,37 @@ pub fn read_npy(bytes: &[u8], what: &str) -> Result<Tensor> {
     Ok(Tensor { shape: array.shape, data })
 }
 
+/// Reads one `.npy` array as integers, exactly (no trip through f32: node ids above 2^24
+/// survive): any integer or bool dtype, widened to i64. A float array is [`Error::DType`]
+/// (an `edge_index` must be integral). `what` names the source in errors.
+///
+/// ```
+/// // np.save of np.array([[0, 16777217], [1, 2]], dtype=np.int64)
+/// let header = "{'descr': '<i8', 'fortran_order': False, 'shape': (2, 2), }";
+/// let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+/// let len = (10 + header.len() + 1).div_ceil(64) * 64 - 10;
+/// npy.extend((len as u16).to_le_bytes());
+/// npy.extend(format!("{header:<w$}\n", w = len - 1).bytes());
+/// for v in [0i64, 16_777_217, 1, 2] { npy.extend(v.to_le_bytes()); }
+/// let (shape, data) = patchgraph::checkpoint::read_npy_ints(&npy, "edges.npy").unwrap();
+/// assert_eq!((shape, data), (vec![2, 2], vec![0, 16_777_217, 1, 2]));
+/// ```
+pub fn read_npy_ints(bytes: &[u8], what: &str) -> Result<(Vec<usize>, Vec<i64>)> {
+    let integers = "an integer or bool dtype (<i8, <i4, <u4, <i2, <u2, |i1, |u1, |b1)";
+    let array = parse_npy(bytes).map_err(|e| match e {
+        NpyError::Format(reason) => Error::Format { path: what.to_string(), reason },
+        NpyError::DType(dtype) => Error::DType { name: what.to_string(), dtype, expected: integers.to_string() },
+    })?;
+    match array.values {
+        Values::Int(data) => Ok((array.shape, data)),
+        Values::Float(_) => Err(Error::DType {
+            name: what.to_string(),
+            dtype: "a float dtype".to_string(),
+            expected: integers.to_string(),
+        }),
+    }
+}
+
 enum Values {
     Float(Vec<f32>),
     Int(Vec<i64>),

@@ -83,3 +83,53 @@ impl Graph {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::Graph;
+
+    fn sources(g: &Graph) -> Vec<Vec<usize>> {
+        (0..g.num_nodes()).map(|i| g.incoming(i).collect()).collect()
+    }
+
+    /// One global node is `with_global_node(true)`, edge for edge and in the same order.
+    #[test]
+    fn one_global_node_is_the_class_token() {
+        let g = Graph::from_edge_index(4, &[0, 1, 2, 3, 1], &[1, 2, 3, 0, 3]).unwrap();
+        assert_eq!(sources(&g.with_global_nodes(1)), sources(&g.with_global_node(true)));
+    }
+
+    /// Three globals (a class token and two registers) on a path: each reads every node, each
+    /// patch reads the three globals first, then its old sources shifted by three; in-degrees
+    /// are `N + 3` and `3 + old`; the old edges are all kept.
+    #[test]
+    fn several_global_nodes_are_linked_both_ways() {
+        let (n, count) = (5, 3);
+        let g = Graph::from_edge_index(n, &[0, 1, 2, 3], &[1, 2, 3, 4]).unwrap();
+        let h = g.with_global_nodes(count);
+        assert_eq!(h.num_nodes(), n + count);
+        let s = sources(&h);
+        for (i, srcs) in s.iter().enumerate().take(count) {
+            assert_eq!(srcs, &(0..n + count).collect::<Vec<_>>(), "global {i}");
+        }
+        for i in 0..n {
+            let want: Vec<usize> = (0..count).chain(g.incoming(i).map(|j| j + count)).collect();
+            assert_eq!(s[i + count], want, "patch {i}");
+        }
+        // Both ways: every (global, patch) pair has an edge in each direction.
+        for j in 0..count {
+            for i in count..n + count {
+                assert!(s[i].contains(&j) && s[j].contains(&i), "global {j} <-> node {i}");
+            }
+        }
+    }
+
+    /// A visiting order is carried, the globals first, the others' order shifted.
+    #[test]
+    fn visit_order_is_carried_globals_first() {
+        let g = Graph::from_edge_index(4, &[0, 1, 2, 3], &[1, 2, 3, 0]).unwrap().with_visit_order(vec![2, 0, 3, 1]).unwrap();
+        assert_eq!(g.with_global_nodes(2).visit_order().unwrap(), &[0, 1, 4, 2, 5, 3]);
+        let plain = Graph::from_edge_index(4, &[0], &[1]).unwrap();
+        assert!(plain.visit_order().is_none() && plain.with_global_nodes(2).visit_order().is_none());
+    }
+}

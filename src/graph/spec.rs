@@ -18,10 +18,14 @@
 //! | `gridattn:G` | MaxViT grid attention: `G x G` groups with stride `(rows / G, cols / G)` |
 //! | `lsh:B:ROUNDS:SEED[:CHUNK]` | Reformer: angular LSH of the node features into `B` buckets, sorted and cut into chunks of `CHUNK` nodes (`ROUNDS` defaults to 1, `SEED` to 0, `CHUNK` to `ceil(N / B)`) |
 //! | `global:G` | `G` global patches (default 1) linked both ways to every patch, and one self-loop per node |
+//! | `edges:FILE` | the PyG `edge_index` `[2, E]` (sources, then targets) of patch ids `0 .. rows*cols` in an integer `.npy` file, or the `edge_index` entry of an `.npz`; read exactly as integers |
 //! | `A+B+...` | the edge union of the parts (e.g. `window:7+global+random:3`, `nat:3+lsh:8:2:1`) |
 //!
 //! Aliases: `grid:4` and `grid:8` are `grid4:1` and `grid8:1`; `knn-feature:K:dilation=D` is
 //! `fknn:K:D`. [`GraphSpec`]'s `Display` writes the canonical form (every number spelled out).
+//!
+//! `edges:FILE` takes the rest of the string as the path (colons included); in a union, a path
+//! may not hold a `+` followed by a letter.
 //!
 //! A union splits on each `+` that is followed by a letter (a `+` before a digit stays part of
 //! the number, as `knn:+3` always parsed); each part is a spec of the table, a union inside a
@@ -146,6 +150,11 @@ pub enum GraphSpec {
         /// Global patches.
         globals: usize,
     },
+    /// The user's own edges: a PyG `edge_index` over the patches, read from a file when built.
+    Edges {
+        /// An integer `.npy` `[2, E]`, or an `.npz` holding `edge_index`.
+        path: String,
+    },
     /// The edge union of the parts ([`Graph::union`]), the class token added once.
     Union(Vec<GraphSpec>),
     /// Not a graph: a low-rank approximation of the complete graph (Performer, Linformer,
@@ -213,6 +222,12 @@ fn parse_one(s: &str) -> Result<GraphSpec> {
     if LowRank::is_name(s.split(':').next().unwrap_or_default()) {
         return Ok(GraphSpec::LowRank(s.parse()?));
     }
+    if let Some(path) = s.strip_prefix("edges:") {
+        if path.is_empty() {
+            return Err(Error::invalid("graph spec", format!("`{s}` needs a file after `edges:`")));
+        }
+        return Ok(GraphSpec::Edges { path: path.to_string() });
+    }
     let mut parts = s.split(':');
     let name = parts.next().unwrap_or_default();
     let (a, b, c, d) = (parts.next(), parts.next(), parts.next(), parts.next());
@@ -269,7 +284,7 @@ fn parse_one(s: &str) -> Result<GraphSpec> {
                 format!(
                     "unknown `{s}`: expected complete, grid4:R, grid8:R, window:S, nat:S, knn:K, fknn:K:D, \
                      fknn-cos:K:D, random:K:SEED, bigbird:W:R:SEED, longformer:W:G, swin:M, swin:M:S, \
-                     gridattn:G, lsh:BUCKETS:ROUNDS:SEED[:CHUNK], global:G, or a union A+B+..."
+                     gridattn:G, lsh:BUCKETS:ROUNDS:SEED[:CHUNK], global:G, edges:FILE, or a union A+B+..."
                 ),
             ));
         }
@@ -323,6 +338,7 @@ impl fmt::Display for GraphSpec {
             GraphSpec::Lsh { buckets, rounds, seed, chunk: None } => write!(f, "lsh:{buckets}:{rounds}:{seed}"),
             GraphSpec::Lsh { buckets, rounds, seed, chunk: Some(c) } => write!(f, "lsh:{buckets}:{rounds}:{seed}:{c}"),
             GraphSpec::Global { globals } => write!(f, "global:{globals}"),
+            GraphSpec::Edges { path } => write!(f, "edges:{path}"),
             GraphSpec::Union(parts) => {
                 for (k, part) in parts.iter().enumerate() {
                     if k > 0 {
@@ -333,6 +349,22 @@ impl fmt::Display for GraphSpec {
                 Ok(())
             }
         }
+    }
+}
+
+/// The `[2, E]` integer `edge_index` of an `edges:FILE` spec: the array of an `.npy`, or the
+/// `edge_index` entry of an `.npz`.
+fn read_edge_index(path: &str) -> Result<(Vec<usize>, Vec<i64>)> {
+    let file = std::path::Path::new(path);
+    let bytes = std::fs::read(file).map_err(|source| Error::Io { path: file.to_path_buf(), source })?;
+    if path.ends_with(".npz") {
+        let mut map = crate::checkpoint::TensorMap::from_npz_bytes(&bytes, path)?;
+        map.take_ints("edge_index").map_err(|_| Error::Format {
+            path: path.to_string(),
+            reason: "no integer array `edge_index` in the archive (np.savez(path, edge_index=...))".into(),
+        })
+    } else {
+        crate::checkpoint::read_npy_ints(&bytes, path)
     }
 }
 
@@ -435,6 +467,19 @@ impl GraphSpec {
                 Graph::lsh(x, &LshOptions { buckets, rounds, seed, chunk })?
             }
             &GraphSpec::Global { globals } => Graph::longformer(rows, cols, 1, globals)?,
+            GraphSpec::Edges { path } => {
+                let (shape, data) = read_edge_index(path)?;
+                Graph::from_edge_index_tensor(n, &shape, &data).map_err(|e| match e {
+                    Error::Invalid { what, reason } => {
+                        Error::invalid(format!("{what} in {path}"), format!("{reason} (the grid has {n} patches)"))
+                    }
+                    Error::NodeOutOfRange { what, index, num_nodes } => {
+                        Error::NodeOutOfRange { what: format!("{what} in {path}"), index, num_nodes }
+                    }
+                    Error::Shape { what, expected, got } => Error::Shape { what: format!("{what} in {path}"), expected, got },
+                    other => other,
+                })?
+            }
             GraphSpec::Union(parts) => {
                 let graphs =
                     parts.iter().map(|p| p.patch_graph(rows, cols, n, features)).collect::<Result<Vec<_>>>()?;
@@ -500,6 +545,72 @@ mod tests {
             Err(e @ Error::Invalid { .. }) => e.to_string(),
             other => panic!("expected Error::Invalid, got {other:?}"),
         }
+    }
+
+    /// `np.save` bytes of a little-endian array (NPY 1.0, header padded to 64 as numpy pads it).
+    fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+        let header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        let len = (10 + header.len() + 1).div_ceil(64) * 64 - 10;
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend((len as u16).to_le_bytes());
+        out.extend(format!("{header:<w$}\n", w = len - 1).bytes());
+        out.extend(data);
+        out
+    }
+
+    /// `edges:FILE` reads a PyG `edge_index` from an integer `.npy` (or an `.npz` entry)
+    /// exactly, keeps the file's edges (sources, then targets), adds the class token as every
+    /// other spec does, and names the file in every error: an index out of range, a negative
+    /// one, a float array, a wrong shape, a missing file or entry.
+    #[test]
+    fn edges_spec_reads_pyg_edge_index_files() {
+        let dir = std::env::temp_dir().join(format!("pg-edges-spec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let i64s = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let path = |name: &str| dir.join(name).display().to_string();
+        // 0 -> 1, 2 -> 1, 3 -> 0 on a 2 x 2 grid.
+        std::fs::write(path("e.npy"), npy("<i8", "(2, 3)", &i64s(&[0, 2, 3, 1, 1, 0]))).unwrap();
+        let spec: GraphSpec = format!("edges:{}", path("e.npy")).parse().unwrap();
+        assert_eq!(spec.to_string(), format!("edges:{}", path("e.npy")));
+        let g = spec.build(2, 2, None, false).unwrap();
+        let sources = |g: &Graph, i: usize| g.incoming(i).collect::<Vec<_>>();
+        assert_eq!((sources(&g, 0), sources(&g, 1), sources(&g, 2), sources(&g, 3)), (vec![3], vec![0, 2], vec![], vec![]));
+        let t = spec.build(2, 2, None, true).unwrap();
+        assert_eq!((t.num_nodes(), sources(&t, 2)), (5, vec![0, 1, 3]));
+        // int32 works too; so does the `edge_index` entry of an .npz.
+        let i32s: Vec<u8> = [0i32, 2, 3, 1, 1, 0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        std::fs::write(path("e32.npy"), npy("<i4", "(2, 3)", &i32s)).unwrap();
+        let g32 = format!("edges:{}", path("e32.npy")).parse::<GraphSpec>().unwrap().build(2, 2, None, false).unwrap();
+        assert_eq!(g32, g);
+        let mut map = crate::checkpoint::TensorMap::default();
+        map.ints.insert("edge_index".into(), (vec![2, 3], vec![0, 2, 3, 1, 1, 0]));
+        map.save_npz(path("e.npz")).unwrap();
+        let gz = format!("edges:{}", path("e.npz")).parse::<GraphSpec>().unwrap().build(2, 2, None, false).unwrap();
+        assert_eq!(gz, g);
+        // Errors name the file.
+        let err = |spec: String, rows: usize| spec.parse::<GraphSpec>().unwrap().build(rows, 2, None, false).unwrap_err();
+        let e = err(format!("edges:{}", path("e.npy")), 1); // a 1 x 2 grid: node 3 is out of range
+        assert!(matches!(e, Error::NodeOutOfRange { index: 3, num_nodes: 2, .. }), "{e}");
+        assert!(e.to_string().contains("e.npy"), "{e}");
+        std::fs::write(path("neg.npy"), npy("<i8", "(2, 1)", &i64s(&[-1, 0]))).unwrap();
+        let e = err(format!("edges:{}", path("neg.npy")), 2).to_string();
+        assert!(e.contains("neg.npy") && e.contains("-1"), "{e}");
+        let f32s: Vec<u8> = [0f32, 1.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        std::fs::write(path("f.npy"), npy("<f4", "(2, 1)", &f32s)).unwrap();
+        let e = err(format!("edges:{}", path("f.npy")), 2);
+        assert!(matches!(e, Error::DType { .. }) && e.to_string().contains("f.npy"), "{e}");
+        std::fs::write(path("flat.npy"), npy("<i8", "(3,)", &i64s(&[0, 1, 2]))).unwrap();
+        let e = err(format!("edges:{}", path("flat.npy")), 2);
+        assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("flat.npy"), "{e}");
+        let e = err(format!("edges:{}", path("absent.npy")), 2);
+        assert!(matches!(e, Error::Io { .. }) && e.to_string().contains("absent.npy"), "{e}");
+        let mut other = crate::checkpoint::TensorMap::default();
+        other.ints.insert("edges".into(), (vec![2, 1], vec![0, 1]));
+        other.save_npz(path("other.npz")).unwrap();
+        let e = err(format!("edges:{}", path("other.npz")), 2).to_string();
+        assert!(e.contains("other.npz") && e.contains("edge_index"), "{e}");
+        assert!("edges:".parse::<GraphSpec>().is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Numbers beyond their type are typed errors that say so, not panics.

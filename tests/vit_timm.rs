@@ -1,0 +1,207 @@
+//! timm's later `VisionTransformer` arguments, as a timm user writes them, against timm itself:
+//! the fixtures in `tests/fixtures/vit_timm/` (written by `scripts/make_timm_fixtures.py` from
+//! timm 1.0.31 models with every parameter perturbed) hold the config JSON exactly as passed to
+//! `VisionTransformer(**config)`, the state dict, an input batch, timm's logits and pre-logits in
+//! float64 from the stored float32 weights, and (pooled variants) the loss and every gradient.
+//!
+//! Variants: `qk_norm`, register tokens (with and without `no_embed_class`), `pre_norm` without
+//! a final norm, `global_pool` `max`, `avgmax` (with `pool_include_prefix`) and `''`, the
+//! activations `gelu_tanh`, `quick_gelu`, `relu`, `silu`, `scale_attn_norm` / `scale_mlp_norm`
+//! without `proj_bias`, `pos_embed='none'`, a rectangular image in rectangular patches, and the
+//! training-only arguments (dropouts, stochastic depth, `weight_init`), accepted.
+//!
+//! Tolerances as `tests/vit.rs`: `max |ours - timm| <= 1e-4 * max |timm|` for a whole model's
+//! outputs and for each gradient tensor, `1e-5` relative for the loss.
+
+use patchgraph::Matrix;
+use patchgraph::checkpoint::TensorMap;
+use patchgraph::image::ChwImage;
+use patchgraph::nn::{GlobalPool, Size2, Vit, VitConfig, VitOptions};
+
+const MODEL_TOL: f32 = 1e-4;
+
+const VARIANTS: [&str; 15] = [
+    "qk_norm",
+    "registers",
+    "registers_no_embed_class",
+    "pre_norm_no_final_norm",
+    "pool_max",
+    "pool_avgmax_with_prefix",
+    "pool_none",
+    "gelu_tanh",
+    "quick_gelu",
+    "relu",
+    "silu_no_class_token",
+    "scale_norms_no_proj_bias",
+    "pos_embed_none",
+    "rectangular",
+    "dropouts_accepted",
+];
+
+fn dir() -> String {
+    format!("{}/tests/fixtures/vit_timm", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn config(name: &str) -> VitConfig {
+    VitConfig::from_json_file(format!("{}/{name}.json", dir())).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn weights(name: &str) -> TensorMap {
+    TensorMap::load_safetensors(format!("{}/{name}.safetensors", dir())).unwrap()
+}
+
+fn io(name: &str) -> (Vec<ChwImage>, TensorMap) {
+    let mut map = TensorMap::load_safetensors(format!("{}/{name}.io.safetensors", dir())).unwrap();
+    let input = map.take_any("input").unwrap();
+    let [b, c, h, w] = input.shape[..] else { panic!("input is not [B, C, H, W]") };
+    let images = (0..b)
+        .map(|i| ChwImage::new(c, h, w, input.data[i * c * h * w..(i + 1) * c * h * w].to_vec()).unwrap())
+        .collect();
+    (images, map)
+}
+
+fn matrix(map: &TensorMap, name: &str) -> Matrix {
+    let t = map.get(name).unwrap();
+    let d = *t.shape.last().unwrap();
+    Matrix::from_vec(t.data.len() / d, d, t.data.clone()).unwrap()
+}
+
+fn assert_close(what: &str, ours: &Matrix, theirs: &Matrix, tol: f32) {
+    assert_eq!(ours.shape(), theirs.shape(), "{what}: shape");
+    let scale = theirs.max_abs();
+    let diff = ours.max_abs_diff(theirs);
+    assert!(scale > 0.0, "{what}: reference is all zeros, the test would be blind");
+    assert!(diff <= tol * scale, "{what}: max diff {diff:e} > {tol:e} * scale {scale:e}");
+}
+
+/// Every variant, loaded from timm's own config and state dict, gives timm's logits and
+/// pre-logits (for `global_pool=''`: one row per token, `[B*T x K]`).
+#[test]
+fn logits_match_timm() {
+    for name in VARIANTS {
+        let vit = Vit::load(config(name), weights(name), name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (images, out) = io(name);
+        let ours = vit.forward_with(&images, &VitOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_close(&format!("{name} logits"), &ours.logits, &matrix(&out, "logits64"), MODEL_TOL);
+        assert_close(&format!("{name} pre_logits"), &ours.pre_logits, &matrix(&out, "pre_logits64"), MODEL_TOL);
+    }
+}
+
+/// The loss (cross-entropy, label smoothing 0.1) and every parameter gradient against
+/// PyTorch's autograd through timm's model in float64, for every pooled variant: the backward
+/// of `q_norm`/`k_norm`, register tokens, `norm_pre`, max pooling, each activation, the scale
+/// norms, a model without `pos_embed` and a rectangular grid.
+#[test]
+fn gradients_match_pytorch_autograd() {
+    for name in VARIANTS.into_iter().filter(|n| *n != "pool_none") {
+        let vit = Vit::load(config(name), weights(name), name).unwrap();
+        let (images, _) = io(name);
+        let mut reference = TensorMap::load_safetensors(format!("{}/{name}.grad.safetensors", dir())).unwrap();
+        let (_, targets) = reference.take_ints("targets").unwrap();
+        let targets: Vec<usize> = targets.into_iter().map(|t| t as usize).collect();
+        let (loss, grads) = vit
+            .loss_and_grads(&images, &targets, 0.1, &VitOptions::default())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let want_loss = reference.get("loss").unwrap().data[0];
+        assert!((loss - want_loss).abs() <= 1e-5 * want_loss.abs(), "{name}: loss {loss} vs {want_loss}");
+        let ours = grads.to_tensor_map().unwrap();
+        let theirs: Vec<(String, Vec<usize>)> = reference
+            .shapes()
+            .filter_map(|(n, s)| n.strip_prefix("grad.").map(|p| (p.to_string(), s.to_vec())))
+            .collect();
+        let mut our_names: Vec<(String, Vec<usize>)> =
+            ours.shapes().map(|(n, s)| (n.to_string(), s.to_vec())).collect();
+        let mut sorted_theirs = theirs.clone();
+        our_names.sort();
+        sorted_theirs.sort();
+        assert_eq!(our_names, sorted_theirs, "{name}: gradient names and shapes");
+        for (param, _) in &theirs {
+            let want = &reference.get(&format!("grad.{param}")).unwrap().data;
+            let got = &ours.get(param).unwrap().data;
+            let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let diff = got.iter().zip(want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            if scale == 0.0 {
+                // Max pooling sends no gradient to tokens it never picks; then ours must be 0 too.
+                assert!(diff == 0.0, "{name}: {param}: PyTorch's gradient is zero, ours is not ({diff:e})");
+                continue;
+            }
+            assert!(diff <= 1e-4 * scale, "{name}: {param}: max diff {diff:e} > 1e-4 * {scale:e}");
+        }
+    }
+}
+
+/// timm's way of writing sizes: an int for a square, a pair for a rectangle, in and out.
+#[test]
+fn sizes_read_and_write_as_timm_writes_them() {
+    let c = config("rectangular");
+    assert_eq!((c.img_size, c.patch_size), (Size2 { h: 12, w: 16 }, Size2 { h: 4, w: 2 }));
+    assert_eq!(c.grid_size(), (3, 8));
+    let json = serde_json::to_value(&c).unwrap();
+    assert_eq!(json["img_size"], serde_json::json!([12, 16]));
+    assert_eq!(json["patch_size"], serde_json::json!([4, 2]));
+    let square = config("qk_norm");
+    let json = serde_json::to_value(&square).unwrap();
+    assert_eq!(json["img_size"], serde_json::json!(16));
+    let again: VitConfig = serde_json::from_value(json).unwrap();
+    assert_eq!(again, square);
+    // Anything else is refused by serde, naming the field.
+    for bad in [r#""16""#, "[16]", "[16, 8, 4]", "-4"] {
+        let text = format!(r#"{{"img_size": {bad}, "patch_size": 4, "num_classes": 2, "embed_dim": 8, "depth": 1, "num_heads": 2}}"#);
+        let err = serde_json::from_str::<VitConfig>(&text).unwrap_err().to_string();
+        assert!(err.contains("Size2") || err.contains("img_size") || err.contains("did not match"), "{bad}: {err}");
+    }
+}
+
+/// The training-only arguments are accepted and change nothing: the `dropouts_accepted` model
+/// gives the same logits as the same weights under a config without them.
+#[test]
+fn training_only_arguments_change_nothing() {
+    let name = "dropouts_accepted";
+    let with = config(name);
+    assert!(with.drop_path_rate > 0.0 && with.drop_rate > 0.0 && with.weight_init.as_deref() == Some("jax"));
+    let mut without = with.clone();
+    (without.drop_rate, without.attn_drop_rate, without.drop_path_rate, without.weight_init) = (0.0, 0.0, 0.0, None);
+    let (images, _) = io(name);
+    let a = Vit::load(with, weights(name), name).unwrap().forward(&images).unwrap();
+    let b = Vit::load(without, weights(name), name).unwrap().forward(&images).unwrap();
+    assert_eq!(a, b);
+}
+
+/// The arguments patchgraph does not implement are refused by name, with what is missing; an
+/// argument timm does not have is refused by serde, naming it.
+#[test]
+fn unimplemented_and_unknown_arguments_are_refused_by_name() {
+    let base = r#""img_size": 16, "patch_size": 4, "num_classes": 2, "embed_dim": 8, "depth": 1, "num_heads": 2"#;
+    let cases = [
+        (r#""global_pool": "map""#, "global_pool", "attention pooling"),
+        (r#""dynamic_img_size": true"#, "dynamic_img_size", "resamples"),
+        (r#""dynamic_img_pad": true"#, "dynamic_img_pad", "pads"),
+        (r#""block_fn": "ResPostBlock""#, "block_fn", "Block"),
+        (r#""mlp_layer": "SwiGLUPacked""#, "mlp_layer", "SwiGLU"),
+        (r#""norm_layer": "RMSNorm""#, "norm_layer", "RMSNorm"),
+        (r#""embed_norm_layer": "LayerNorm""#, "embed_norm_layer", "not implemented"),
+        (r#""dtype": "bfloat16""#, "dtype", "float32"),
+        (r#""weight_init": "xavier""#, "weight_init", "schemes"),
+        (r#""act_layer": "mish""#, "mish", "unknown variant"),
+        (r#""qk_norn": true"#, "qk_norn", "unknown field"),
+        (r#""global_pool": "token", "class_token": false"#, "global_pool", "class token"),
+    ];
+    for (extra, field, why) in cases {
+        let path = std::env::temp_dir().join(format!("pg-vit-timm-{}-{field}.json", std::process::id()));
+        std::fs::write(&path, format!("{{{base}, {extra}}}")).unwrap();
+        let err = VitConfig::from_json_file(&path).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(err.contains(field) && err.contains(why), "{extra}: {err}");
+    }
+}
+
+/// Reading a config does not depend on where the pooling is spelled: timm's `''` is no pooling.
+#[test]
+fn empty_global_pool_is_per_token_output() {
+    let c = config("pool_none");
+    assert_eq!(c.global_pool, GlobalPool::None);
+    let vit = Vit::load(c.clone(), weights("pool_none"), "pool_none").unwrap();
+    let (images, _) = io("pool_none");
+    let out = vit.forward_with(&images, &VitOptions::default()).unwrap();
+    assert_eq!(out.logits.shape(), (images.len() * c.num_tokens(), c.num_classes));
+}
