@@ -209,6 +209,24 @@ fn measure(value: &dyn Fn(&str) -> Option<String>) -> Result<Vec<serde_json::Val
 fn main() -> Result<()> {
     patchgraph::train::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    const USAGE: &str = "cargo run --release --example efficient_sweep -- [--grids 14,28,56,112,224] [--budget 60] \
+                         [--runs 3] [--methods complete,window,...] [--json FILE] [--plot FILE.png] \
+                         [--peers PEERS.json] [--from FILE.json] [--export-graphs DIR]";
+    const FLAGS: [&str; 9] =
+        ["--grids", "--budget", "--runs", "--methods", "--json", "--plot", "--peers", "--from", "--export-graphs"];
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    // Every flag takes one value; anything else is an error, not silently a full sweep.
+    for pair in args.chunks(2) {
+        if !FLAGS.contains(&pair[0].as_str()) || pair.len() < 2 {
+            return Err(patchgraph::Error::invalid(
+                "efficient_sweep arguments",
+                format!("`{}` is not a flag with a value; usage: {USAGE}", pair[0]),
+            ));
+        }
+    }
     let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     // Measure, or (`--from FILE.json`) read the records of an earlier run to plot them.
     let records = match value("--from") {

@@ -5,7 +5,7 @@
 //! memory and attention FLOPs per image, one table and one plot.
 //!
 //! ```text
-//! cargo run --release --example small_patches             # the default run, about 15 minutes on 2 cores
+//! cargo run --release --example small_patches             # the default run, about 12 minutes on 2 cores
 //! cargo run --release --example small_patches -- --long   # the full table of notes/experiments.md
 //! cargo run --release --example small_patches -- --patches 7 --methods complete,performer  # a part
 //! cargo run --release --example small_patches -- --json rows.json --plot small_patches.png
@@ -198,6 +198,25 @@ fn run_rows(patches: &[usize], methods: &[String], long: bool) -> Result<Vec<Row
 fn main() -> Result<()> {
     patchgraph::train::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    const USAGE: &str = "cargo run --release --example small_patches -- [--long] [--patches 7,4,2,1] \
+                         [--methods complete,window,...] [--json FILE] [--plot FILE.png] [--from FILE.json]";
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    // `--long` stands alone; every other flag takes one value; anything else is an error.
+    let mut at = 0;
+    while at < args.len() {
+        let flag = args[at].as_str();
+        let takes_value = ["--patches", "--methods", "--json", "--plot", "--from"].contains(&flag);
+        if !(flag == "--long" || takes_value && at + 1 < args.len()) {
+            return Err(patchgraph::Error::invalid(
+                "small_patches arguments",
+                format!("`{flag}` is not a flag (or lacks its value); usage: {USAGE}"),
+            ));
+        }
+        at += if takes_value { 2 } else { 1 };
+    }
     let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let long = args.iter().any(|a| a == "--long");
     let patches: Vec<usize> = value("--patches")
