@@ -7,6 +7,7 @@
 //! ```text
 //! cargo run --release --example efficient_sweep -- [--grids 14,28,56,112,224] [--budget 60]
 //!     [--runs 3] [--methods complete,window,...] [--json FILE] [--plot FILE.png] [--peers efficient_peers.json]
+//!     [--from FILE.json (plot an earlier run's records instead of measuring)]
 //! ```
 //!
 //! What is timed (q, k, v `[N x 768]` given, as the peers' SDPA and FastAttention take them):
@@ -40,7 +41,7 @@ use patchgraph::checkpoint::TensorMap;
 use patchgraph::graph::GraphSpec;
 use patchgraph::nn::{Init, LowRankAttention, TokenGrid};
 use patchgraph::tensor::Matrix;
-use patchgraph::viz::{BenchPoint, plot_bench};
+use patchgraph::viz::{Scale, ScalingPanel, ScalingPoint, plot_scaling};
 use std::time::Instant;
 
 #[global_allocator]
@@ -83,10 +84,8 @@ fn gemm_peak() -> f64 {
     2.0 * (n as f64).powi(3) / times[times.len() / 2] / 1e9
 }
 
-fn main() -> Result<()> {
-    patchgraph::train::keep_freed_memory();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+/// Runs the sweep (see the module docs) and returns its records.
+fn measure(value: &dyn Fn(&str) -> Option<String>) -> Result<Vec<serde_json::Value>> {
     let grids: Vec<usize> = value("--grids")
         .map(|g| g.split(',').filter_map(|x| x.parse().ok()).collect())
         .unwrap_or_else(|| vec![14, 28, 56, 112, 224]);
@@ -204,6 +203,40 @@ fn main() -> Result<()> {
             println!("| {method} | {n} | {} | {} | {:.1} | {:.1} |", ms(row[0]), ms(row[1]), peaks[0], peaks[1]);
         }
     }
+    Ok(records)
+}
+
+fn main() -> Result<()> {
+    patchgraph::train::keep_freed_memory();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    const USAGE: &str = "cargo run --release --example efficient_sweep -- [--grids 14,28,56,112,224] [--budget 60] \
+                         [--runs 3] [--methods complete,window,...] [--json FILE] [--plot FILE.png] \
+                         [--peers PEERS.json] [--from FILE.json] [--export-graphs DIR]";
+    const FLAGS: [&str; 9] =
+        ["--grids", "--budget", "--runs", "--methods", "--json", "--plot", "--peers", "--from", "--export-graphs"];
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    // Every flag takes one value; anything else is an error, not silently a full sweep.
+    for pair in args.chunks(2) {
+        if !FLAGS.contains(&pair[0].as_str()) || pair.len() < 2 {
+            return Err(patchgraph::Error::invalid(
+                "efficient_sweep arguments",
+                format!("`{}` is not a flag with a value; usage: {USAGE}", pair[0]),
+            ));
+        }
+    }
+    let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    // Measure, or (`--from FILE.json`) read the records of an earlier run to plot them.
+    let records = match value("--from") {
+        Some(file) => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|source| patchgraph::Error::Io { path: file.clone().into(), source })?;
+            serde_json::from_str(&text).map_err(|e| patchgraph::Error::Format { path: file, reason: e.to_string() })?
+        }
+        None => measure(&value)?,
+    };
     if let Some(path) = value("--json") {
         patchgraph::atomic_file::write_atomically(
             std::path::Path::new(&path),
@@ -211,17 +244,26 @@ fn main() -> Result<()> {
         )?;
     }
     if let Some(path) = value("--plot") {
-        let mut points: Vec<BenchPoint> = records
-            .iter()
-            .filter(|r| r["op"].as_str().is_some_and(|o| o.ends_with("_fwd")))
-            .map(|r| BenchPoint {
-                label: r["op"].as_str().unwrap_or("").trim_start_matches("efficient_").trim_end_matches("_fwd").into(),
-                n: r["N"].as_u64().unwrap_or(1) as usize,
-                k: None,
-                ms: r["median_ms"].as_f64().unwrap_or(1.0),
-            })
-            .collect();
-        // The peers' forward times from `scripts/bench_peers.py --only efficient --json FILE`.
+        // Forward and forward + backward time against N, ours and (with --peers) the peers', and
+        // our peak extra memory: one line per method.
+        let mut time = [Vec::new(), Vec::new()];
+        let mut memory = Vec::new();
+        for r in &records {
+            let (Some(op), Some(ms), Some(n)) = (r["op"].as_str(), r["median_ms"].as_f64(), r["N"].as_u64()) else {
+                continue;
+            };
+            let Some(rest) = op.strip_prefix("efficient_") else { continue };
+            let (method, slot) = match rest.strip_suffix("_fwdbwd") {
+                Some(m) => (m, 1),
+                None => (rest.trim_end_matches("_fwd"), 0),
+            };
+            time[slot].push(ScalingPoint { method: method.into(), n: n as usize, value: ms });
+            if slot == 0 {
+                let mib = r["peak_extra_mib"].as_f64().unwrap_or(0.0).max(0.1);
+                memory.push(ScalingPoint { method: method.into(), n: n as usize, value: mib });
+            }
+        }
+        // The peers' times from `scripts/bench_peers.py --only efficient --json FILE`.
         if let Some(peers) = value("--peers") {
             let text = std::fs::read_to_string(&peers)
                 .map_err(|source| patchgraph::Error::Io { path: peers.clone().into(), source })?;
@@ -231,13 +273,30 @@ fn main() -> Result<()> {
                 let (Some(op), Some(ms), Some(n)) = (r["op"].as_str(), r["median_ms"].as_f64(), r["N"].as_u64()) else {
                     continue;
                 };
-                if let Some(core) = op.strip_prefix("efficient_").and_then(|o| o.strip_suffix("_fwd")) {
-                    let peer = r["peer"].as_str().unwrap_or("peer");
-                    points.push(BenchPoint { label: format!("PyTorch {peer} ({core})"), n: n as usize, k: None, ms });
-                }
+                let Some(rest) = op.strip_prefix("efficient_") else { continue };
+                let (core, slot) = match rest.strip_suffix("_fwdbwd") {
+                    Some(m) => (m, 1),
+                    None => (rest.trim_end_matches("_fwd"), 0),
+                };
+                let peer = r["peer"].as_str().unwrap_or("peer");
+                let method = format!("PyTorch {peer} ({core})");
+                time[slot].push(ScalingPoint { method, n: n as usize, value: ms });
             }
         }
-        plot_bench(&points, None, std::path::Path::new(&path))?;
+        let [forward, both] = time;
+        let panel = |caption: &str, value: &str, points| ScalingPanel {
+            caption: caption.into(),
+            value: value.into(),
+            scale: Scale::Log,
+            points,
+        };
+        let panels = [
+            panel("forward", "median time (ms)", forward),
+            panel("forward + backward", "median time (ms)", both),
+            panel("peak extra memory, forward (ours)", "MiB", memory),
+        ];
+        let title = "one attention layer, 12 heads of 64: every method against N";
+        plot_scaling(title, &panels, std::path::Path::new(&path))?;
     }
     Ok(())
 }

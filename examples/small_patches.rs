@@ -5,9 +5,11 @@
 //! memory and attention FLOPs per image, one table and one plot.
 //!
 //! ```text
-//! cargo run --release --example small_patches             # the default run, about 15 minutes on 2 cores
+//! cargo run --release --example small_patches             # the default run, about 12 minutes on 2 cores
 //! cargo run --release --example small_patches -- --long   # the full table of notes/experiments.md
 //! cargo run --release --example small_patches -- --patches 7 --methods complete,performer  # a part
+//! cargo run --release --example small_patches -- --json rows.json --plot small_patches.png
+//! cargo run --release --example small_patches -- --from rows.json --plot again.png  # plot, no training
 //! ```
 //!
 //! The model: width 32, depth 2, 2 heads of 16, average pooling, the recipe of the topology
@@ -43,7 +45,7 @@ use patchgraph::data::{ImageDataset, Split, load_mnist};
 use patchgraph::graph::GraphSpec;
 use patchgraph::nn::{GlobalPool, Init, Vit, VitConfig, VitOptions};
 use patchgraph::train::{AdamW, TrainConfig, train};
-use patchgraph::viz::{BenchPoint, plot_bench};
+use patchgraph::viz::{Scale, ScalingPanel, ScalingPoint, plot_scaling};
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
@@ -52,7 +54,8 @@ const DIM: usize = 32;
 const DEPTH: usize = 2;
 const HEADS: usize = 2;
 
-/// One table row.
+/// One table row (also the records of `--json` and `--from`).
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Row {
     patch: usize,
     tokens: usize,
@@ -127,23 +130,13 @@ fn flops(spec: &GraphSpec, vit: &Vit, test: &ImageDataset) -> Result<f64> {
     } * DEPTH as f64)
 }
 
-fn main() -> Result<()> {
-    patchgraph::train::keep_freed_memory();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
-    let long = args.iter().any(|a| a == "--long");
-    let patches: Vec<usize> = value("--patches")
-        .map(|p| p.split(',').filter_map(|x| x.parse().ok()).collect())
-        .unwrap_or_else(|| vec![7, 4, 2, 1]);
-    let methods: Vec<String> =
-        value("--methods").map(|m| m.split(',').map(String::from).collect()).unwrap_or_else(|| {
-            ["complete", "window", "bigbird", "lsh", "performer", "linformer", "nystrom"].map(String::from).to_vec()
-        });
+/// Train and test every (patch, method) row.
+fn run_rows(patches: &[usize], methods: &[String], long: bool) -> Result<Vec<Row>> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist5k");
     let (train_all, test_all) = (load_mnist(dir, Split::Train)?, load_mnist(dir, Split::Test)?);
     let probe = HeapProbe::default();
     let mut rows = Vec::new();
-    for &patch in &patches {
+    for &patch in patches {
         // (training images, epochs, test images)
         let (n_train, epochs, n_test) = match (patch, long) {
             (7, false) => (4000, 30, 1000),
@@ -160,7 +153,7 @@ fn main() -> Result<()> {
         (config.in_chans, config.embed_dim, config.depth, config.num_heads) = (1, DIM, DEPTH, HEADS);
         config.global_pool = GlobalPool::Avg;
         let t = config.num_tokens();
-        for method in &methods {
+        for method in methods {
             let spec: GraphSpec = spec_for(method, grid, t)?.parse()?;
             let mut c = config.clone();
             if let GraphSpec::LowRank(m) = &spec {
@@ -199,6 +192,48 @@ fn main() -> Result<()> {
             rows.push(row);
         }
     }
+    Ok(rows)
+}
+
+fn main() -> Result<()> {
+    patchgraph::train::keep_freed_memory();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    const USAGE: &str = "cargo run --release --example small_patches -- [--long] [--patches 7,4,2,1] \
+                         [--methods complete,window,...] [--json FILE] [--plot FILE.png] [--from FILE.json]";
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    // `--long` stands alone; every other flag takes one value; anything else is an error.
+    let mut at = 0;
+    while at < args.len() {
+        let flag = args[at].as_str();
+        let takes_value = ["--patches", "--methods", "--json", "--plot", "--from"].contains(&flag);
+        if !(flag == "--long" || takes_value && at + 1 < args.len()) {
+            return Err(patchgraph::Error::invalid(
+                "small_patches arguments",
+                format!("`{flag}` is not a flag (or lacks its value); usage: {USAGE}"),
+            ));
+        }
+        at += if takes_value { 2 } else { 1 };
+    }
+    let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let long = args.iter().any(|a| a == "--long");
+    let patches: Vec<usize> = value("--patches")
+        .map(|p| p.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_else(|| vec![7, 4, 2, 1]);
+    let methods: Vec<String> =
+        value("--methods").map(|m| m.split(',').map(String::from).collect()).unwrap_or_else(|| {
+            ["complete", "window", "bigbird", "lsh", "performer", "linformer", "nystrom"].map(String::from).to_vec()
+        });
+    let rows: Vec<Row> = match value("--from") {
+        Some(file) => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|source| patchgraph::Error::Io { path: file.clone().into(), source })?;
+            serde_json::from_str(&text).map_err(|e| patchgraph::Error::Format { path: file, reason: e.to_string() })?
+        }
+        None => run_rows(&patches, &methods, long)?,
+    };
     println!(
         "\n| patch | tokens | method | spec | train images x epochs | test images | test accuracy | s / epoch | peak memory (MiB) | attention MFLOPs / image |"
     );
@@ -219,19 +254,31 @@ fn main() -> Result<()> {
             r.flops / 1e6
         );
     }
+    if let Some(path) = value("--json") {
+        patchgraph::atomic_file::write_atomically(
+            std::path::Path::new(&path),
+            serde_json::to_string_pretty(&rows).unwrap_or_default().as_bytes(),
+        )?;
+    }
     if let Some(path) = value("--plot") {
-        // Seconds per epoch and image against tokens, one line per method (log-log).
-        let points: Vec<BenchPoint> = rows
-            .iter()
-            .map(|r| BenchPoint {
-                label: r.method.clone(),
-                n: r.tokens,
-                k: None,
-                ms: 1e3 * r.seconds_per_epoch / r.train_images as f64,
-            })
-            .collect();
-        plot_bench(&points, None, std::path::Path::new(&path))?;
-        println!("plot: {path} (ms per training image and epoch against tokens)");
+        // Three panels against tokens, one line per method: training time per image and epoch,
+        // test accuracy and peak memory.
+        let panel = |caption: &str, value: &str, scale, f: &dyn Fn(&Row) -> f64| ScalingPanel {
+            caption: caption.into(),
+            value: value.into(),
+            scale,
+            points: rows.iter().map(|r| ScalingPoint { method: r.method.clone(), n: r.tokens, value: f(r) }).collect(),
+        };
+        let panels = [
+            panel("training time", "ms per image and epoch", Scale::Log, &|r| {
+                1e3 * r.seconds_per_epoch / r.train_images as f64
+            }),
+            panel("test accuracy", "test accuracy (%)", Scale::Linear, &|r| 100.0 * r.accuracy as f64),
+            panel("peak memory", "peak extra heap while training (MiB)", Scale::Log, &|r| r.peak_mib.max(0.1)),
+        ];
+        let title = format!("ViT on MNIST-5k, patch 7 to 1{}", if long { " (--long)" } else { "" });
+        plot_scaling(&title, &panels, std::path::Path::new(&path))?;
+        println!("plot: {path}");
     }
     Ok(())
 }

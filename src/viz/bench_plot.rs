@@ -199,8 +199,8 @@ impl BenchPicture {
             .map_err(draw_error)?;
         let (x_ticks, x_minor) = log_ticks(&x_range);
         let (y_ticks, y_minor) = log_ticks(&y_range);
-        let x = Axis { ticks: x_ticks, minor: x_minor, desc: "N (tokens per image)".into() };
-        let y = Axis { ticks: y_ticks, minor: y_minor, desc: "median time (ms)".into() };
+        let x = Axis { ticks: x_ticks, minor: x_minor, desc: "N (tokens per image)".into(), label: format_number };
+        let y = Axis { ticks: y_ticks, minor: y_minor, desc: "median time (ms)".into(), label: format_number };
         draw_axes(canvas, panel, &chart, "attention time against N (log-log)", &x, &y)?;
         for line in &self.by_n {
             let colour = self.colour(line.label);
@@ -234,8 +234,13 @@ impl BenchPicture {
             .map_err(draw_error)?;
         let (x_ticks, x_minor) = log_ticks(&x_range);
         let (y_ticks, y_minor) = log_ticks(&y_range);
-        let x = Axis { ticks: x_ticks, minor: x_minor, desc: "k (in-degree of the sparse graph)".into() };
-        let y = Axis { ticks: y_ticks, minor: y_minor, desc: "median time (ms)".into() };
+        let x = Axis {
+            ticks: x_ticks,
+            minor: x_minor,
+            desc: "k (in-degree of the sparse graph)".into(),
+            label: format_number,
+        };
+        let y = Axis { ticks: y_ticks, minor: y_minor, desc: "median time (ms)".into(), label: format_number };
         draw_axes(canvas, panel, &chart, &format!("time against k at N = {n} (log-log)"), &x, &y)?;
         for line in flat {
             let colour = self.colour(line.label);

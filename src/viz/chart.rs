@@ -8,7 +8,7 @@
 //! Axes: a log axis is labelled at 1, 2 and 5 times the powers of ten in its range (only the
 //! powers of ten when that would be more than 12 labels) with light grid lines at the other
 //! multiples; a linear axis at multiples of 1, 2 or 5 times a power of ten, about 6 of them.
-//! Numbers are written by [`format_number`](super::format_number).
+//! Numbers are written by [`format_number`](super::text::format_number).
 //!
 //! ```
 //! use patchgraph::viz::series_colour;
@@ -29,7 +29,6 @@ use plotters::style::text_anchor::{HPos, VPos};
 
 use super::canvas::{Canvas, Direction};
 use super::output::draw_error;
-use super::text::format_number;
 use crate::error::Result;
 
 /// Tableau 10, then ten of Kelly's contrast colours.
@@ -167,11 +166,13 @@ pub(crate) type LogLog<'a, DB> = ChartContext<'a, DB, Cartesian2d<LogCoord<f64>,
 /// A linear chart.
 pub(crate) type Linear<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
-/// One axis of a panel: its labelled ticks, light grid ticks and description.
+/// One axis of a panel: its labelled ticks, light grid ticks, description, and how a tick's
+/// value is written (usually [`format_number`](super::text::format_number)).
 pub(crate) struct Axis {
     pub ticks: Vec<f64>,
     pub minor: Vec<f64>,
     pub desc: String,
+    pub label: fn(f64) -> String,
 }
 
 /// Draws a panel's caption, grid, frame, ticks, tick labels and axis descriptions, given how
@@ -213,14 +214,14 @@ pub(crate) fn draw_axes<DB: DrawingBackend, X: Ranged<ValueType = f64>, Y: Range
         let p = px(v);
         if (left..=right).contains(&p) {
             line((p, bottom), (p, bottom + 5), BLACK).map_err(draw_error)?;
-            canvas.text(&format_number(v), (p, bottom + 8), 12, HPos::Center, VPos::Top)?;
+            canvas.text(&(x.label)(v), (p, bottom + 8), 12, HPos::Center, VPos::Top)?;
         }
     }
     for &v in &y.ticks {
         let p = py(v);
         if (top..=bottom).contains(&p) {
             line((left - 5, p), (left, p), BLACK).map_err(draw_error)?;
-            canvas.text(&format_number(v), (left - 8, p), 12, HPos::Right, VPos::Center)?;
+            canvas.text(&(y.label)(v), (left - 8, p), 12, HPos::Right, VPos::Center)?;
         }
     }
     let (panel_x, panel_y) = panel.get_pixel_range();

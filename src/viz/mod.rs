@@ -46,6 +46,7 @@ mod graph_overlay;
 mod heatmap;
 mod layout;
 mod output;
+mod scaling_plot;
 mod text;
 mod training_plot;
 
@@ -62,6 +63,9 @@ pub use heatmap::{
 };
 pub use layout::PatchLayout;
 pub use output::{MAX_SIDE, OutputFormat};
+pub use scaling_plot::{
+    SCALING_PANEL_WIDTH, SCALING_PLOT_HEIGHT, Scale, ScalingPanel, ScalingPoint, plot_scaling, render_scaling_plot,
+};
 pub use text::format_number;
 pub use training_plot::{
     TRAINING_PLOT_SIZE, TrainingPoint, load_training_metrics, plot_training, render_training_plot,

@@ -38,6 +38,7 @@ use super::chart::{
     Axis, Linear, Marker, Swatch, draw_axes, draw_legend, linear_ticks, min_max, panel_builder, rgb, series_colour,
 };
 use super::output::{OutputFormat, Picture, Raster, draw_error, render_rgb, save};
+use super::text::format_number;
 use crate::error::{Error, Result};
 
 /// Width and height of the training plot, in px.
@@ -194,8 +195,18 @@ impl<'a> TrainingPicture<'a> {
         };
         let mut chart: Linear<'_, DB> =
             panel_builder(panel).build_cartesian_2d(x_range.clone(), y_range.clone()).map_err(draw_error)?;
-        let x = Axis { ticks: linear_ticks(&x_range, 8, 1.0), minor: Vec::new(), desc: "epoch".into() };
-        let y = Axis { ticks: linear_ticks(&y_range, 6, 0.0), minor: Vec::new(), desc: y_desc.into() };
+        let x = Axis {
+            ticks: linear_ticks(&x_range, 8, 1.0),
+            minor: Vec::new(),
+            desc: "epoch".into(),
+            label: format_number,
+        };
+        let y = Axis {
+            ticks: linear_ticks(&y_range, 6, 0.0),
+            minor: Vec::new(),
+            desc: y_desc.into(),
+            label: format_number,
+        };
         draw_axes(canvas, panel, &chart, caption, &x, &y)?;
         for (i, (_, epochs)) in self.runs.iter().enumerate() {
             let colour = rgb(series_colour(i));
