@@ -115,14 +115,21 @@ fn gradients_match_pytorch_autograd() {
         our_names.sort();
         sorted_theirs.sort();
         assert_eq!(our_names, sorted_theirs, "{name}: gradient names and shapes");
+        let max_abs = |data: &[f32]| data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let model_scale = theirs
+            .iter()
+            .map(|(p, _)| max_abs(&reference.get(&format!("grad.{p}")).unwrap().data))
+            .fold(0.0f32, f32::max);
         for (param, _) in &theirs {
             let want = &reference.get(&format!("grad.{param}")).unwrap().data;
             let got = &ours.get(param).unwrap().data;
-            let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let scale = max_abs(want);
             let diff = got.iter().zip(want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-            if scale == 0.0 {
-                // Max pooling sends no gradient to tokens it never picks; then ours must be 0 too.
-                assert!(diff == 0.0, "{name}: {param}: PyTorch's gradient is zero, ours is not ({diff:e})");
+            if scale <= 1e-10 * model_scale {
+                // Zero in exact arithmetic (`k_norm.bias`: adding one vector to every key of a
+                // head changes no softmax; PyTorch's float64 gives ~1e-16): ours must be at
+                // float32 rounding level against the model's gradients.
+                assert!(diff <= 1e-6 * model_scale, "{name}: {param}: {diff:e} where the gradient is zero");
                 continue;
             }
             assert!(diff <= 1e-4 * scale, "{name}: {param}: max diff {diff:e} > 1e-4 * {scale:e}");
@@ -146,9 +153,11 @@ fn sizes_read_and_write_as_timm_writes_them() {
     assert_eq!(again, square);
     // Anything else is refused by serde, naming the field.
     for bad in [r#""16""#, "[16]", "[16, 8, 4]", "-4"] {
-        let text = format!(r#"{{"img_size": {bad}, "patch_size": 4, "num_classes": 2, "embed_dim": 8, "depth": 1, "num_heads": 2}}"#);
+        let text = format!(
+            r#"{{"img_size": {bad}, "patch_size": 4, "num_classes": 2, "embed_dim": 8, "depth": 1, "num_heads": 2}}"#
+        );
         let err = serde_json::from_str::<VitConfig>(&text).unwrap_err().to_string();
-        assert!(err.contains("Size2") || err.contains("img_size") || err.contains("did not match"), "{bad}: {err}");
+        assert!(err.contains("expected a size: an int or [height, width]"), "{bad}: {err}");
     }
 }
 

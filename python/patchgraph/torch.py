@@ -301,33 +301,46 @@ def _weights(g: Graph, q: Tensor, k: Tensor, v: Tensor, heads: int, score: str, 
 
 # ----- timm -----------------------------------------------------------------------------------
 
-def vit_graph(spec: str, grid: Tuple[int, int], prefix_tokens: int, batch: int) -> Graph:
-    """The batch graph of a ViT layer: ``spec`` on a ``grid`` of patches with the class token
-    (``prefix_tokens`` 0 or 1) linked both ways to every patch, ``batch`` images as a disjoint
-    union."""
-    if prefix_tokens > 1:
-        raise ValueError(f"{prefix_tokens} prefix tokens: patch graphs link one class token (register tokens "
-                         "are not supported by patch_timm_vit yet; use the complete graph)")
-    one = Graph.from_spec(spec, grid[0], grid[1], class_token=prefix_tokens == 1)
+def vit_graph(spec: str, grid: Tuple[int, int], prefix_tokens: int, batch: int,
+              features: Optional[Tensor] = None) -> Graph:
+    """The batch graph of a ViT layer: ``spec`` on a ``grid`` of patches with ``prefix_tokens``
+    global tokens in front (timm's class and register tokens, each linked both ways to every
+    token), ``batch`` images as a disjoint union. Feature-dependent specs (``fknn``, ``lsh``)
+    are built per image from ``features`` ``[B, N, D]`` (the layer's input, prefix tokens
+    included; the patches' rows are used), as patchgraph's own ViT builds them from ``norm1``."""
+    if Graph.spec_needs_features(spec):
+        if features is None:
+            raise ValueError(f"`{spec}` is built from node features: pass features [B, N, D]")
+        patches = features.detach()[:, prefix_tokens:, :].float()
+        return Graph.disjoint_union([
+            Graph.from_spec(spec, grid[0], grid[1], features=_np(patches[i]), prefix_tokens=prefix_tokens)
+            for i in range(patches.shape[0])
+        ])
+    one = Graph.from_spec(spec, grid[0], grid[1], prefix_tokens=prefix_tokens)
     return Graph.disjoint_union([one] * batch)
 
 
 def _patchgraph_attention_forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, **kwargs) -> Tensor:
     """timm ``Attention.forward`` with the softmax run by patchgraph over the module's patch
-    graph (``self._patchgraph``: spec, grid, prefix tokens, graphs by batch size); the module's
-    own qkv, q_norm, k_norm, norm and proj around it."""
+    graph (``self._patchgraph``: spec, grid, prefix tokens, static graphs by batch size); the
+    module's own qkv, q_norm, k_norm, norm and proj around it. ``x`` is the block's ``norm1``
+    output, from which feature-dependent graphs are rebuilt every call."""
     if attn_mask is not None:
         raise ValueError("patchgraph attention takes no attn_mask: the graph is the mask")
     spec, grid, prefix, graphs = self._patchgraph
     b, n, d = x.shape
     h = self.num_heads
-    if b not in graphs:
-        graphs[b] = vit_graph(spec, grid, prefix, b)
+    if Graph.spec_needs_features(spec):
+        graph = vit_graph(spec, grid, prefix, b, features=x)
+    else:
+        if b not in graphs:
+            graphs[b] = vit_graph(spec, grid, prefix, b)
+        graph = graphs[b]
     qkv = self.qkv(x).reshape(b, n, 3, h, d // h)
     q, k, v = qkv.unbind(2)  # [B, N, H, d]
     q, k = self.q_norm(q), self.k_norm(k)
     q, k, v = (t.reshape(b * n, d) for t in (q, k, v))
-    out = _GraphAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), None, None, graphs[b], h, "dot",
+    out = _GraphAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), None, None, graph, h, "dot",
                                 self.scale, 0.2)
     out = self.norm(out.reshape(b, n, d))
     return self.proj_drop(self.proj(out))
@@ -338,8 +351,10 @@ def patch_timm_vit(model: nn.Module, graph: Union[str, Sequence[str]] = "complet
     patchgraph (in place; returns the model). ``graph``: one spec for every block
     (``"grid8:1"``, ``"window:7"``, ``"knn:8"``, ``"bigbird:3:2:0"``, ...) or one per block.
     Only each attention module's ``forward`` changes: the parameters, their names and the state
-    dict stay timm's. Feature-dependent specs (``fknn``, ``lsh``) are rebuilt from features and
-    are not available here; use a fixed graph."""
+    dict stay timm's. Register tokens are global nodes like the class token; feature-dependent
+    specs (``fknn``, ``lsh``) are rebuilt at every forward from the block's ``norm1`` features,
+    as patchgraph's own ViT does (the graph is not differentiated: k-NN and hashing are
+    piecewise constant)."""
     import types
 
     blocks = list(model.blocks)
@@ -349,7 +364,8 @@ def patch_timm_vit(model: nn.Module, graph: Union[str, Sequence[str]] = "complet
     grid = tuple(model.patch_embed.grid_size)
     prefix = getattr(model, "num_prefix_tokens", 1 if getattr(model, "cls_token", None) is not None else 0)
     for block, spec in zip(blocks, specs):
-        vit_graph(spec, grid, prefix, 1)  # a bad spec fails here, not at the first forward
+        if not Graph.spec_needs_features(spec):  # a bad spec fails here, not at the first forward
+            vit_graph(spec, grid, prefix, 1)
         block.attn._patchgraph = (spec, grid, prefix, {})
         block.attn.forward = types.MethodType(_patchgraph_attention_forward, block.attn)
     return model

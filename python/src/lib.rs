@@ -335,11 +335,14 @@ impl PyGraph {
         Ok(PyGraph::new(py.detach(|| Graph::lsh(&x, &opts)).py()?))
     }
 
-    /// A graph spec (`"complete"`, `"grid8:1"`, `"fknn:9:2"`, `"window:7+global"`, ...) on a
-    /// `rows x cols` patch grid; `features` (float32 `[rows*cols, D]`) for the specs that need
-    /// them; `class_token` prepends a node linked both ways to every patch.
+    /// A graph spec (`"complete"`, `"grid8:1"`, `"fknn:9:2"`, `"window:7+global"`,
+    /// `"edges:FILE.npy"`, ...) on a `rows x cols` patch grid; `features` (float32
+    /// `[rows*cols, D]`, the patches only) for the specs that need them
+    /// ([`Graph.spec_needs_features`]); `class_token` prepends a node linked both ways to every
+    /// patch; `prefix_tokens` (overrides `class_token`) prepends that many such nodes (timm's
+    /// class and register tokens).
     #[staticmethod]
-    #[pyo3(signature = (spec, rows, cols, features = None, class_token = false))]
+    #[pyo3(signature = (spec, rows, cols, features = None, class_token = false, prefix_tokens = None))]
     fn from_spec(
         py: Python<'_>,
         spec: &str,
@@ -347,10 +350,18 @@ impl PyGraph {
         cols: usize,
         features: Option<&Bound<'_, PyAny>>,
         class_token: bool,
+        prefix_tokens: Option<usize>,
     ) -> PyResult<Self> {
         let spec: GraphSpec = spec.parse().py()?;
         let features = features.map(|f| F32In::new("features", f).and_then(|f| f.to_matrix())).transpose()?;
-        Ok(PyGraph::new(py.detach(|| spec.build(rows, cols, features.as_ref(), class_token)).py()?))
+        let prefix = prefix_tokens.unwrap_or(usize::from(class_token));
+        Ok(PyGraph::new(py.detach(|| spec.build_with_prefix(rows, cols, features.as_ref(), prefix)).py()?))
+    }
+
+    /// Whether the spec is built from node features (feature k-NN, LSH, unions holding one).
+    #[staticmethod]
+    fn spec_needs_features(spec: &str) -> PyResult<bool> {
+        Ok(spec.parse::<GraphSpec>().py()?.needs_features())
     }
 
     /// A graph from PyG's `edge_index` (int64 `[2, E]`, sources then targets), `num_nodes`
@@ -389,6 +400,12 @@ impl PyGraph {
     #[pyo3(signature = (self_loop = true))]
     fn with_global_node(&self, self_loop: bool) -> Self {
         PyGraph::new(self.graph.with_global_node(self_loop))
+    }
+
+    /// This graph with `count` nodes prepended, each linked both ways to every node and to
+    /// itself (timm's prefix tokens: a class token and register tokens).
+    fn with_global_nodes(&self, count: usize) -> Self {
+        PyGraph::new(self.graph.with_global_nodes(count))
     }
 
     /// PyG's `edge_index`: int64 `[2, E]`, sources then targets, in the order the graph was
@@ -488,6 +505,12 @@ fn path_of(path: &str) -> PyResult<Path> {
         other => Err(PyValueError::new_err(format!("path: `{other}` (expected auto, dense, sparse or reference)"))),
     }
 }
+
+/// `(out, lse)` of [`py_attend64`].
+type Attended64<'py> = (Bound<'py, PyArray2<f64>>, Bound<'py, PyArray2<f64>>);
+
+/// `(images [N, C, H, W], labels [N], classes)` of [`load_dataset`].
+type Dataset<'py> = (Bound<'py, PyArray4<f32>>, Bound<'py, PyArray1<i64>>, usize);
 
 type Attended<'py> = (Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<f32>>, Option<Bound<'py, PyArray2<f32>>>);
 
@@ -682,7 +705,7 @@ fn py_attend64<'py>(
     attention: Option<&Bound<'py, PyAny>>,
     negative_slope: f64,
     bias: Option<&Bound<'py, PyAny>>,
-) -> PyResult<(Bound<'py, PyArray2<f64>>, Bound<'py, PyArray2<f64>>)> {
+) -> PyResult<Attended64<'py>> {
     let (q, k, v) = (f64_in("q", q, 2)?, f64_in("k", k, 2)?, f64_in("v", v, 2)?);
     let n = graph.graph.num_nodes();
     let dk = q.shape()[1] / heads.max(1);
@@ -1167,7 +1190,7 @@ fn load_dataset<'py>(
     split: &str,
     image_size: Option<usize>,
     channels: Option<usize>,
-) -> PyResult<(Bound<'py, PyArray4<f32>>, Bound<'py, PyArray1<i64>>, usize)> {
+) -> PyResult<Dataset<'py>> {
     let split = match split {
         "train" => patchgraph::data::Split::Train,
         "test" => patchgraph::data::Split::Test,

@@ -137,3 +137,70 @@ def test_torch_bad_input():
         graph_attention(torch.full((4, 6), float("nan")), q, q, g, heads=2)
     with pytest.raises(ValueError):
         graph_attention(q, q, q, g, heads=4)  # 6 columns are not 4 heads
+
+
+def _small_timm_vit(**extra):
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    cfg = dict(img_size=32, patch_size=8, in_chans=3, num_classes=10, embed_dim=48, depth=2, num_heads=3, **extra)
+    model = VisionTransformer(**cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # off timm's init (zero biases, identity norms)
+    return model, cfg
+
+
+@pytest.mark.parametrize("extra", [{}, {"reg_tokens": 2, "qk_norm": True}])
+def test_patched_timm_vit_on_the_complete_graph_is_timm(extra):
+    """A timm ViT whose attention runs through patchgraph on the complete graph gives timm's
+    logits (1e-4, a whole model) and timm's parameter gradients (1e-4), register tokens and
+    qk_norm included."""
+    import copy
+
+    from patchgraph.torch import patch_timm_vit
+
+    model, _ = _small_timm_vit(**extra)
+    ours = patch_timm_vit(copy.deepcopy(model), "complete")
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    y_ref, y = model(x), ours(x)
+    close(y.detach(), y_ref.detach(), 1e-4, "logits")
+    dy = torch.randn_like(y)
+    g_ref = torch.autograd.grad((y_ref * dy).sum(), list(model.parameters()))
+    g = torch.autograd.grad((y * dy).sum(), list(ours.parameters()))
+    for (name, _), a, b in zip(model.named_parameters(), g, g_ref):
+        close(a, b, 1e-4, f"d{name}")
+
+
+@pytest.mark.parametrize("spec", ["grid8:1", "bigbird:3:1:0", "fknn:4:1", "lsh:2:1:0"])
+def test_patched_timm_vit_on_a_patch_graph_is_patchgraphs_vit(spec):
+    """On a sparse patch graph (static, or rebuilt from each block's norm1 features) the patched
+    timm model equals patchgraph's own ViT with the same weights and spec (1e-4), and differs
+    from the complete graph; the backward runs and is finite."""
+    from patchgraph.torch import patch_timm_vit
+
+    model, cfg = _small_timm_vit(reg_tokens=1)
+    config = {k: cfg[k] for k in ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth",
+                                  "num_heads")} | {"reg_tokens": 1}
+    vit = pg.Vit.from_state_dict(config, {k: v.detach().numpy().copy() for k, v in model.state_dict().items()})
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    complete = model(x).detach()
+    patch_timm_vit(model, spec)
+    y = model(x)
+    close(y.detach(), vit.forward(x.numpy(), graph=spec), 1e-4, f"{spec} logits")
+    assert (y.detach() - complete).abs().max() > 1e-3, "the graph changed nothing"
+    y.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_edges_file_spec_from_python(tmp_path):
+    """An integer edge_index saved with np.save is a graph spec (`edges:FILE`), read exactly."""
+    ei = np.array([[0, 2, 3], [1, 1, 0]], dtype=np.int64)
+    np.save(tmp_path / "e.npy", ei)
+    g = pg.Graph.from_spec(f"edges:{tmp_path / 'e.npy'}", 2, 2)
+    assert sorted(map(tuple, g.edge_index().T)) == sorted(map(tuple, ei.T))
+    np.save(tmp_path / "f.npy", ei.astype(np.float32))
+    with pytest.raises(TypeError, match="f.npy"):
+        pg.Graph.from_spec(f"edges:{tmp_path / 'f.npy'}", 2, 2)
+    with pytest.raises(ValueError, match="out of range"):
+        pg.Graph.from_spec(f"edges:{tmp_path / 'e.npy'}", 1, 2)

@@ -232,8 +232,9 @@ pub fn attend_backward64(
                 .collect();
             let dsum: f64 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
             for (t, (&j, e)) in sources.iter().zip(graph.edge_range(i)).enumerate() {
-                for c in 0..dv {
-                    g.value[(j * heads + h) * dv + c] += p[t] * gi[c];
+                let gv = &mut g.value[(j * heads + h) * dv..(j * heads + h + 1) * dv];
+                for (acc, &d) in gv.iter_mut().zip(gi) {
+                    *acc += p[t] * d;
                 }
                 // p = softmax(s):  ds_e = p_e (dp_e - sum p dp)
                 let ds = p[t] * (dp[t] - dsum);

@@ -99,9 +99,9 @@ impl Landmarks {
         let count = prefix + side_rows * side_cols;
         let mut assignment = Vec::with_capacity(n);
         assignment.extend((0..prefix).map(|t| t as u32));
-        for i in 0..rows {
-            for j in 0..cols {
-                assignment.push((prefix + row_band[i] * side_cols + col_band[j]) as u32);
+        for &r in &row_band[..rows] {
+            for &c in &col_band[..cols] {
+                assignment.push((prefix + r * side_cols + c) as u32);
             }
         }
         Landmarks::from_assignment(assignment, count)

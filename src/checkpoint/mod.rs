@@ -164,6 +164,21 @@ impl TensorMap {
         Ok(())
     }
 
+    /// Adds an integer tensor (int64 when saved; errors if the value count does not match the
+    /// shape), e.g. a PyG `edge_index` `[2, E]`.
+    pub fn insert_ints(&mut self, name: impl Into<String>, shape: Vec<usize>, data: Vec<i64>) -> Result<()> {
+        let name = name.into();
+        if shape.iter().product::<usize>() != data.len() {
+            return Err(Error::shape(
+                name,
+                format!("{} values for shape {}", shape.iter().product::<usize>(), shape_str(&shape)),
+                format!("{} values", data.len()),
+            ));
+        }
+        self.ints.insert(name, (shape, data));
+        Ok(())
+    }
+
     /// The file's `__metadata__` entries.
     pub fn metadata(&self) -> &BTreeMap<String, String> {
         &self.metadata

@@ -116,7 +116,7 @@ pub struct Report {
 
 /// The model family `patchgraph train` builds.
 enum Family {
-    Vit(VitConfig),
+    Vit(Box<VitConfig>),
     Gat(PatchGatConfig),
     Vig(VigConfig),
 }
@@ -184,7 +184,7 @@ pub fn run(args: &Args, common: &Common, log: &mut Log<'_>, progress_bar: bool) 
                 let (gh, gw) = vit_config.grid_size();
                 vit_config.relative_position_bias = Some((*size).min(gh.min(gw)));
             }
-            Family::Vit(vit_config)
+            Family::Vit(Box::new(vit_config))
         }
         "gat" | "gatv2" => Family::Gat(PatchGatConfig {
             image: (c, h, w),
@@ -238,7 +238,7 @@ pub fn run(args: &Args, common: &Common, log: &mut Log<'_>, progress_bar: bool) 
     let (describe, metrics) = match family {
         Family::Vit(vc) => {
             vc.validate()?;
-            let model = Vit::new(vc, &mut Init::new(job.config.seed))?;
+            let model = Vit::new(*vc, &mut Init::new(job.config.seed))?;
             let text = format!("ViT D={dim} depth={depth} heads={heads} patch={patch}");
             let metrics = job.run(model, &text, "patchgraph_vit_config", Vit::load, log)?;
             (text, metrics)

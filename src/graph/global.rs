@@ -127,7 +127,10 @@ mod tests {
     /// A visiting order is carried, the globals first, the others' order shifted.
     #[test]
     fn visit_order_is_carried_globals_first() {
-        let g = Graph::from_edge_index(4, &[0, 1, 2, 3], &[1, 2, 3, 0]).unwrap().with_visit_order(vec![2, 0, 3, 1]).unwrap();
+        let g = Graph::from_edge_index(4, &[0, 1, 2, 3], &[1, 2, 3, 0])
+            .unwrap()
+            .with_visit_order(vec![2, 0, 3, 1])
+            .unwrap();
         assert_eq!(g.with_global_nodes(2).visit_order().unwrap(), &[0, 1, 4, 2, 5, 3]);
         let plain = Graph::from_edge_index(4, &[0], &[1]).unwrap();
         assert!(plain.visit_order().is_none() && plain.with_global_nodes(2).visit_order().is_none());

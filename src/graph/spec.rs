@@ -476,7 +476,9 @@ impl GraphSpec {
                     Error::NodeOutOfRange { what, index, num_nodes } => {
                         Error::NodeOutOfRange { what: format!("{what} in {path}"), index, num_nodes }
                     }
-                    Error::Shape { what, expected, got } => Error::Shape { what: format!("{what} in {path}"), expected, got },
+                    Error::Shape { what, expected, got } => {
+                        Error::Shape { what: format!("{what} in {path}"), expected, got }
+                    }
                     other => other,
                 })?
             }
@@ -574,7 +576,10 @@ mod tests {
         assert_eq!(spec.to_string(), format!("edges:{}", path("e.npy")));
         let g = spec.build(2, 2, None, false).unwrap();
         let sources = |g: &Graph, i: usize| g.incoming(i).collect::<Vec<_>>();
-        assert_eq!((sources(&g, 0), sources(&g, 1), sources(&g, 2), sources(&g, 3)), (vec![3], vec![0, 2], vec![], vec![]));
+        assert_eq!(
+            (sources(&g, 0), sources(&g, 1), sources(&g, 2), sources(&g, 3)),
+            (vec![3], vec![0, 2], vec![], vec![])
+        );
         let t = spec.build(2, 2, None, true).unwrap();
         assert_eq!((t.num_nodes(), sources(&t, 2)), (5, vec![0, 1, 3]));
         // int32 works too; so does the `edge_index` entry of an .npz.
@@ -583,15 +588,16 @@ mod tests {
         let g32 = format!("edges:{}", path("e32.npy")).parse::<GraphSpec>().unwrap().build(2, 2, None, false).unwrap();
         assert_eq!(g32, g);
         let mut map = crate::checkpoint::TensorMap::default();
-        map.ints.insert("edge_index".into(), (vec![2, 3], vec![0, 2, 3, 1, 1, 0]));
+        map.insert_ints("edge_index", vec![2, 3], vec![0, 2, 3, 1, 1, 0]).unwrap();
         map.save_npz(path("e.npz")).unwrap();
         let gz = format!("edges:{}", path("e.npz")).parse::<GraphSpec>().unwrap().build(2, 2, None, false).unwrap();
         assert_eq!(gz, g);
         // Errors name the file.
-        let err = |spec: String, rows: usize| spec.parse::<GraphSpec>().unwrap().build(rows, 2, None, false).unwrap_err();
-        let e = err(format!("edges:{}", path("e.npy")), 1); // a 1 x 2 grid: node 3 is out of range
-        assert!(matches!(e, Error::NodeOutOfRange { index: 3, num_nodes: 2, .. }), "{e}");
-        assert!(e.to_string().contains("e.npy"), "{e}");
+        let err =
+            |spec: String, rows: usize| spec.parse::<GraphSpec>().unwrap().build(rows, 2, None, false).unwrap_err();
+        let e = err(format!("edges:{}", path("e.npy")), 1); // a 1 x 2 grid: sources 2 and 3 are out of range
+        assert!(matches!(e, Error::NodeOutOfRange { index: 2, num_nodes: 2, .. }), "{e}");
+        assert!(e.to_string().contains("edge_index[0][1] in") && e.to_string().contains("e.npy"), "{e}");
         std::fs::write(path("neg.npy"), npy("<i8", "(2, 1)", &i64s(&[-1, 0]))).unwrap();
         let e = err(format!("edges:{}", path("neg.npy")), 2).to_string();
         assert!(e.contains("neg.npy") && e.contains("-1"), "{e}");
@@ -605,7 +611,7 @@ mod tests {
         let e = err(format!("edges:{}", path("absent.npy")), 2);
         assert!(matches!(e, Error::Io { .. }) && e.to_string().contains("absent.npy"), "{e}");
         let mut other = crate::checkpoint::TensorMap::default();
-        other.ints.insert("edges".into(), (vec![2, 1], vec![0, 1]));
+        other.insert_ints("edges", vec![2, 1], vec![0, 1]).unwrap();
         other.save_npz(path("other.npz")).unwrap();
         let e = err(format!("edges:{}", path("other.npz")), 2).to_string();
         assert!(e.contains("other.npz") && e.contains("edge_index"), "{e}");

@@ -462,12 +462,31 @@ impl GraphAttention {
                 att_dst: take_att(map, &p("att_dst"), h, c)?,
                 bias: take_out_bias(map, &p("bias"), bias, config.out_dim())?,
             },
-            AttentionConfig::GatV2 { bias, share_weights, .. } => Params::GatV2 {
-                lin_l: Linear::load(map, &p("lin_l"), f, h * c, bias)?,
-                lin_r: if share_weights { None } else { Some(Linear::load(map, &p("lin_r"), f, h * c, bias)?) },
-                att: take_att(map, &p("att"), h, c)?,
-                bias: take_out_bias(map, &p("bias"), bias, config.out_dim())?,
-            },
+            AttentionConfig::GatV2 { bias, share_weights, .. } => {
+                let lin_l = Linear::load(map, &p("lin_l"), f, h * c, bias)?;
+                let lin_r = if share_weights {
+                    // PyG registers the shared module under both names, so its state_dict holds
+                    // `lin_r.*` equal to `lin_l.*`: accepted when equal, refused when not.
+                    if map.contains(&format!("{}.weight", p("lin_r"))) {
+                        let r = Linear::load(map, &p("lin_r"), f, h * c, bias)?;
+                        if r != lin_l {
+                            return Err(Error::invalid(
+                                p("lin_r"),
+                                "share_weights is true, but the checkpoint's lin_r differs from lin_l",
+                            ));
+                        }
+                    }
+                    None
+                } else {
+                    Some(Linear::load(map, &p("lin_r"), f, h * c, bias)?)
+                };
+                Params::GatV2 {
+                    lin_l,
+                    lin_r,
+                    att: take_att(map, &p("att"), h, c)?,
+                    bias: take_out_bias(map, &p("bias"), bias, config.out_dim())?,
+                }
+            }
             AttentionConfig::Transformer { bias, beta, root_weight, concat, .. } => {
                 let lin_key = Linear::load(map, &p("lin_key"), f, h * c, bias)?;
                 let lin_query = Linear::load(map, &p("lin_query"), f, h * c, bias)?;
@@ -511,7 +530,8 @@ impl GraphAttention {
             }
             Params::GatV2 { lin_l, lin_r, att, bias } => {
                 lin_l.save(map, &p("lin_l"))?;
-                lin_r.iter().try_for_each(|l| l.save(map, &p("lin_r")))?;
+                // Shared weights are saved under both names, as PyG's state_dict has them.
+                lin_r.as_ref().unwrap_or(lin_l).save(map, &p("lin_r"))?;
                 map.insert(p("att"), vec![1, h, c], att.clone())?;
                 bias.iter().try_for_each(|b| map.insert(p("bias"), vec![b.len()], b.clone()))
             }

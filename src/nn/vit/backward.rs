@@ -398,7 +398,7 @@ impl Vit {
             for k in 0..prefix {
                 let src = dx.row(i * t + k);
                 let target = if k < cls {
-                    grads.cls_token.as_mut().map(|g| g.as_mut_slice())
+                    grads.cls_token.as_deref_mut()
                 } else {
                     grads.reg_token.as_mut().map(|g| g.row_mut(k - cls))
                 };

@@ -507,7 +507,7 @@ impl VitConfig {
         if !module(&self.attn_layer, &["Attention", "timm.layers.Attention"]) {
             return no("attn_layer", "only timm's Attention (its softmax on any patch graph) is implemented");
         }
-        if !self.device.as_deref().is_none_or(|d| d == "cpu") {
+        if self.device.as_deref().is_some_and(|d| d != "cpu") {
             return no("device", "patchgraph runs on the CPU");
         }
         if !self.dtype.as_deref().is_none_or(|d| matches!(d, "float32" | "torch.float32")) {
