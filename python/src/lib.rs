@@ -124,17 +124,6 @@ impl<'py> F32In<'py> {
     fn to_matrix(&self) -> PyResult<Matrix> {
         Matrix::from_vec(self.rows, self.cols, self.slice().to_vec()).py()
     }
-
-    /// A `ValueError` naming `name` and the position of the first NaN or infinity, if any
-    /// (one SIMD pass: the kernels would propagate them into the outputs).
-    fn finite(&self, name: &str) -> PyResult<&Self> {
-        if patchgraph::kernels::simd::all_finite(self.slice()) {
-            return Ok(self);
-        }
-        let (p, v) = self.slice().iter().copied().enumerate().find(|(_, v)| !v.is_finite()).unwrap_or((0, f32::NAN));
-        let c = self.cols.max(1);
-        Err(PyValueError::new_err(format!("{name} holds a non-finite value ({v}) at [{}, {}]", p / c, p % c)))
-    }
 }
 
 /// A read-only float64 array borrowed from NumPy, flattened.
@@ -512,6 +501,27 @@ type Attended64<'py> = (Bound<'py, PyArray2<f64>>, Bound<'py, PyArray2<f64>>);
 /// `(images [N, C, H, W], labels [N], classes)` of [`load_dataset`].
 type Dataset<'py> = (Bound<'py, PyArray4<f32>>, Bound<'py, PyArray1<i64>>, usize);
 
+/// The first NaN or infinity of any of `arrays` (`(name, values, columns)`) as
+/// [`Error::NonFinite`] naming the array and its `[row, column]`: one SIMD pass over each
+/// (measured: splitting it across rayon's threads costs more than it saves at ViT sizes, the
+/// workers' wake-up included). Call it with the GIL released, right before the kernel.
+fn check_finite(arrays: &[(&str, &[f32], usize)]) -> patchgraph::Result<()> {
+    if arrays.iter().all(|(_, data, _)| patchgraph::kernels::simd::all_finite(data)) {
+        return Ok(());
+    }
+    for &(name, data, cols) in arrays {
+        if let Some(p) = data.iter().position(|v| !v.is_finite()) {
+            let c = cols.max(1);
+            return Err(Error::NonFinite {
+                what: format!("{name}[{}, {}]", p / c, p % c),
+                position: p,
+                value: data[p],
+            });
+        }
+    }
+    Ok(())
+}
+
 type Attended<'py> = (Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<f32>>, Option<Bound<'py, PyArray2<f32>>>);
 
 /// The algebra over `graph`: `out [N, H*dv]`, `lse [N, H]` and (with `return_weights`) the
@@ -536,17 +546,17 @@ fn py_attend<'py>(
     path: &str,
 ) -> PyResult<Attended<'py>> {
     let (q, k, v) = (F32In::new("q", q)?, F32In::new("k", k)?, F32In::new("v", v)?);
-    for (name, a) in [("q", &q), ("k", &k), ("v", &v)] {
-        a.finite(name)?;
-    }
     let score = score_of(score, scale, attention, negative_slope, q.cols / heads.max(1))?;
     let bias = bias.map(|b| F32In::new("bias", b)).transpose()?;
     let bias_csr = bias.as_ref().map(|b| graph.to_csr_rows(b.slice(), b.cols));
     let path = path_of(path)?;
     let g = graph.graph.clone();
     let (qb, kb, vb) = (q.block()?, k.block()?, v.block()?);
+    let mut checked = vec![("q", q.slice(), q.cols), ("k", k.slice(), k.cols), ("v", v.slice(), v.cols)];
+    checked.extend(bias.as_ref().map(|b| ("bias", b.slice(), b.cols)));
     let out = py
         .detach(|| {
+            check_finite(&checked)?;
             let mut inputs = AttentionInputs::new(qb, kb, vb, heads);
             if let Some(b) = &bias_csr {
                 inputs = inputs.with_bias(b);
@@ -596,17 +606,23 @@ fn py_attend_backward<'py>(
     bias: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Gradients<'py, f32>> {
     let (q, k, v) = (F32In::new("q", q)?, F32In::new("k", k)?, F32In::new("v", v)?);
-    for (name, a) in [("q", &q), ("k", &k), ("v", &v)] {
-        a.finite(name)?;
-    }
     let score = score_of(score, scale, attention, negative_slope, q.cols / heads.max(1))?;
     let lse = F32In::new("lse", lse)?;
-    let dout = F32In::new("dout", dout)?;
-    let dout = dout.finite("dout")?.to_matrix()?;
+    let dout_in = F32In::new("dout", dout)?;
     let bias = bias.map(|b| F32In::new("bias", b)).transpose()?;
     let bias_csr = bias.as_ref().map(|b| graph.to_csr_rows(b.slice(), b.cols));
     let g = graph.graph.clone();
     let (qb, kb, vb, l) = (q.block()?, k.block()?, v.block()?, lse.slice());
+    let mut checked = vec![
+        ("q", q.slice(), q.cols),
+        ("k", k.slice(), k.cols),
+        ("v", v.slice(), v.cols),
+        ("dout", dout_in.slice(), dout_in.cols),
+    ];
+    // `lse` is not checked: -inf is its value for a node without incoming edges.
+    checked.extend(bias.as_ref().map(|b| ("bias", b.slice(), b.cols)));
+    py.detach(|| check_finite(&checked)).py()?;
+    let dout = dout_in.to_matrix()?;
     let grads = py
         .detach(|| {
             let mut inputs = AttentionInputs::new(qb, kb, vb, heads);

@@ -85,8 +85,15 @@ def test_bad_input_is_a_python_exception(rng):
         pg.attend(g, q.reshape(-1), q, q, heads=h)
     bad = q.copy()
     bad[2, 3] = np.nan
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match=r"q\[2, 3\] holds a non-finite value"):
         pg.attend(g, bad, q, q, heads=h)
+    bias = np.zeros((g.num_edges, h), dtype=np.float32)
+    bias[7, 1] = np.inf
+    with pytest.raises(ValueError, match=r"bias\[7, 1\] holds a non-finite value \(inf\)"):
+        pg.attend(g, q, q, q, heads=h, bias=bias)
+    out, lse, _ = pg.attend(g, q, q, q, heads=h)
+    with pytest.raises(ValueError, match=r"dout\[2, 3\]"):
+        pg.attend_backward(g, q, q, q, h, lse, bad)
     with pytest.raises(TypeError, match="int64"):
         pg.Graph.from_edge_index(np.array([[0, 1], [1, 0]], dtype=np.int32))
     with pytest.raises(ValueError, match="negative"):
