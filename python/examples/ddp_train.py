@@ -5,8 +5,8 @@
     python python/examples/ddp_train.py --world-size 1   # one process only
     python python/examples/ddp_train.py --graph window:2 --epochs 10
 
-Both runs see the same global batch (``--batch`` images, split evenly over the processes by
-``DistributedSampler``), start from the same weights and take the same steps: DDP averages the
+Both runs see the same global batch (``--batch`` images from one seeded permutation per epoch,
+split evenly over the processes), start from the same weights and take the same steps: DDP averages the
 processes' gradients, so every step equals the one-process step up to float rounding, and the
 test accuracy comes out the same. Each process pins patchgraph to one thread
 (``patchgraph.init_threads``) and torch to one thread, so two processes use the machine's two
