@@ -214,3 +214,51 @@ fn empty_global_pool_is_per_token_output() {
     let out = vit.forward_with(&images, &VitOptions::default()).unwrap();
     assert_eq!(out.logits.shape(), (images.len() * c.num_tokens(), c.num_classes));
 }
+
+/// A one-channel model (`in_chans = 1`) reads image files as grey, with PIL's `L` conversion
+/// (`(19595 R + 38470 G + 7471 B + 2^15) >> 16` on the 8-bit values), and takes `.npy`
+/// tensors `[H, W]` and `[B, H, W]` as prepared inputs.
+#[test]
+fn one_channel_models_read_grey_images_and_hw_arrays() {
+    use patchgraph::image::{Interpolation, Normalization};
+    use patchgraph::infer::{Preprocess, load_inputs};
+    let dir = std::env::temp_dir().join(format!("pg-grey-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = dir.join("solid.png");
+    image::RgbImage::from_pixel(20, 24, image::Rgb([200, 100, 50])).save(&png).unwrap();
+    let pre = |in_chans| Preprocess {
+        img_size: Size2::square(16),
+        in_chans,
+        crop_pct: 1.0,
+        interpolation: Interpolation::Bicubic,
+        normalization: Normalization::inception(),
+    };
+    let grey = load_inputs(&[&png], &pre(1)).unwrap();
+    assert_eq!(grey[0].image.shape(), (1, 16, 16));
+    let luma = ((19595 * 200 + 38470 * 100 + 7471 * 50 + (1 << 15)) >> 16) as f32; // 124
+    let want = (luma / 255.0 - 0.5) / 0.5;
+    assert!(grey[0].image.as_slice().iter().all(|v| (v - want).abs() < 1e-6), "{:?}", &grey[0].image.as_slice()[..4]);
+    assert_eq!(load_inputs(&[&png], &pre(3)).unwrap()[0].image.shape(), (3, 16, 16));
+    // np.save of float32 [2, 16, 16] and [16, 16].
+    let npy = |shape: &str, values: &[f32]| {
+        let header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+        let len = (10 + header.len() + 1).div_ceil(64) * 64 - 10;
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend((len as u16).to_le_bytes());
+        out.extend(format!("{header:<w$}\n", w = len - 1).bytes());
+        out.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        out
+    };
+    let values: Vec<f32> = (0..512).map(|i| i as f32 / 512.0).collect();
+    std::fs::write(dir.join("b.npy"), npy("(2, 16, 16)", &values)).unwrap();
+    std::fs::write(dir.join("one.npy"), npy("(16, 16)", &values[..256])).unwrap();
+    let batch = load_inputs(&[dir.join("b.npy"), dir.join("one.npy")], &pre(1)).unwrap();
+    assert_eq!(batch.len(), 3);
+    assert!(batch.iter().all(|i| i.image.shape() == (1, 16, 16)));
+    assert_eq!(batch[1].image.as_slice(), &values[256..]);
+    assert_eq!(batch[2].image.as_slice(), &values[..256]);
+    // A three-channel model refuses [H, W], naming the shapes it takes.
+    let err = load_inputs(&[dir.join("one.npy")], &pre(3)).unwrap_err().to_string();
+    assert!(err.contains("[C, H, W] or [B, C, H, W]"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -334,8 +334,9 @@ mod tests {
 
         let gray = load_image_folder(tmp.path(), (5, 7), Channels::Gray).unwrap();
         assert_eq!((gray.len(), gray.shape()), (4, (1, 5, 7)));
-        // Luma 0.299 R + 0.587 G + 0.114 B: red, blue, and the gray file read as is.
-        assert!(constant(&gray, 1, 0, 0.299) && constant(&gray, 2, 0, 0.114) && constant(&gray, 3, 0, 0.4));
+        // Pillow's convert("L"): pure red 76, pure blue 29 (of 255); the gray file read as is.
+        assert!(constant(&gray, 1, 0, 76.0 / 255.0) && constant(&gray, 2, 0, 29.0 / 255.0));
+        assert!(constant(&gray, 3, 0, 0.4));
     }
 
     #[test]

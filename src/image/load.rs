@@ -13,8 +13,10 @@ use crate::limits::{MAX_IMAGE_SIDE, check_image_size};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Channels {
-    /// One luma plane, `[1 x H x W]`. A colour image is converted with Pillow's `convert("L")`
-    /// weights (ITU-R 601-2): `L = 0.299 R + 0.587 G + 0.114 B`; a grayscale file is read as is.
+    /// One luma plane, `[1 x H x W]`. A colour image is converted as Pillow's `convert("L")`
+    /// (ITU-R 601-2 weights): 8-bit colour exactly, `(19595 R + 38470 G + 7471 B + 2^15) >> 16`
+    /// rounded to 8 bits; deeper colour `0.299 R + 0.587 G + 0.114 B` in f32. A grayscale file
+    /// is read as is.
     Gray,
     /// Three planes R, G, B, `[3 x H x W]` (Pillow's `convert("RGB")`): a grayscale file is
     /// replicated into the three planes, an alpha channel is dropped (not composited).
@@ -114,6 +116,8 @@ fn from_dynamic_image_named(image: &DynamicImage, channels: Channels, what: &str
     let data = match image {
         DynamicImage::ImageLuma8(b) => to_planes(b.as_raw(), 1, false, u8s, channels),
         DynamicImage::ImageLumaA8(b) => to_planes(b.as_raw(), 2, false, u8s, channels),
+        DynamicImage::ImageRgb8(b) if channels == Channels::Gray => luma8(b.as_raw(), 3),
+        DynamicImage::ImageRgba8(b) if channels == Channels::Gray => luma8(b.as_raw(), 4),
         DynamicImage::ImageRgb8(b) => to_planes(b.as_raw(), 3, true, u8s, channels),
         DynamicImage::ImageRgba8(b) => to_planes(b.as_raw(), 4, true, u8s, channels),
         DynamicImage::ImageLuma16(b) => to_planes(b.as_raw(), 1, false, u16s, channels),
@@ -160,6 +164,18 @@ fn to_planes<T: Copy>(
         }
     }
     data
+}
+
+/// 8-bit colour to one plane exactly as Pillow's `convert("L")`, which timm's and
+/// torchvision's loaders call: `L = (19595 R + 38470 G + 7471 B + 2^15) >> 16`, an 8-bit value
+/// (the 601 weights in 16-bit fixed point, rounded), then `/ 255`.
+fn luma8(raw: &[u8], stride: usize) -> Vec<f32> {
+    raw.chunks_exact(stride)
+        .map(|p| {
+            let l = (19595 * u32::from(p[0]) + 38470 * u32::from(p[1]) + 7471 * u32::from(p[2]) + (1 << 15)) >> 16;
+            l as f32 / 255.0
+        })
+        .collect()
 }
 
 /// Clamps into `[0, 1]`, leaving NaN as NaN (so that it is reported, not hidden).
@@ -220,13 +236,20 @@ mod tests {
 
     #[test]
     fn colour_to_gray_uses_601_weights() {
-        // Pure red, green, blue: luma = the weight of that primary.
+        // Pure red, green, blue: Pillow's `convert("L")` gives 76, 150, 29 (0.299, 0.587 and
+        // 0.114 of 255, rounded in 16-bit fixed point); deeper colour keeps the exact weights.
         let mut rgb = RgbImage::new(3, 1);
         rgb.put_pixel(0, 0, Rgb([255, 0, 0]));
         rgb.put_pixel(1, 0, Rgb([0, 255, 0]));
         rgb.put_pixel(2, 0, Rgb([0, 0, 255]));
         let gray = from_dynamic_image(&DynamicImage::ImageRgb8(rgb), Channels::Gray).unwrap();
         assert_eq!(gray.shape(), (1, 1, 3));
+        assert_eq!(gray.as_slice(), &[76.0 / 255.0, 150.0 / 255.0, 29.0 / 255.0]);
+        let mut deep = ::image::ImageBuffer::<Rgb<u16>, Vec<u16>>::new(3, 1);
+        deep.put_pixel(0, 0, Rgb([65535, 0, 0]));
+        deep.put_pixel(1, 0, Rgb([0, 65535, 0]));
+        deep.put_pixel(2, 0, Rgb([0, 0, 65535]));
+        let gray = from_dynamic_image(&DynamicImage::ImageRgb16(deep), Channels::Gray).unwrap();
         for (got, want) in gray.as_slice().iter().zip([0.299, 0.587, 0.114]) {
             assert!((got - want).abs() < 1e-6, "{got} vs {want}");
         }
