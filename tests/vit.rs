@@ -7,6 +7,8 @@
 //! depth x (LayerNorm, two GEMMs, softmax, GELU) of f32 rounding); `1e-5` of the scale for a
 //! resampled position embedding (one interpolation).
 
+mod common;
+use common::{assert_close, matrix};
 use patchgraph::checkpoint::TensorMap;
 use patchgraph::graph::GraphSpec;
 use patchgraph::image::ChwImage;
@@ -27,29 +29,8 @@ fn weights(name: &str) -> TensorMap {
     TensorMap::load_safetensors(format!("{}/{name}.safetensors", dir())).unwrap()
 }
 
-/// The fixture's input batch as images, and a named output as a matrix.
 fn io(name: &str) -> (Vec<ChwImage>, TensorMap) {
-    let mut map = TensorMap::load_safetensors(format!("{}/{name}.io.safetensors", dir())).unwrap();
-    let input = map.take_any("input").unwrap();
-    let [b, c, h, w] = input.shape[..] else { panic!("input is not [B, C, H, W]") };
-    let images = (0..b)
-        .map(|i| ChwImage::new(c, h, w, input.data[i * c * h * w..(i + 1) * c * h * w].to_vec()).unwrap())
-        .collect();
-    (images, map)
-}
-
-fn matrix(map: &TensorMap, name: &str) -> Matrix {
-    let t = map.get(name).unwrap();
-    let d = *t.shape.last().unwrap();
-    Matrix::from_vec(t.data.len() / d, d, t.data.clone()).unwrap()
-}
-
-fn assert_close(what: &str, ours: &Matrix, theirs: &Matrix, tol: f32) {
-    assert_eq!(ours.shape(), theirs.shape(), "{what}: shape");
-    let scale = theirs.max_abs();
-    let diff = ours.max_abs_diff(theirs);
-    assert!(scale > 0.0, "{what}: reference is all zeros, the test would be blind");
-    assert!(diff <= tol * scale, "{what}: max diff {diff:e} > {tol:e} * scale {scale:e}");
+    common::io(&dir(), name)
 }
 
 const VARIANTS: [&str; 6] =

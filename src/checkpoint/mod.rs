@@ -52,6 +52,19 @@ pub struct TensorMap {
     allow_nonfinite: bool,
 }
 
+/// `name` back when `shape` holds `len` values, else the shape error naming it.
+fn check_value_count(name: String, shape: &[usize], len: usize) -> Result<String> {
+    let want = shape.iter().product::<usize>();
+    if want != len {
+        return Err(Error::shape(
+            name,
+            format!("{want} values for shape {}", shape_str(shape)),
+            format!("{len} values"),
+        ));
+    }
+    Ok(name)
+}
+
 fn shape_str(shape: &[usize]) -> String {
     format!("{shape:?}")
 }
@@ -152,14 +165,7 @@ impl TensorMap {
 
     /// Adds a float tensor (errors if the value count does not match the shape).
     pub fn insert(&mut self, name: impl Into<String>, shape: Vec<usize>, data: Vec<f32>) -> Result<()> {
-        let name = name.into();
-        if shape.iter().product::<usize>() != data.len() {
-            return Err(Error::shape(
-                name,
-                format!("{} values for shape {}", shape.iter().product::<usize>(), shape_str(&shape)),
-                format!("{} values", data.len()),
-            ));
-        }
+        let name = check_value_count(name.into(), &shape, data.len())?;
         self.floats.insert(name, Tensor { shape, data });
         Ok(())
     }
@@ -167,14 +173,7 @@ impl TensorMap {
     /// Adds an integer tensor (int64 when saved; errors if the value count does not match the
     /// shape), e.g. a PyG `edge_index` `[2, E]`.
     pub fn insert_ints(&mut self, name: impl Into<String>, shape: Vec<usize>, data: Vec<i64>) -> Result<()> {
-        let name = name.into();
-        if shape.iter().product::<usize>() != data.len() {
-            return Err(Error::shape(
-                name,
-                format!("{} values for shape {}", shape.iter().product::<usize>(), shape_str(&shape)),
-                format!("{} values", data.len()),
-            ));
-        }
+        let name = check_value_count(name.into(), &shape, data.len())?;
         self.ints.insert(name, (shape, data));
         Ok(())
     }
