@@ -322,15 +322,16 @@ def vit_graph(spec: str, grid: Tuple[int, int], prefix_tokens: int, batch: int,
 
 def _patchgraph_attention_forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, **kwargs) -> Tensor:
     """timm ``Attention.forward`` with the softmax run by patchgraph over the module's patch
-    graph (``self._patchgraph``: spec, grid, prefix tokens, static graphs by batch size); the
-    module's own qkv, q_norm, k_norm, norm and proj around it. ``x`` is the block's ``norm1``
+    graph (``self._patchgraph``: spec, grid, prefix tokens, whether the spec is built from
+    features, static graphs by batch size); the module's own qkv, q_norm, k_norm, norm and proj
+    around it. ``x`` is the block's ``norm1``
     output, from which feature-dependent graphs are rebuilt every call."""
     if attn_mask is not None:
         raise ValueError("patchgraph attention takes no attn_mask: the graph is the mask")
-    spec, grid, prefix, graphs = self._patchgraph
+    spec, grid, prefix, from_features, graphs = self._patchgraph
     b, n, d = x.shape
     h = self.num_heads
-    if Graph.spec_needs_features(spec):
+    if from_features:
         graph = vit_graph(spec, grid, prefix, b, features=x)
     else:
         if b not in graphs:
@@ -364,8 +365,9 @@ def patch_timm_vit(model: nn.Module, graph: Union[str, Sequence[str]] = "complet
     grid = tuple(model.patch_embed.grid_size)
     prefix = getattr(model, "num_prefix_tokens", 1 if getattr(model, "cls_token", None) is not None else 0)
     for block, spec in zip(blocks, specs):
-        if not Graph.spec_needs_features(spec):  # a bad spec fails here, not at the first forward
+        from_features = Graph.spec_needs_features(spec)  # a bad spec fails here, not at the first forward
+        if not from_features:
             vit_graph(spec, grid, prefix, 1)
-        block.attn._patchgraph = (spec, grid, prefix, {})
+        block.attn._patchgraph = (spec, grid, prefix, from_features, {})
         block.attn.forward = types.MethodType(_patchgraph_attention_forward, block.attn)
     return model

@@ -167,18 +167,27 @@ impl PyGraph {
         PyGraph { graph: Arc::new(graph), caller_order: None }
     }
 
-    /// `[E x H]` rows given in the caller's edge order, put in the graph's CSR order.
-    fn to_csr_rows(&self, rows: &[f32], width: usize) -> Vec<f32> {
-        match &self.caller_order {
+    /// `name`'s `[E x width]` rows (per-edge data: a bias) given in the caller's edge order, put
+    /// in the graph's CSR order; a `ValueError` naming `name` when they are not `E x width`.
+    fn to_csr_rows<T: Copy + Default>(&self, name: &str, rows: &[T], width: usize) -> PyResult<Vec<T>> {
+        let e = self.graph.num_edges();
+        if rows.len() != e * width {
+            return Err(PyValueError::new_err(format!(
+                "{name}: expected [{e} edges x {width} heads] ({} values), got {} values",
+                e * width,
+                rows.len()
+            )));
+        }
+        Ok(match &self.caller_order {
             None => rows.to_vec(),
             Some(order) => {
-                let mut out = vec![0.0; rows.len()];
+                let mut out = vec![T::default(); rows.len()];
                 for (e, &id) in order.iter().enumerate() {
                     out[id * width..(id + 1) * width].copy_from_slice(&rows[e * width..(e + 1) * width]);
                 }
                 out
             }
-        }
+        })
     }
 
     /// `[E x H]` rows in CSR order, put in the caller's edge order.
@@ -548,7 +557,7 @@ fn py_attend<'py>(
     let (q, k, v) = (F32In::new("q", q)?, F32In::new("k", k)?, F32In::new("v", v)?);
     let score = score_of(score, scale, attention, negative_slope, q.cols / heads.max(1))?;
     let bias = bias.map(|b| F32In::new("bias", b)).transpose()?;
-    let bias_csr = bias.as_ref().map(|b| graph.to_csr_rows(b.slice(), b.cols));
+    let bias_csr = bias.as_ref().map(|b| graph.to_csr_rows("bias", b.slice(), heads)).transpose()?;
     let path = path_of(path)?;
     let g = graph.graph.clone();
     let (qb, kb, vb) = (q.block()?, k.block()?, v.block()?);
@@ -610,7 +619,7 @@ fn py_attend_backward<'py>(
     let lse = F32In::new("lse", lse)?;
     let dout_in = F32In::new("dout", dout)?;
     let bias = bias.map(|b| F32In::new("bias", b)).transpose()?;
-    let bias_csr = bias.as_ref().map(|b| graph.to_csr_rows(b.slice(), b.cols));
+    let bias_csr = bias.as_ref().map(|b| graph.to_csr_rows("bias", b.slice(), heads)).transpose()?;
     let g = graph.graph.clone();
     let (qb, kb, vb, l) = (q.block()?, k.block()?, v.block()?, lse.slice());
     let mut checked = vec![
@@ -727,7 +736,7 @@ fn py_attend64<'py>(
     let dk = q.shape()[1] / heads.max(1);
     let score = score64_of(score, scale, attention, negative_slope, dk)?;
     let bias = bias.map(|b| f64_in("bias", b, 2)).transpose()?;
-    let bias_csr = bias.as_ref().map(|b| csr_rows64(graph, b.as_slice().unwrap_or(&[]), heads));
+    let bias_csr = bias.as_ref().map(|b| graph.to_csr_rows("bias", b.as_slice().unwrap_or(&[]), heads)).transpose()?;
     let (out, lse) = attend64(
         &graph.graph,
         &score,
@@ -740,21 +749,6 @@ fn py_attend64<'py>(
     .py()?;
     let cols = out.len() / n.max(1);
     Ok((vec2_out(py, out, n, cols)?, vec2_out(py, lse, n, heads)?))
-}
-
-fn csr_rows64(graph: &PyGraph, rows: &[f64], width: usize) -> Vec<f64> {
-    match &graph.caller_order {
-        None => rows.to_vec(),
-        Some(order) => {
-            let mut out = vec![0.0; rows.len()];
-            for (e, &id) in order.iter().enumerate() {
-                if (e + 1) * width <= rows.len() && (id + 1) * width <= out.len() {
-                    out[id * width..(id + 1) * width].copy_from_slice(&rows[e * width..(e + 1) * width]);
-                }
-            }
-            out
-        }
-    }
 }
 
 /// [`py_attend_backward`] on float64 inputs by plain loops.
@@ -781,7 +775,7 @@ fn py_attend_backward64<'py>(
     let (n, dk) = (graph.graph.num_nodes(), q.shape()[1] / heads.max(1));
     let score = score64_of(score, scale, attention, negative_slope, dk)?;
     let bias = bias.map(|b| f64_in("bias", b, 2)).transpose()?;
-    let bias_csr = bias.as_ref().map(|b| csr_rows64(graph, b.as_slice().unwrap_or(&[]), heads));
+    let bias_csr = bias.as_ref().map(|b| graph.to_csr_rows("bias", b.as_slice().unwrap_or(&[]), heads)).transpose()?;
     let s = |a: &PyReadonlyArrayDyn<'_, f64>| a.as_slice().unwrap_or(&[]).to_vec();
     let g = attend_backward64(
         &graph.graph,

@@ -94,6 +94,16 @@ def test_bad_input_is_a_python_exception(rng):
     out, lse, _ = pg.attend(g, q, q, q, heads=h)
     with pytest.raises(ValueError, match=r"dout\[2, 3\]"):
         pg.attend_backward(g, q, q, q, h, lse, bad)
+    # A bias of the wrong shape on a graph given by edge_index (its rows are reordered to the
+    # CSR first): a ValueError naming it, in float32 and float64 alike.
+    eg = pg.Graph.from_edge_index(np.array([[0, 1, 2], [1, 2, 0]], dtype=np.int64))
+    x3 = q[:3]
+    for wrong in (np.zeros((2, h), np.float32), np.zeros((3, h + 1), np.float32)):
+        with pytest.raises(ValueError, match=r"bias: expected \[3 edges x 2 heads\]"):
+            pg.attend(eg, x3, x3, x3, heads=h, bias=wrong)
+        x64 = x3.astype(np.float64)
+        with pytest.raises(ValueError, match=r"bias: expected \[3 edges x 2 heads\]"):
+            pg.attend64(eg, x64, x64, x64, heads=h, bias=wrong.astype(np.float64))
     with pytest.raises(TypeError, match="int64"):
         pg.Graph.from_edge_index(np.array([[0, 1], [1, 0]], dtype=np.int32))
     with pytest.raises(ValueError, match="negative"):
