@@ -146,14 +146,10 @@ impl Error {
 
 /// Returns an error naming the first non-finite value of `data`, if any.
 pub fn ensure_finite(what: &str, data: &[f32]) -> Result<()> {
-    // A branch-free pass per chunk (vectorises), then the exact position only on failure.
-    const CHUNK: usize = 1024;
-    let bad_chunk = data.chunks(CHUNK).position(|c| c.iter().fold(false, |bad, v| bad | !v.is_finite()));
-    match bad_chunk {
-        None => Ok(()),
-        Some(k) => {
-            let position = k * CHUNK + data[k * CHUNK..].iter().position(|v| !v.is_finite()).unwrap_or(0);
-            Err(Error::NonFinite { what: what.to_string(), position, value: data[position] })
-        }
+    // One SIMD pass over the whole slice, then the exact position only on failure.
+    if crate::kernels::simd::all_finite(data) {
+        return Ok(());
     }
+    let position = data.iter().position(|v| !v.is_finite()).unwrap_or(0);
+    Err(Error::NonFinite { what: what.to_string(), position, value: data[position] })
 }

@@ -515,18 +515,15 @@ type Dataset<'py> = (Bound<'py, PyArray4<f32>>, Bound<'py, PyArray1<i64>>, usize
 /// (measured: splitting it across rayon's threads costs more than it saves at ViT sizes, the
 /// workers' wake-up included). Call it with the GIL released, right before the kernel.
 fn check_finite(arrays: &[(&str, &[f32], usize)]) -> patchgraph::Result<()> {
-    if arrays.iter().all(|(_, data, _)| patchgraph::kernels::simd::all_finite(data)) {
-        return Ok(());
-    }
     for &(name, data, cols) in arrays {
-        if let Some(p) = data.iter().position(|v| !v.is_finite()) {
-            let c = cols.max(1);
-            return Err(Error::NonFinite {
-                what: format!("{name}[{}, {}]", p / c, p % c),
-                position: p,
-                value: data[p],
-            });
-        }
+        // The library's check, with the position said as [row, column].
+        patchgraph::error::ensure_finite(name, data).map_err(|e| match e {
+            Error::NonFinite { position, value, .. } => {
+                let c = cols.max(1);
+                Error::NonFinite { what: format!("{name}[{}, {}]", position / c, position % c), position, value }
+            }
+            other => other,
+        })?;
     }
     Ok(())
 }
