@@ -54,6 +54,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--min-time", type=float, default=1.0)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--tables", default="1,2,3", help="which tables to run, e.g. 1 for the boundary alone")
     args = ap.parse_args()
     os.environ.setdefault("RAYON_NUM_THREADS", str(args.threads))
 
@@ -83,131 +84,135 @@ def main():
         records.append(dict(table=table, case=case, mode=mode, who=who, median_ms=seconds * 1e3, calls=calls, **extra))
         return seconds
 
+    tables = {int(t) for t in args.tables.split(",")}
     # ---- 1. the boundary ---------------------------------------------------------------------
-    heads, dh = 12, 64
-    d = heads * dh
-    gen = torch.Generator().manual_seed(0)
-    print("## 1. The Python boundary, N = 197, 12 heads of 64 (ms, median)")
-    print()
-    print("| graph | mode | Rust (kernels alone) | NumPy `attend` | boundary | torch op | boundary |")
-    print("|---|---|---|---|---|---|---|")
-    graphs = {
-        "complete": pg.Graph.complete(197),
-        "nat:3 + class token": pg.Graph.from_spec("nat:3", 14, 14, class_token=True),
-    }
-    for name, g in graphs.items():
-        n = g.num_nodes
-        qt, kt, vt = (torch.randn(n, d, generator=gen) for _ in range(3))
-        q, k, v = qt.numpy(), kt.numpy(), vt.numpy()
-        dout = torch.randn(n, d, generator=gen)
-        # Interleaved: one Rust-timed call, one NumPy call, one torch call, repeated, so that
-        # the machine's drift (a shared VM) hits the three alike; medians of each.
-        for mode in ("forward", "forward+backward"):
-            bwd = mode != "forward"
-            qg, kg, vg = (t.clone().requires_grad_(bwd) for t in (qt, kt, vt))
+    if 1 in tables:
+        heads, dh = 12, 64
+        d = heads * dh
+        gen = torch.Generator().manual_seed(0)
+        print("## 1. The Python boundary, N = 197, 12 heads of 64 (ms, median)")
+        print()
+        print("| graph | mode | Rust (kernels alone) | NumPy `attend` | boundary | torch op | boundary |")
+        print("|---|---|---|---|---|---|---|")
+        graphs = {
+            "complete": pg.Graph.complete(197),
+            "nat:3 + class token": pg.Graph.from_spec("nat:3", 14, 14, class_token=True),
+        }
+        for name, g in graphs.items():
+            n = g.num_nodes
+            qt, kt, vt = (torch.randn(n, d, generator=gen) for _ in range(3))
+            q, k, v = qt.numpy(), kt.numpy(), vt.numpy()
+            dout = torch.randn(n, d, generator=gen)
+            # Interleaved: one Rust-timed call, one NumPy call, one torch call, repeated, so that
+            # the machine's drift (a shared VM) hits the three alike; medians of each.
+            for mode in ("forward", "forward+backward"):
+                bwd = mode != "forward"
+                qg, kg, vg = (t.clone().requires_grad_(bwd) for t in (qt, kt, vt))
 
-            def np_call():
-                _, lse, _ = pg.attend(g, q, k, v, heads)
-                if bwd:
-                    pg.attend_backward(g, q, k, v, heads, lse, dout.numpy())
-
-            def op():
-                with torch.set_grad_enabled(bwd):
-                    out = graph_attention(qg, kg, vg, g, heads=heads)
+                def np_call():
+                    _, lse, _ = pg.attend(g, q, k, v, heads)
                     if bwd:
-                        out.backward(dout)
+                        pg.attend_backward(g, q, k, v, heads, lse, dout.numpy())
 
-            def timed(f):
-                t0 = time.perf_counter()
-                f()
-                return time.perf_counter() - t0
+                def op():
+                    with torch.set_grad_enabled(bwd):
+                        out = graph_attention(qg, kg, vg, g, heads=heads)
+                        if bwd:
+                            out.backward(dout)
 
-            for f in (np_call, op, np_call, op):
-                f()
-            times = {"rust": [], "numpy": [], "torch_op": []}
-            start = time.perf_counter()
-            while len(times["rust"]) < 20 or time.perf_counter() - start < 3 * mt:
-                times["rust"].append(_core._time_attend(g, q, k, v, heads, 1, bwd)[0])
-                times["numpy"].append(timed(np_call))
-                times["torch_op"].append(timed(op))
-            rust, py, tor = (statistics.median(times[w]) for w in ("rust", "numpy", "torch_op"))
-            for who, t in (("rust", rust), ("numpy", py), ("torch_op", tor)):
-                record(1, name, mode, who, t, len(times[who]))
-            pct = lambda x: f"{100 * (x - rust) / rust:+.1f}%"  # noqa: E731
-            print(f"| {name} | {mode} | {rust * 1e3:.3f} | {py * 1e3:.3f} | {pct(py)} | {tor * 1e3:.3f} | {pct(tor)} |")
-    print()
+                def timed(f):
+                    t0 = time.perf_counter()
+                    f()
+                    return time.perf_counter() - t0
+
+                for f in (np_call, op, np_call, op):
+                    f()
+                times = {"rust": [], "numpy": [], "torch_op": []}
+                start = time.perf_counter()
+                while len(times["rust"]) < 20 or time.perf_counter() - start < 3 * mt:
+                    times["rust"].append(_core._time_attend(g, q, k, v, heads, 1, bwd)[0])
+                    times["numpy"].append(timed(np_call))
+                    times["torch_op"].append(timed(op))
+                rust, py, tor = (statistics.median(times[w]) for w in ("rust", "numpy", "torch_op"))
+                for who, t in (("rust", rust), ("numpy", py), ("torch_op", tor)):
+                    record(1, name, mode, who, t, len(times[who]))
+                pct = lambda x: f"{100 * (x - rust) / rust:+.1f}%"  # noqa: E731
+                print(f"| {name} | {mode} | {rust * 1e3:.3f} | {py * 1e3:.3f} | {pct(py)} | {tor * 1e3:.3f} | {pct(tor)} |")
+        print()
 
     # ---- 2. the torch op against SDPA ---------------------------------------------------------
-    print("## 2. `graph_attention` on the complete graph against `F.scaled_dot_product_attention` (ms, median)")
-    print()
-    print("| N | mode | patchgraph torch op | SDPA | SDPA / patchgraph |")
-    print("|---|---|---|---|---|")
-    for n in (197, 785, 3137):
-        g = pg.Graph.complete(n)
-        x = [torch.randn(n, d, generator=gen) for _ in range(3)]
-        dout = torch.randn(n, d, generator=gen)
-        for mode in ("forward", "forward+backward"):
-            bwd = mode != "forward"
-            ours_in = [t.clone().requires_grad_(bwd) for t in x]
-            sdpa_in = [t.clone().view(n, heads, dh).transpose(0, 1).unsqueeze(0).requires_grad_(bwd) for t in x]
-            dout4 = dout.view(n, heads, dh).transpose(0, 1).unsqueeze(0)
-
-            def ours():
-                out = graph_attention(*ours_in, g, heads=heads)
-                if bwd:
-                    out.backward(dout)
-
-            def sdpa():
-                out = F.scaled_dot_product_attention(*sdpa_in)
-                if bwd:
-                    out.backward(dout4)
-            with torch.set_grad_enabled(bwd):
-                t_ours, c1 = median_time(ours, mt)
-                t_sdpa, c2 = median_time(sdpa, mt)
-            record(2, f"complete N={n}", mode, "patchgraph", t_ours, c1)
-            record(2, f"complete N={n}", mode, "sdpa", t_sdpa, c2)
-            print(f"| {n} | {mode} | {t_ours * 1e3:.2f} | {t_sdpa * 1e3:.2f} | {t_sdpa / t_ours:.2f} |")
-    print()
-
-    # ---- 3. the drop-in layers against PyG ----------------------------------------------------
-    print("## 3. Drop-in layers against PyG, 768 -> 12 x 64, N = 197 (ms, median)")
-    print()
-    print("| layer | graph (E) | mode | patchgraph | PyG | PyG / patchgraph | max abs diff |")
-    print("|---|---|---|---|---|---|---|")
-    n = 197
-    edge_sets = {
-        "nat:3 + class token": torch.from_numpy(graphs["nat:3 + class token"].edge_index()),
-        "complete": torch.from_numpy(pg.Graph.complete(n).edge_index()),
-    }
-    for layer_name, ours_cls, peer_cls in (("GATConv", GATConv, PygGAT), ("TransformerConv", TransformerConv, PygTransformer)):
-        torch.manual_seed(1)
-        peer = peer_cls(d, dh, heads=heads)
-        ours = ours_cls(d, dh, heads=heads)
-        ours.load_state_dict(peer.state_dict())
-        for gname, ei in edge_sets.items():
-            x = torch.randn(n, d, generator=gen)
-            with torch.no_grad():
-                diff = (ours(x, ei) - peer(x, ei)).abs().max().item()
+    if 2 in tables:
+        print("## 2. `graph_attention` on the complete graph against `F.scaled_dot_product_attention` (ms, median)")
+        print()
+        print("| N | mode | patchgraph torch op | SDPA | SDPA / patchgraph |")
+        print("|---|---|---|---|---|")
+        for n in (197, 785, 3137):
+            g = pg.Graph.complete(n)
+            x = [torch.randn(n, d, generator=gen) for _ in range(3)]
             dout = torch.randn(n, d, generator=gen)
             for mode in ("forward", "forward+backward"):
                 bwd = mode != "forward"
-                xin = x.clone().requires_grad_(bwd)
+                ours_in = [t.clone().requires_grad_(bwd) for t in x]
+                sdpa_in = [t.clone().view(n, heads, dh).transpose(0, 1).unsqueeze(0).requires_grad_(bwd) for t in x]
+                dout4 = dout.view(n, heads, dh).transpose(0, 1).unsqueeze(0)
 
-                def run(layer):
-                    def f():
-                        out = layer(xin, ei)
-                        if bwd:
-                            out.backward(dout)
-                    return f
+                def ours():
+                    out = graph_attention(*ours_in, g, heads=heads)
+                    if bwd:
+                        out.backward(dout)
+
+                def sdpa():
+                    out = F.scaled_dot_product_attention(*sdpa_in)
+                    if bwd:
+                        out.backward(dout4)
                 with torch.set_grad_enabled(bwd):
-                    t_ours, c1 = median_time(run(ours), mt)
-                    t_peer, c2 = median_time(run(peer), mt)
-                case = f"{layer_name} {gname}"
-                record(3, case, mode, "patchgraph", t_ours, c1, max_abs_diff=diff)
-                record(3, case, mode, "pyg", t_peer, c2)
-                print(f"| {layer_name} | {gname} ({ei.shape[1]}) | {mode} | {t_ours * 1e3:.2f} | {t_peer * 1e3:.2f} | "
-                      f"{t_peer / t_ours:.2f} | {diff:.1e} |")
-    print()
+                    t_ours, c1 = median_time(ours, mt)
+                    t_sdpa, c2 = median_time(sdpa, mt)
+                record(2, f"complete N={n}", mode, "patchgraph", t_ours, c1)
+                record(2, f"complete N={n}", mode, "sdpa", t_sdpa, c2)
+                print(f"| {n} | {mode} | {t_ours * 1e3:.2f} | {t_sdpa * 1e3:.2f} | {t_sdpa / t_ours:.2f} |")
+        print()
+
+    # ---- 3. the drop-in layers against PyG ----------------------------------------------------
+    if 3 in tables:
+        print("## 3. Drop-in layers against PyG, 768 -> 12 x 64, N = 197 (ms, median)")
+        print()
+        print("| layer | graph (E) | mode | patchgraph | PyG | PyG / patchgraph | max abs diff |")
+        print("|---|---|---|---|---|---|---|")
+        n = 197
+        edge_sets = {
+            "nat:3 + class token": torch.from_numpy(graphs["nat:3 + class token"].edge_index()),
+            "complete": torch.from_numpy(pg.Graph.complete(n).edge_index()),
+        }
+        for layer_name, ours_cls, peer_cls in (("GATConv", GATConv, PygGAT), ("TransformerConv", TransformerConv, PygTransformer)):
+            torch.manual_seed(1)
+            peer = peer_cls(d, dh, heads=heads)
+            ours = ours_cls(d, dh, heads=heads)
+            ours.load_state_dict(peer.state_dict())
+            for gname, ei in edge_sets.items():
+                x = torch.randn(n, d, generator=gen)
+                with torch.no_grad():
+                    diff = (ours(x, ei) - peer(x, ei)).abs().max().item()
+                dout = torch.randn(n, d, generator=gen)
+                for mode in ("forward", "forward+backward"):
+                    bwd = mode != "forward"
+                    xin = x.clone().requires_grad_(bwd)
+
+                    def run(layer):
+                        def f():
+                            out = layer(xin, ei)
+                            if bwd:
+                                out.backward(dout)
+                        return f
+                    with torch.set_grad_enabled(bwd):
+                        t_ours, c1 = median_time(run(ours), mt)
+                        t_peer, c2 = median_time(run(peer), mt)
+                    case = f"{layer_name} {gname}"
+                    record(3, case, mode, "patchgraph", t_ours, c1, max_abs_diff=diff)
+                    record(3, case, mode, "pyg", t_peer, c2)
+                    print(f"| {layer_name} | {gname} ({ei.shape[1]}) | {mode} | {t_ours * 1e3:.2f} | {t_peer * 1e3:.2f} | "
+                          f"{t_peer / t_ours:.2f} | {diff:.1e} |")
+        print()
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(lscpu=lscpu_model(), threads=args.threads,
