@@ -31,8 +31,10 @@ use std::time::Instant;
 /// The ImageNet-1k class names bundled with the crate (`data/imagenet_labels.txt`).
 pub const IMAGENET_LABELS: &str = include_str!("../data/imagenet_labels.txt");
 
-/// Reads a checkpoint into timm's names: safetensors as it is, a NumPy `.npz` as Google's ViT
-/// naming mapped to timm's (transposes and head reshapes as timm's `_load_weights`).
+/// Reads a checkpoint: safetensors as it is, a NumPy `.npz` as Google's ViT naming mapped to
+/// timm's (transposes and head reshapes as timm's `_load_weights`), a PyTorch `.pth` / `.pt`
+/// (zip, legacy or TorchScript) through the restricted unpickler of
+/// [`read_pth`](crate::checkpoint::read_pth), which runs nothing from the file.
 ///
 /// A NaN or infinity in any tensor is an [`Error::NonFinite`] naming the tensor and the index
 /// when the model takes it (see [`load_checkpoint_with`] to allow them).
@@ -43,34 +45,39 @@ pub fn load_checkpoint(path: impl AsRef<Path>) -> Result<TensorMap> {
 /// [`load_checkpoint`], with `allow_nonfinite` saying whether NaN and infinities load
 /// (`--allow-nonfinite`, for people who know what they are doing) or are errors.
 pub fn load_checkpoint_with(path: impl AsRef<Path>, allow_nonfinite: bool) -> Result<TensorMap> {
-    let mut map = read_checkpoint(path.as_ref(), allow_nonfinite)?;
-    map.set_allow_nonfinite(allow_nonfinite);
-    Ok(map)
+    Ok(load_checkpoint_noted(path, allow_nonfinite)?.0)
 }
 
-fn read_checkpoint(path: &Path, allow_nonfinite: bool) -> Result<TensorMap> {
+/// [`load_checkpoint_with`], also returning what reading chose and left (a `.pth` file's
+/// nested state dict, the entries beside it), one line each.
+pub fn load_checkpoint_noted(path: impl AsRef<Path>, allow_nonfinite: bool) -> Result<(TensorMap, Vec<String>)> {
+    let (mut map, notes) = read_checkpoint(path.as_ref(), allow_nonfinite)?;
+    map.set_allow_nonfinite(allow_nonfinite);
+    Ok((map, notes))
+}
+
+fn read_checkpoint(path: &Path, allow_nonfinite: bool) -> Result<(TensorMap, Vec<String>)> {
     let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
     let what = path.display().to_string();
-    if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
+    let pytorch_name = path.extension().is_some_and(|e| e == "pth" || e == "pt" || e == "bin" || e == "ckpt");
+    if crate::checkpoint::is_pth(&bytes) || (pytorch_name && !bytes.starts_with(b"PK")) {
+        let pth = crate::checkpoint::read_pth(&bytes, &what)?;
+        Ok((pth.map, pth.notes))
+    } else if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
         let mut google = TensorMap::from_npz_bytes(&bytes, &what)?;
         google.set_allow_nonfinite(allow_nonfinite);
         // Named as the file names them (Google's), before the mapping moves values around.
         google.ensure_finite()?;
-        google_vit_to_timm(google, &what)
-    } else if path.extension().is_some_and(|e| e == "pth" || e == "pt" || e == "bin" || e == "ckpt") {
-        Err(Error::Format {
-            path: what,
-            reason: "PyTorch pickles are not read (they can run code); save the state dict with \
-                     safetensors.torch.save_file(model.state_dict(), 'model.safetensors')"
-                .into(),
-        })
+        Ok((google_vit_to_timm(google, &what)?, Vec::new()))
     } else {
-        TensorMap::from_safetensors_bytes(&bytes, &what)
+        Ok((TensorMap::from_safetensors_bytes(&bytes, &what)?, Vec::new()))
     }
 }
 
-/// Builds the ViT of `config` from the checkpoint at `path`, adapting the class count and the
-/// position-embedding grid as timm does; returns the notes of what was adapted.
+/// Loads a ViT checkpoint in any format [`load_checkpoint`] reads and any layout
+/// [`to_timm_vit`](crate::checkpoint::to_timm_vit) knows (DDP, DINO, MAE, CLIP) for a model of
+/// `config`, adapted as [`Vit::load_adapting`]. Returns the model and one line per choice or
+/// adaptation made.
 pub fn load_vit(path: impl AsRef<Path>, config: VitConfig) -> Result<(Vit, Vec<String>)> {
     load_vit_with(path, config, false)
 }
@@ -78,7 +85,12 @@ pub fn load_vit(path: impl AsRef<Path>, config: VitConfig) -> Result<(Vit, Vec<S
 /// [`load_vit`], with `allow_nonfinite` as for [`load_checkpoint_with`].
 pub fn load_vit_with(path: impl AsRef<Path>, config: VitConfig, allow_nonfinite: bool) -> Result<(Vit, Vec<String>)> {
     let path = path.as_ref();
-    Vit::load_adapting(config, load_checkpoint_with(path, allow_nonfinite)?, &path.display().to_string())
+    let (map, mut notes) = load_checkpoint_noted(path, allow_nonfinite)?;
+    let (map, layout) = crate::checkpoint::to_timm_vit(map)?;
+    notes.extend(layout);
+    let (vit, adapted) = Vit::load_adapting(config, map, &path.display().to_string())?;
+    notes.extend(adapted);
+    Ok((vit, notes))
 }
 
 /// timm's evaluation preprocessing for a model of `img_size`.
@@ -335,17 +347,6 @@ mod tests {
         assert_eq!(labels[285], "Egyptian cat");
         assert!(load_labels(None, 10).unwrap().is_none());
     }
-
-    #[test]
-    fn pickles_are_refused_with_advice() {
-        let dir = std::env::temp_dir().join(format!("pg-infer-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("model.pth");
-        std::fs::write(&p, b"\x80\x02}q\x00.").unwrap();
-        let err = load_checkpoint(&p).unwrap_err().to_string();
-        assert!(err.contains("safetensors.torch.save_file"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 }
 
 /// A ViT with the preprocessing its inputs need, for pictures (`patchgraph attention`,
@@ -381,7 +382,9 @@ impl PreparedVit {
     ) -> Result<Self> {
         let path = path.as_ref();
         let what = path.display().to_string();
-        let map = load_checkpoint_with(path, allow_nonfinite)?;
+        let (map, mut notes) = load_checkpoint_noted(path, allow_nonfinite)?;
+        let (map, layout) = crate::checkpoint::to_timm_vit(map)?;
+        notes.extend(layout);
         let saved: Option<VitConfig> =
             map.metadata().get("patchgraph_vit_config").and_then(|s| serde_json::from_str(s).ok());
         let trained: Option<crate::train::TrainConfig> =
@@ -425,7 +428,8 @@ impl PreparedVit {
             }
         };
         let (vit, adapted) = Vit::load_adapting(config, map, &what)?;
-        Ok(PreparedVit { vit, transform, normalization, adapted })
+        notes.extend(adapted);
+        Ok(PreparedVit { vit, transform, normalization, adapted: notes })
     }
 
     /// `(display, input)`: an image file as the model sees it, in `[0, 1]`, and normalised.

@@ -18,10 +18,15 @@
 mod google_vit;
 mod layout;
 mod npz;
+pub mod pickle;
+mod pth;
+mod vit_layout;
 
 pub use google_vit::{google_vit_to_timm, timm_vit_to_google};
 pub use layout::permute_axes;
 pub use npz::{read_npy, read_npy_ints};
+pub use pth::{Pth, PthFormat, STATE_DICT_KEYS, is_pth, read_pth};
+pub use vit_layout::{is_clip_vision, to_timm_vit};
 
 use crate::error::{Error, Result};
 use safetensors::{Dtype, SafeTensors};

@@ -7,8 +7,14 @@ use patchgraph::image::ChwImage;
 
 /// The input batch `input [B, C, H, W]` of `DIR/NAME.io.safetensors` as images, and the rest
 /// of the file (the reference outputs).
+#[allow(dead_code)] // tests/pth.rs names its files otherwise
 pub fn io(dir: &str, name: &str) -> (Vec<ChwImage>, TensorMap) {
-    let mut map = TensorMap::load_safetensors(format!("{dir}/{name}.io.safetensors")).unwrap();
+    io_file(&format!("{dir}/{name}.io.safetensors"))
+}
+
+/// [`io`] of the safetensors file at `path`.
+pub fn io_file(path: &str) -> (Vec<ChwImage>, TensorMap) {
+    let mut map = TensorMap::load_safetensors(path).unwrap();
     let input = map.take_any("input").unwrap();
     let [b, c, h, w] = input.shape[..] else { panic!("input is not [B, C, H, W]") };
     let images = (0..b)

@@ -1,0 +1,166 @@
+//! PyTorch checkpoints read without running code, against the models that wrote them: the
+//! fixtures in `tests/fixtures/checkpoints/` (written by `scripts/make_checkpoint_fixtures.py`
+//! with torch 2.15, timm 1.0.31 and open_clip 3.3.0; see the README there) hold `.pth` / `.pt`
+//! files in every container format and dtype, the layouts of DeiT, DINO, MAE and CLIP, hostile
+//! pickles, and per model an input batch with the reference outputs.
+//!
+//! Tolerances: tensors read from a file are compared exactly (they are copies, widened); a
+//! whole model's outputs as `tests/vit.rs`, `max |ours - ref| <= 1e-4 * max |ref|`.
+
+mod common;
+use common::{assert_close, io_file, matrix};
+use patchgraph::Error;
+use patchgraph::checkpoint::{PthFormat, TensorMap, read_pth};
+use patchgraph::image::ChwImage;
+use patchgraph::infer::load_vit;
+use patchgraph::nn::{Activation, Vit, VitConfig, VitOptions};
+
+const DIR: &str = "tests/fixtures/checkpoints";
+const MODEL_TOL: f32 = 1e-4;
+
+fn path(name: &str) -> String {
+    format!("{DIR}/{name}")
+}
+
+fn config(name: &str) -> VitConfig {
+    VitConfig::from_json_file(path(name)).unwrap()
+}
+
+/// The input batch and the reference outputs of `NAME.expected.safetensors`.
+fn expected(name: &str) -> (Vec<ChwImage>, TensorMap) {
+    io_file(&path(&format!("{name}.expected.safetensors")))
+}
+
+fn logits(vit: &Vit, images: &[ChwImage]) -> patchgraph::Matrix {
+    vit.forward_with(images, &VitOptions::default()).unwrap().logits
+}
+
+fn read(name: &str) -> patchgraph::Result<patchgraph::checkpoint::Pth> {
+    let bytes = std::fs::read(path(name)).unwrap();
+    read_pth(&bytes, name)
+}
+
+#[test]
+fn timm_vit_in_every_container_and_dtype() {
+    for (file, reference) in [
+        ("vit_tiny.pth", "vit_tiny"),
+        ("vit_tiny_nested.pth", "vit_tiny"),
+        ("vit_tiny_legacy.pth", "vit_tiny"),
+        ("vit_tiny_fp16.pth", "vit_tiny_fp16"),
+        ("vit_tiny_bf16.pth", "vit_tiny_bf16"),
+        ("vit_tiny_f64.pth", "vit_tiny_f64"),
+    ] {
+        let (vit, notes) = load_vit(path(file), config("vit_tiny.config.json")).unwrap();
+        let (images, want) = expected(reference);
+        assert_close(file, &logits(&vit, &images), &matrix(&want, "logits"), MODEL_TOL);
+        if file == "vit_tiny_nested.pth" {
+            let all = notes.join("\n");
+            assert!(all.contains("state dict under `model`") && all.contains("`module.` prefix stripped"), "{all}");
+            assert!(all.contains("optimizer (dict)") && all.contains("epoch (int)"), "{all}");
+        }
+    }
+    assert_eq!(read("vit_tiny_legacy.pth").unwrap().format, PthFormat::Legacy);
+    assert_eq!(read("vit_tiny.pth").unwrap().format, PthFormat::Zip);
+}
+
+#[test]
+fn views_keep_offsets_strides_and_dtypes() {
+    let pth = read("views.pth").unwrap();
+    let mut got = pth.map;
+    let mut want = TensorMap::load_safetensors(path("views.expected.safetensors")).unwrap();
+    for name in ["t", "slice", "row", "shared", "half_t", "scalar"] {
+        let (g, w) = (got.take_any(name).unwrap(), want.take_any(name).unwrap());
+        assert_eq!(g.shape, w.shape, "{name}");
+        assert_eq!(g.data, w.data, "{name}");
+    }
+    assert_eq!(got.take_ints("long").unwrap(), want.take_ints("long").unwrap());
+}
+
+#[test]
+fn globals_that_run_code_are_refused_by_name() {
+    for (file, global) in [("evil.pth", "posix.system"), ("evil_builtins.pth", "__builtin__.eval")] {
+        let err = read(file).unwrap_err();
+        assert!(matches!(err, Error::Format { .. }), "{file}: {err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(global) && msg.contains("`payload`") && msg.contains("nothing from the file was run"),
+            "{msg}"
+        );
+    }
+    assert!(!std::path::Path::new("/tmp/patchgraph_pwned").exists());
+}
+
+#[test]
+fn dino_teacher_and_backbone() {
+    let (images, want) = expected("dino_full");
+    let (vit, notes) = load_vit(path("dino_full.pth"), config("dino.config.json")).unwrap();
+    assert_close("dino teacher", &logits(&vit, &images), &matrix(&want, "teacher_features"), MODEL_TOL);
+    let all = notes.join("\n");
+    assert!(all.contains("state dict under `teacher`"), "{all}");
+    assert!(all.contains("args (argparse.Namespace, a global that is not allowed: never called)"), "{all}");
+    assert!(all.contains("outside `backbone.` dropped"), "{all}");
+    let (vit, _) = load_vit(path("dino_backbone.pth"), config("dino.config.json")).unwrap();
+    assert_close("dino backbone", &logits(&vit, &images), &matrix(&want, "teacher_features"), MODEL_TOL);
+}
+
+#[test]
+fn mae_pretrained_encoder_and_finetuned_classifier() {
+    let (images, want) = expected("mae_pretrain");
+    let (vit, notes) = load_vit(path("mae_pretrain.pth"), config("mae_pretrain.config.json")).unwrap();
+    assert_close("mae features", &logits(&vit, &images), &matrix(&want, "features"), MODEL_TOL);
+    assert!(notes.iter().any(|n| n.contains("MAE's pretraining decoder")), "{notes:?}");
+    let (images, want) = expected("mae_finetuned");
+    let (vit, _) = load_vit(path("mae_finetuned.pth"), config("mae_finetuned.config.json")).unwrap();
+    assert_close("mae logits", &logits(&vit, &images), &matrix(&want, "logits"), MODEL_TOL);
+}
+
+/// The embedding and its L2-normalised form from a CLIP tower loaded as timm's ViT.
+fn clip_embeddings(file: &str, act: Activation) -> (patchgraph::Matrix, patchgraph::Matrix) {
+    let mut c = config("clip_tiny.timm_config.json");
+    c.act_layer = act;
+    let (vit, _) = load_vit(path(file), c).unwrap();
+    let (images, _) = expected("clip_tiny");
+    let e = logits(&vit, &images);
+    let n = patchgraph::Matrix::from_fn(e.rows(), e.cols(), |r, k| {
+        e.get(r, k) / e.row(r).iter().map(|v| v * v).sum::<f32>().sqrt()
+    });
+    (e, n)
+}
+
+#[test]
+fn clip_towers_from_open_clip_state_dicts_and_torchscript() {
+    let (_, want) = expected("clip_tiny");
+    for file in ["clip_tiny.pth", "clip_tiny_visual_only.pth", "clip_tiny_jit.pt"] {
+        let (e, n) = clip_embeddings(file, Activation::QuickGelu);
+        assert_close(file, &e, &matrix(&want, "embedding"), MODEL_TOL);
+        assert_close(file, &n, &matrix(&want, "embedding_normalized"), MODEL_TOL);
+    }
+    assert_eq!(read("clip_tiny_jit.pt").unwrap().format, PthFormat::TorchScript);
+    let (_, want) = expected("clip_tiny_gelu");
+    let (e, _) = clip_embeddings("clip_tiny_gelu.pth", Activation::Gelu);
+    assert_close("open_clip GELU tower", &e, &matrix(&want, "embedding"), MODEL_TOL);
+}
+
+#[test]
+fn clip_renaming_equals_timms_own_conversion() {
+    let (map, _) = patchgraph::checkpoint::to_timm_vit(read("clip_tiny.pth").unwrap().map).unwrap();
+    let mut timm = TensorMap::load_safetensors(path("clip_tiny.timm.safetensors")).unwrap();
+    let mut ours = map;
+    let names: Vec<String> = timm.shapes().map(|(n, _)| n.to_string()).collect();
+    for name in &names {
+        let (a, b) = (ours.take_any(name).unwrap(), timm.take_any(name).unwrap());
+        assert_eq!(a, b, "{name}");
+    }
+    assert!(ours.remaining().is_empty(), "tensors timm does not have: {:?}", ours.remaining());
+}
+
+#[test]
+fn truncated_files_are_format_errors() {
+    for file in ["vit_tiny.pth", "vit_tiny_legacy.pth", "clip_tiny_jit.pt"] {
+        let bytes = std::fs::read(path(file)).unwrap();
+        for cut in [10, bytes.len() / 3, bytes.len() / 2, bytes.len() - 30] {
+            let err = read_pth(&bytes[..cut], file).unwrap_err();
+            assert!(matches!(err, Error::Format { .. }), "{file} cut at {cut}: {err:?}");
+        }
+    }
+}
