@@ -164,3 +164,54 @@ fn truncated_files_are_format_errors() {
         }
     }
 }
+
+#[test]
+fn deit_distilled_averages_its_two_heads() {
+    let (images, want) = expected("deit_tiny_distilled");
+    let (vit, notes) = load_vit(path("deit_tiny_distilled.pth"), config("deit_tiny_distilled.config.json")).unwrap();
+    assert!(notes.iter().any(|n| n.contains("state dict under `model`")), "{notes:?}");
+    let out = vit.forward_with(&images, &VitOptions::default()).unwrap();
+    assert_close("deit logits", &out.logits, &matrix(&want, "logits"), MODEL_TOL);
+    assert_close("deit pre-logits", &out.pre_logits, &matrix(&want, "pre_logits_mean"), MODEL_TOL);
+    // each head on its own token, from the model's own parts
+    let x = vit.embed(&images).unwrap();
+    assert_eq!(x.rows(), 2 * (16 + 2), "class, distillation and 16 patch tokens per image");
+    // a plain ViT config is adapted, as the class count is, and said so
+    let (plain, notes) = load_vit(path("deit_tiny_distilled.pth"), config("vit_tiny.config.json")).unwrap();
+    assert!(notes.iter().any(|n| n.contains("distilled (DeiT)")), "{notes:?}");
+    assert_eq!(plain.forward_with(&images, &VitOptions::default()).unwrap().logits, out.logits);
+}
+
+#[test]
+fn deit_distilled_gradients_match_finite_differences() {
+    use patchgraph::nn::Init;
+    let mut c = config("deit_tiny_distilled.config.json");
+    (c.depth, c.embed_dim, c.num_heads) = (1, 8, 2);
+    let vit = Vit::new(c, &mut Init::new(3)).unwrap();
+    let (images, _) = expected("deit_tiny_distilled");
+    let targets = [1, 4];
+    let (_, grads) = vit.loss_and_grads(&images, &targets, 0.0, &VitOptions::default()).unwrap();
+    let g = grads.to_tensor_map().unwrap();
+    let mut state = vit.state_dict().unwrap();
+    for name in ["dist_token", "head_dist.weight", "head.weight", "cls_token"] {
+        let analytic = g.get(name).unwrap().data.clone();
+        let base = state.get(name).unwrap().clone();
+        let i = analytic.iter().enumerate().max_by(|a, b| a.1.abs().total_cmp(&b.1.abs())).unwrap().0;
+        let h = 2e-3f32;
+        let loss_at = |delta: f32, state: &mut TensorMap| {
+            let mut t = base.clone();
+            t.data[i] += delta;
+            state.insert(name, t.shape.clone(), t.data).unwrap();
+            let v = Vit::load(vit.config().clone(), state.clone(), "perturbed").unwrap();
+            v.loss_and_grads(&images, &targets, 0.0, &VitOptions::default()).unwrap().0
+        };
+        let numeric = (loss_at(h, &mut state) - loss_at(-h, &mut state)) / (2.0 * h);
+        state.insert(name, base.shape.clone(), base.data.clone()).unwrap();
+        assert!(analytic[i].abs() > 1e-4, "{name}: gradient too small to test");
+        assert!(
+            (numeric - analytic[i]).abs() <= 2e-2 * analytic[i].abs().max(1e-3),
+            "{name}[{i}]: {numeric} vs {}",
+            analytic[i]
+        );
+    }
+}

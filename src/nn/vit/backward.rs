@@ -8,6 +8,7 @@
 //! pooled = row 0 | mean of patches    dxn[row 0] = dpooled | dxn[patch rows] = dpooled / G^2
 //! pn = fc_norm(pooled)                dpooled = fc_norm.backward(pooled, dpn)
 //! logits = head(pn)                   dpn = head.backward(pn, dlogits)
+//! DeiT: logits = (head(x_c) + head_dist(x_d)) / 2    dx_c = head.backward(x_c, dlogits / 2), same for x_d
 //! loss = CE(logits, targets)          dlogits = (softmax - q) / B
 //! ```
 //!
@@ -39,6 +40,8 @@ pub struct VitGrads {
     pub patch_embed: LinearGrads,
     /// `cls_token` `[D]`.
     pub cls_token: Option<Vec<f32>>,
+    /// `dist_token` `[D]` (DeiT).
+    pub dist_token: Option<Vec<f32>>,
     /// `reg_token` `[R x D]`.
     pub reg_token: Option<Matrix>,
     /// `pos_embed` `[T' x D]` (no rows without a position embedding).
@@ -53,6 +56,8 @@ pub struct VitGrads {
     pub fc_norm: Option<LayerNormGrads>,
     /// `head`.
     pub head: Option<LinearGrads>,
+    /// `head_dist` (DeiT).
+    pub head_dist: Option<LinearGrads>,
     /// Shapes for naming: (D, C, Ph, Pw).
     dims: (usize, usize, usize, usize),
     /// The relative position window `M`, for naming the table's shape.
@@ -107,6 +112,12 @@ impl VitGrads {
             g.push_slices(&mut out);
         }
         if let Some(h) = self.head.as_mut() {
+            h.push_slices(&mut out);
+        }
+        if let Some(c) = self.dist_token.as_mut() {
+            out.push(c);
+        }
+        if let Some(h) = self.head_dist.as_mut() {
             h.push_slices(&mut out);
         }
         out
@@ -194,6 +205,12 @@ impl VitGrads {
         if let Some(g) = &self.head {
             lin(&mut m, "head", g, vec![g.weight.rows(), g.weight.cols()])?;
         }
+        if let Some(c) = &self.dist_token {
+            m.insert("dist_token", vec![1, 1, d], c.clone())?;
+        }
+        if let Some(g) = &self.head_dist {
+            lin(&mut m, "head_dist", g, vec![g.weight.rows(), g.weight.cols()])?;
+        }
         Ok(m)
     }
 }
@@ -273,6 +290,14 @@ impl Vit {
                 _ => slot += 2,
             }
         }
+        // DeiT's distillation token and head, last.
+        if let (Some(c), Some(gc)) = (self.dist_token.as_mut(), grads.dist_token.as_ref()) {
+            f(slot, c, gc, false);
+        }
+        slot += 1;
+        if let (Some(h), Some(g)) = (self.head_dist.as_mut(), grads.head_dist.as_ref()) {
+            h.visit_params(g, &mut slot, f);
+        }
     }
 
     /// Zero gradients shaped like the model's parameters.
@@ -288,6 +313,8 @@ impl Vit {
             norm: self.norm.as_ref().map(|n| LayerNormGrads::zeros(n.weight.len())),
             fc_norm: self.fc_norm.as_ref().map(|n| LayerNormGrads::zeros(n.weight.len())),
             head: self.head.as_ref().map(LinearGrads::zeros),
+            dist_token: self.dist_token.as_ref().map(|c| vec![0.0; c.len()]),
+            head_dist: self.head_dist.as_ref().map(LinearGrads::zeros),
             dims: (cfg.embed_dim, cfg.in_chans, cfg.patch_size.h, cfg.patch_size.w),
             relative_window: cfg.relative_position_bias,
         }
@@ -315,8 +342,7 @@ impl Vit {
     ) -> Result<(f32, VitGrads, Matrix)> {
         let cfg = self.config().clone();
         let specs = self.layer_specs(&options.graphs)?;
-        let (b, t, np, d, prefix) =
-            (images.len(), cfg.num_tokens(), cfg.num_patches(), cfg.embed_dim, cfg.prefix_tokens());
+        let (b, t, d) = (images.len(), cfg.num_tokens(), cfg.embed_dim);
         if b == 0 {
             return Err(crate::Error::invalid("ViT input", "no images"));
         }
@@ -346,6 +372,26 @@ impl Vit {
             Some(n) => n.forward(&x)?,
             None => x.clone(),
         };
+        if cfg.distilled {
+            // ---- DeiT: forward of the two heads, and the backward to the two token rows
+            let (logits, _) = self.distilled_head(&xn, b)?;
+            let (loss, dlogits) = CrossEntropy { smoothing }.forward_backward(&logits, targets)?; // loss = CE(logits)
+            let half = Matrix::from_fn(dlogits.rows(), dlogits.cols(), |i, k| 0.5 * dlogits.get(i, k));
+            let (xc, xd) = self.distilled_tokens(&xn, b);
+            // logits = (head(x_c) + head_dist(x_d)) / 2; without classes logits = (x_c + x_d) / 2
+            let (dxc, dxd) = match (&self.head, &mut grads.head, &self.head_dist, &mut grads.head_dist) {
+                (Some(h), Some(gh), Some(hd), Some(ghd)) => {
+                    (h.backward(&xc, &half, gh)?, hd.backward(&xd, &half, ghd)?)
+                }
+                _ => (half.clone(), half),
+            };
+            let mut dxn = Matrix::zeros(b * t, d);
+            for i in 0..b {
+                dxn.row_mut(i * t).copy_from_slice(dxc.row(i)); // x_c = xn[b T]
+                dxn.row_mut(i * t + 1).copy_from_slice(dxd.row(i)); // x_d = xn[b T + 1]
+            }
+            return self.backward_from_tokens(x, dxn, layer_inputs, tokens, patches, grads, loss, logits, b);
+        }
         let (pooled, pool_cache) = pool(&cfg, &xn, b)?;
         let pn = match &self.fc_norm {
             Some(n) => n.forward(&pooled)?,
@@ -367,6 +413,26 @@ impl Vit {
             _ => dpn,
         };
         let dxn = pool_backward(&cfg, &pool_cache, &dpooled, b)?; // pooled = pool(xn)
+        self.backward_from_tokens(x, dxn, layer_inputs, tokens, patches, grads, loss, logits, b)
+    }
+
+    /// The backward from the gradient of the final tokens `dxn` (after `norm`) down to the
+    /// patch embedding.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_from_tokens(
+        &self,
+        x: Matrix,
+        dxn: Matrix,
+        layer_inputs: Vec<(Matrix, Graph, crate::nn::BlockCache, super::LayerAttention<'_>)>,
+        tokens: Matrix,
+        patches: Matrix,
+        mut grads: VitGrads,
+        loss: f32,
+        logits: Matrix,
+        b: usize,
+    ) -> Result<(f32, VitGrads, Matrix)> {
+        let cfg = self.config();
+        let (t, np, d, prefix) = (cfg.num_tokens(), cfg.num_patches(), cfg.embed_dim, cfg.prefix_tokens());
         let mut dx = match (&self.norm, &mut grads.norm) {
             (Some(n), Some(gn)) => n.backward(&x, &dxn, gn)?, // xn = norm(x_L)
             _ => dxn,
@@ -393,14 +459,17 @@ impl Vit {
         let has_pos = self.pos_embed.rows() > 0;
         let pos_offset = if cfg.no_embed_class { 0 } else { prefix };
         let cls = usize::from(cfg.class_token);
+        let dist = usize::from(cfg.distilled);
         let mut dpatch = Matrix::zeros(b * np, d);
         for i in 0..b {
             for k in 0..prefix {
                 let src = dx.row(i * t + k);
                 let target = if k < cls {
                     grads.cls_token.as_deref_mut()
+                } else if k < cls + dist {
+                    grads.dist_token.as_deref_mut()
                 } else {
-                    grads.reg_token.as_mut().map(|g| g.row_mut(k - cls))
+                    grads.reg_token.as_mut().map(|g| g.row_mut(k - cls - dist))
                 };
                 if let Some(g) = target {
                     g.iter_mut().zip(src).for_each(|(a, v)| *a += v);

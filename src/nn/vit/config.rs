@@ -284,6 +284,12 @@ pub struct VitConfig {
     /// every patch-to-patch edge whose offset is below `M`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relative_position_bias: Option<usize>,
+    /// timm's `VisionTransformerDistilled` (DeiT): a distillation token `dist_token` after the
+    /// class token and a second head `head_dist` on it; the logits are
+    /// `(head(x_cls) + head_dist(x_dist)) / 2` and the pre-logits `(x_cls + x_dist) / 2`, as
+    /// timm's eval mode. Needs the class token and `global_pool = "token"`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub distilled: bool,
 }
 
 impl VitConfig {
@@ -392,6 +398,7 @@ impl VitConfig {
             dtype: None,
             attention: None,
             relative_position_bias: None,
+            distilled: false,
         }
     }
 
@@ -417,6 +424,19 @@ impl VitConfig {
             );
         }
         self.refuse_unimplemented()?;
+        if self.distilled
+            && (!self.class_token
+                || self.global_pool != GlobalPool::Token
+                || self.reg_tokens > 0
+                || self.no_embed_class)
+        {
+            return bad(
+                "distilled",
+                "DeiT's distillation token needs class_token, global_pool = \"token\", no register tokens and \
+                 no_embed_class = false (timm's VisionTransformerDistilled)"
+                    .into(),
+            );
+        }
         if self.in_chans == 0 || self.embed_dim == 0 || self.num_heads == 0 {
             return bad("embed_dim", "in_chans, embed_dim and num_heads must be positive".into());
         }
@@ -583,9 +603,9 @@ impl VitConfig {
         h * w
     }
 
-    /// Prefix tokens: the class token, if any, then the register tokens.
+    /// Prefix tokens: the class token, if any, DeiT's distillation token, then the register tokens.
     pub fn prefix_tokens(&self) -> usize {
-        self.class_token as usize + self.reg_tokens
+        self.class_token as usize + self.distilled as usize + self.reg_tokens
     }
 
     /// Tokens per image: the prefix tokens and the patches.

@@ -100,6 +100,8 @@ pub struct Vit {
     pub patch_embed: Linear,
     /// `cls_token` `[D]`, when the model has one.
     pub cls_token: Option<Vec<f32>>,
+    /// `dist_token` `[D]`, DeiT's distillation token (with `distilled`).
+    pub dist_token: Option<Vec<f32>>,
     /// `reg_token` `[R x D]`, the register tokens, when the model has them.
     pub reg_token: Option<Matrix>,
     /// `pos_embed` `[T' x D]` (`T' = T`, or `Gh Gw` with `no_embed_class`; no rows with
@@ -115,6 +117,8 @@ pub struct Vit {
     pub fc_norm: Option<LayerNorm>,
     /// Classifier `[K x D]`, absent when `num_classes` is 0.
     pub head: Option<Linear>,
+    /// DeiT's distillation head `[K x D]` on the distillation token (with `distilled`).
+    pub head_dist: Option<Linear>,
 }
 
 /// What [`Vit::forward_with`] runs and returns.
@@ -150,6 +154,7 @@ impl Vit {
         let d = config.embed_dim;
         let patch_embed = Linear::torch_init(init, config.patch_dim(), d, !config.pre_norm);
         let cls_token = config.class_token.then(|| init.normal(d, 1e-6));
+        let dist_token = config.distilled.then(|| init.trunc_normal(d, 0.02));
         let reg_token = (config.reg_tokens > 0)
             .then(|| Matrix::from_vec(config.reg_tokens, d, init.normal(config.reg_tokens * d, 1e-6)))
             .transpose()?;
@@ -165,13 +170,15 @@ impl Vit {
                 block.relative_position = Some(RelativePositionBias::new(w, config.num_heads, init)?);
             }
         }
-        let head = (config.num_classes > 0).then(|| {
+        let mut classifier = || {
             let k = config.num_classes;
             Linear {
                 weight: Matrix::from_vec(k, d, init.trunc_normal(k * d, 0.02)).unwrap_or_default(),
                 bias: Some(vec![0.0; k]),
             }
-        });
+        };
+        let head = (config.num_classes > 0).then(&mut classifier);
+        let head_dist = (config.num_classes > 0 && config.distilled).then(&mut classifier);
         Ok(Vit {
             norm: config.has_norm().then(|| LayerNorm::new(d, config.eps)),
             fc_norm: config.has_fc_norm().then(|| LayerNorm::new(d, config.eps)),
@@ -179,10 +186,12 @@ impl Vit {
             config,
             patch_embed,
             cls_token,
+            dist_token,
             reg_token,
             pos_embed,
             blocks,
             head,
+            head_dist,
         })
     }
 
@@ -203,10 +212,14 @@ impl Vit {
 
     /// Loads a timm state dict as timm's `checkpoint_filter_fn` + `load_state_dict` would for a
     /// model of `config`: the class count is taken from `head.weight` when the config's differs,
-    /// and a position embedding of another grid is resampled (bicubic, antialiased). Returns the
+    /// a `dist_token` makes it DeiT's distilled model, and a position embedding of another grid is resampled (bicubic, antialiased). Returns the
     /// model and one line per adaptation made.
     pub fn load_adapting(mut config: VitConfig, mut map: TensorMap, what: &str) -> Result<(Vit, Vec<String>)> {
         let mut notes = Vec::new();
+        if map.contains("dist_token") && !config.distilled && config.class_token {
+            notes.push("distilled (DeiT): the checkpoint has a distillation token and head".to_string());
+            config.distilled = true;
+        }
         if let Ok(head) = map.get("head.weight") {
             if head.shape.len() == 2 && head.shape[0] != config.num_classes {
                 notes.push(format!("num_classes {} -> {} (from head.weight)", config.num_classes, head.shape[0]));
@@ -246,6 +259,7 @@ impl Vit {
         let bias = if config.pre_norm { None } else { Some(map.take("patch_embed.proj.bias", &[d])?) };
         let patch_embed = Linear::from_parts(Matrix::from_vec(d, config.patch_dim(), weight)?, bias)?;
         let cls_token = if config.class_token { Some(map.take("cls_token", &[1, 1, d])?) } else { None };
+        let dist_token = if config.distilled { Some(map.take("dist_token", &[1, 1, d])?) } else { None };
         let r = config.reg_tokens;
         let reg_token = if r > 0 { Some(Matrix::from_vec(r, d, map.take("reg_token", &[1, r, d])?)?) } else { None };
         let pt = config.pos_tokens();
@@ -267,9 +281,24 @@ impl Vit {
         }
         let norm = if config.has_norm() { Some(LayerNorm::load(map, "norm", d, config.eps)?) } else { None };
         let fc_norm = if config.has_fc_norm() { Some(LayerNorm::load(map, "fc_norm", d, config.eps)?) } else { None };
-        let head =
-            if config.num_classes > 0 { Some(Linear::load(map, "head", d, config.num_classes, true)?) } else { None };
-        Ok(Vit { config, patch_embed, cls_token, reg_token, pos_embed, norm_pre, blocks, norm, fc_norm, head })
+        let k = config.num_classes;
+        let head = if k > 0 { Some(Linear::load(map, "head", d, k, true)?) } else { None };
+        let head_dist =
+            if k > 0 && config.distilled { Some(Linear::load(map, "head_dist", d, k, true)?) } else { None };
+        Ok(Vit {
+            config,
+            patch_embed,
+            cls_token,
+            dist_token,
+            reg_token,
+            pos_embed,
+            norm_pre,
+            blocks,
+            norm,
+            fc_norm,
+            head,
+            head_dist,
+        })
     }
 
     /// The model's tensors under timm's names (the inverse of [`Vit::load`]).
@@ -283,6 +312,9 @@ impl Vit {
         }
         if let Some(cls) = &self.cls_token {
             map.insert("cls_token", vec![1, 1, d], cls.clone())?;
+        }
+        if let Some(dist) = &self.dist_token {
+            map.insert("dist_token", vec![1, 1, d], dist.clone())?;
         }
         if let Some(reg) = &self.reg_token {
             map.insert("reg_token", vec![1, reg.rows(), d], reg.as_slice().to_vec())?;
@@ -304,6 +336,9 @@ impl Vit {
         }
         if let Some(h) = &self.head {
             h.save(&mut map, "head")?;
+        }
+        if let Some(h) = &self.head_dist {
+            h.save(&mut map, "head_dist")?;
         }
         Ok(map)
     }
@@ -351,6 +386,10 @@ impl Vit {
         if let Some(n) = &self.norm {
             x = n.forward(&x)?;
         }
+        if cfg.distilled {
+            let (logits, pre_logits) = self.distilled_head(&x, b)?;
+            return Ok(VitOutput { logits, pre_logits, weights });
+        }
         let (mut pooled, _) = pool::pool(cfg, &x, b)?;
         if let Some(n) = &self.fc_norm {
             pooled = n.forward(&pooled)?;
@@ -360,6 +399,29 @@ impl Vit {
             None => pooled.clone(),
         };
         Ok(VitOutput { logits, pre_logits: pooled, weights })
+    }
+
+    /// DeiT's eval-mode head on the final tokens `xn [B*T x D]`: the class and distillation
+    /// tokens `x_c`, `x_d` `[B x D]`; logits `(head(x_c) + head_dist(x_d)) / 2` (without
+    /// classes: the pre-logits), pre-logits `(x_c + x_d) / 2`.
+    fn distilled_head(&self, xn: &Matrix, b: usize) -> Result<(Matrix, Matrix)> {
+        let (xc, xd) = self.distilled_tokens(xn, b);
+        let pre = Matrix::from_fn(b, xn.cols(), |i, c| 0.5 * (xc.get(i, c) + xd.get(i, c)));
+        let logits = match (&self.head, &self.head_dist) {
+            (Some(h), Some(hd)) => {
+                let (lc, ld) = (h.forward(&xc)?, hd.forward(&xd)?);
+                Matrix::from_fn(b, lc.cols(), |i, k| 0.5 * (lc.get(i, k) + ld.get(i, k)))
+            }
+            _ => pre.clone(),
+        };
+        Ok((logits, pre))
+    }
+
+    /// The class and distillation token rows `[B x D]` of `xn [B*T x D]` (rows `bT`, `bT + 1`).
+    pub(crate) fn distilled_tokens(&self, xn: &Matrix, b: usize) -> (Matrix, Matrix) {
+        let t = self.config.num_tokens();
+        let row = |offset: usize| Matrix::from_fn(b, xn.cols(), |i, c| xn.get(i * t + offset, c));
+        (row(0), row(1))
     }
 
     /// The features block `layer` builds a feature k-NN graph from: its `norm1` output on the
@@ -525,6 +587,7 @@ impl Vit {
             let prefix_rows = self
                 .cls_token
                 .iter()
+                .chain(self.dist_token.iter())
                 .map(|c| c.as_slice())
                 .chain(self.reg_token.iter().flat_map(|r| (0..r.rows()).map(|k| r.row(k))));
             for (k, src) in prefix_rows.enumerate() {
