@@ -215,3 +215,55 @@ fn deit_distilled_gradients_match_finite_differences() {
         );
     }
 }
+
+fn convert(checkpoint: &str, config: &str, to: &str, out: &std::path::Path) -> patchgraph::Result<()> {
+    let args = patchgraph::cli::convert::Args {
+        checkpoint: path(checkpoint).into(),
+        config: Some(path(config).into()),
+        arch: None,
+        img_size: None,
+        to: to.into(),
+        out: out.to_path_buf(),
+    };
+    patchgraph::cli::convert::run(&args, &Default::default()).map(|_| ())
+}
+
+#[test]
+fn convert_between_clip_timm_and_google_names() {
+    let dir = std::env::temp_dir().join(format!("pg-pth-convert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // open_clip -> CLIP names: the visual tower's own tensors, exactly
+    let out = dir.join("tower.safetensors");
+    convert("clip_tiny.pth", "clip_tiny.timm_config.json", "clip", &out).unwrap();
+    let mut ours = TensorMap::load_safetensors(&out).unwrap();
+    let mut theirs = read("clip_tiny_visual_only.pth").unwrap().map;
+    let names: Vec<String> = theirs.shapes().map(|(n, _)| n.to_string()).collect();
+    for name in &names {
+        assert_eq!(ours.take_any(name).unwrap(), theirs.take_any(name).unwrap(), "{name}");
+    }
+    assert!(ours.remaining().is_empty(), "{:?}", ours.remaining());
+    // CLIP -> timm names: timm's own conversion
+    let out = dir.join("timm.safetensors");
+    convert("clip_tiny_jit.pt", "clip_tiny.timm_config.json", "timm", &out).unwrap();
+    let ours = TensorMap::load_safetensors(&out).unwrap();
+    let timm = TensorMap::load_safetensors(path("clip_tiny.timm.safetensors")).unwrap();
+    for (name, _) in timm.shapes() {
+        assert_eq!(ours.get(name).unwrap(), timm.get(name).unwrap(), "{name}");
+    }
+    // a classifier ViT is not a CLIP tower: refused with the reasons, nothing written
+    let out = dir.join("not_clip.safetensors");
+    let err = convert("vit_tiny.pth", "vit_tiny.config.json", "clip", &out).unwrap_err().to_string();
+    assert!(
+        err.contains("not a CLIP model")
+            && err.contains("no ln_pre")
+            && err.contains("classifier head")
+            && err.contains("QuickGELU"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    // a CLIP tower has no place in Google's naming for norm_pre: refused, nothing written
+    let out = dir.join("clip.npz");
+    assert!(convert("clip_tiny.pth", "clip_tiny.timm_config.json", "google", &out).is_err());
+    assert!(!out.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -38,6 +38,7 @@
 //! ```
 
 mod backward;
+mod clip;
 mod config;
 mod pool;
 mod pos_embed;
