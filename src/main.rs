@@ -41,6 +41,14 @@
 //! or any other; `--compare` reports top-1 agreement, KL divergence and speed-up against the
 //! complete graph.
 //!
+//! ```text
+//! patchgraph embed --checkpoint FILE (--config FILE | --arch NAME) (IMAGE | DIR)... --out FILE.npy|.safetensors
+//!                  [--graph SPEC] [--compare] [--normalize] [--batch 16] [--norm clip --crop-pct 1.0]
+//! ```
+//! `embed` writes the model's output per image (a CLIP tower's image embedding, a headless
+//! model's pooled features) on any graph; `--compare` reports each image's cosine similarity to
+//! the complete graph's embedding.
+//!
 //! Each command's work is a library call in [`patchgraph::cli`]: this file only parses the flags,
 //! runs the command on a pool of `--threads` threads and prints its report.
 
@@ -59,7 +67,7 @@ struct Cli {
     #[arg(long, global = true)]
     threads: Option<usize>,
     /// Load checkpoints that hold NaN or infinities (by default each is an error naming the
-    /// tensor and index): graph --checkpoint, attention, infer, convert, train --resume.
+    /// tensor and index): graph --checkpoint, attention, infer, embed, convert, train --resume.
     #[arg(long, global = true)]
     allow_nonfinite: bool,
 }
@@ -82,6 +90,9 @@ enum Command {
     Convert(cli::convert::Args),
     /// Classify images with a ViT checkpoint (timm safetensors or Google .npz).
     Infer(cli::infer::Args),
+    /// Image embeddings of a folder of images (or files) on any graph, as .npy or .safetensors;
+    /// --compare gives each image's cosine to the complete graph's embedding.
+    Embed(cli::embed::Args),
 }
 
 #[global_allocator]
@@ -102,6 +113,7 @@ fn main() -> ExitCode {
             Command::Train(a) => cli::train::run(a, &common, &mut print, true)?.to_string(),
             Command::Convert(a) => cli::convert::run(a, &common)?.to_string(),
             Command::Infer(a) => cli::infer::run(a, &common)?.to_string(),
+            Command::Embed(a) => cli::embed::run(a, &common)?.to_string(),
         })
     });
     match report {

@@ -1086,9 +1086,9 @@ impl PyVit {
 
 // ----- commands and data -----------------------------------------------------------------------
 
-/// Runs a command (`graph`, `attention`, `plot`, `bench`, `train`, `convert`, `infer`) with its
-/// command-line flags `argv` (without the command name) and returns its report as a JSON
-/// string, and for `graph` the graph. Progress lines (train, bench) print when `verbose`.
+/// Runs a command (`graph`, `attention`, `plot`, `bench`, `train`, `convert`, `infer`,
+/// `embed`) with its command-line flags `argv` (without the command name) and returns its report
+/// as a JSON string, and for `graph` the graph. Progress lines (train, bench) print when `verbose`.
 #[pyfunction]
 #[pyo3(signature = (name, argv, threads = None, allow_nonfinite = false, verbose = true))]
 fn run_command(
@@ -1166,9 +1166,13 @@ fn run_command(
             let a: cli::infer::Args = parse(name, &argv)?;
             json(&py.detach(|| common.install(|| cli::infer::run(&a, &common))).py()?)?
         }
+        "embed" => {
+            let a: cli::embed::Args = parse(name, &argv)?;
+            json(&py.detach(|| common.install(|| cli::embed::run_with(&a, &common, false))).py()?)?
+        }
         other => {
             return Err(PyValueError::new_err(format!(
-                "unknown command `{other}`: expected graph, attention, plot, bench, train, convert or infer"
+                "unknown command `{other}`: expected graph, attention, plot, bench, train, convert, infer or embed"
             )));
         }
     };

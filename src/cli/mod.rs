@@ -12,6 +12,7 @@
 //! | `patchgraph train` | [`train`] | the metrics of every epoch |
 //! | `patchgraph convert` | [`convert`] | what was adapted, the file written |
 //! | `patchgraph infer` | [`infer`] | logits, top-k and (with `--compare`) the comparison |
+//! | `patchgraph embed` | [`embed`] | the file of embeddings written and (with `--compare`) each image's cosine to the complete graph's |
 //!
 //! ```
 //! use clap::Parser;
@@ -31,6 +32,7 @@
 pub mod attention;
 pub mod bench;
 pub mod convert;
+pub mod embed;
 pub mod graph;
 pub mod infer;
 pub mod plot;
@@ -77,12 +79,17 @@ pub fn model_config(config: Option<&Path>, arch: Option<&str>) -> Result<Option<
     }
 }
 
-/// `--norm`: `inception` (mean = std = 0.5) or `imagenet`.
+/// `--norm`: `inception` (mean = std = 0.5), `imagenet`, or `clip` (OpenAI CLIP's mean
+/// (0.48145466, 0.4578275, 0.40821073) and std (0.26862954, 0.26130258, 0.27577711)).
 pub fn parse_norm(norm: &str) -> Result<Normalization> {
     match norm {
         "inception" => Ok(Normalization::inception()),
         "imagenet" => Ok(Normalization::imagenet()),
-        other => Err(Error::invalid("--norm", format!("`{other}`: expected inception or imagenet"))),
+        "clip" => Ok(Normalization {
+            mean: vec![0.481_454_66, 0.457_827_5, 0.408_210_73],
+            std: vec![0.268_629_54, 0.261_302_6, 0.275_777_1],
+        }),
+        other => Err(Error::invalid("--norm", format!("`{other}`: expected inception, imagenet or clip"))),
     }
 }
 
