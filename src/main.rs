@@ -86,7 +86,7 @@ enum Command {
     Bench(cli::bench::Args),
     /// Train a ViT, a GAT on patches or a ViG on MNIST-format, CIFAR-10 or image-folder data.
     Train(cli::train::Args),
-    /// Convert a ViT checkpoint (Google .npz or timm safetensors) to a timm-named safetensors file.
+    /// Convert a ViT checkpoint (timm, Google .npz, PyTorch .pth incl. DeiT/DINO/MAE/CLIP) to timm, CLIP or Google names.
     Convert(cli::convert::Args),
     /// Classify images with a ViT checkpoint (timm safetensors or Google .npz).
     Infer(cli::infer::Args),

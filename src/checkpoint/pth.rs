@@ -369,7 +369,7 @@ fn extract(p: &Pickle, storages: &mut dyn Storages, what: &str, format: PthForma
     }
     let mut map = TensorMap::default();
     let mut skipped = Vec::new();
-    walk(p, chosen, "", 0, storages, what, &mut map, &mut skipped)?;
+    walk(p, chosen, "", 0, storages, what, &mut map, &mut skipped, false)?;
     if !skipped.is_empty() {
         let n = skipped.len();
         skipped.truncate(8);
@@ -396,6 +396,7 @@ fn walk(
     what: &str,
     map: &mut TensorMap,
     skipped: &mut Vec<String>,
+    in_module: bool,
 ) -> Result<()> {
     if depth > MAX_DEPTH {
         return Err(Error::Format { path: what.to_string(), reason: format!("dicts nested deeper than {MAX_DEPTH}") });
@@ -425,10 +426,12 @@ fn walk(
         }
         Node::Dict(_) => {
             for (key, v) in dict_items(p, id, what, path)? {
-                walk(p, v, &format!("{prefix}{key}."), depth + 1, storages, what, map, skipped)?;
+                walk(p, v, &format!("{prefix}{key}."), depth + 1, storages, what, map, skipped, in_module)?;
             }
         }
-        Node::Object { state: Some(s), .. } => walk(p, *s, prefix, depth + 1, storages, what, map, skipped)?,
+        // A TorchScript module's attributes: its parameters, buffers and submodules are read,
+        // its flags (`training`, hooks) are not weights and go unmentioned.
+        Node::Object { state: Some(s), .. } => walk(p, *s, prefix, depth + 1, storages, what, map, skipped, true)?,
         Node::Refused(name) => {
             return Err(Error::Format {
                 path: what.to_string(),
@@ -438,7 +441,7 @@ fn walk(
                 ),
             });
         }
-        _ if path.is_empty() => {}
+        _ if path.is_empty() || in_module => {}
         _ => skipped.push(format!("{path} ({})", kind(p, id))),
     }
     Ok(())

@@ -53,7 +53,8 @@ pub struct Args {
     /// Resize the shorter side to img_size / crop_pct before the centre crop.
     #[arg(long, default_value_t = 0.875)]
     pub crop_pct: f64,
-    /// Normalisation: inception (mean = std = 0.5, Google's and timm's augreg ViTs) or imagenet.
+    /// Normalisation: inception (mean = std = 0.5, Google's and timm's augreg ViTs), imagenet, or clip
+    /// (OpenAI CLIP's mean and std; use --crop-pct 1.0 for CLIP towers).
     #[arg(long, default_value = "inception")]
     pub norm: String,
     /// Timed forwards per graph for --compare (the median is reported).

@@ -300,10 +300,14 @@ impl VitConfig {
             Error::invalid(
                 "architecture",
                 format!(
-                    "unknown `{name}`: expected vit_{{tiny,small,base,large}}_patch{{16,32}}_{{224,384}} or ViT-{{Ti,S,B,L}}_{{16,32}}[-384]"
+                    "unknown `{name}`: expected vit_{{tiny,small,base,large}}_patch{{16,32}}_{{224,384}}, \
+                     ViT-{{Ti,S,B,L}}_{{16,32}}[-384], or a CLIP tower ViT-{{B-32,B-16,L-14,L-14-336,H-14}}[-quickgelu]"
                 ),
             )
         };
+        if let Some(config) = Self::clip_arch(name) {
+            return Ok(config);
+        }
         let (size, patch, img) = if let Some(rest) = name.strip_prefix("vit_") {
             let mut parts = rest.split('_');
             let size = parts.next().ok_or_else(unknown)?;
@@ -348,6 +352,35 @@ impl VitConfig {
             _ => return Err(unknown()),
         };
         Ok(VitConfig { embed_dim, depth, num_heads, ..VitConfig::tiny(img_size, patch_size, 1000) })
+    }
+
+    /// An OpenAI CLIP / open_clip vision tower by open_clip's model name (`ViT-B-32`,
+    /// `ViT-B-16`, `ViT-L-14`, `ViT-L-14-336`, `ViT-H-14`; GELU as open_clip's own models,
+    /// `-quickgelu` for OpenAI's weights) as timm builds it: `pre_norm`, LayerNorm eps 1e-5,
+    /// heads of width 64 (80 for H), and the projection `proj` as a head of `embed_dim` outputs.
+    pub fn clip_arch(name: &str) -> Option<VitConfig> {
+        let (model, act) = match name.strip_suffix("-quickgelu") {
+            Some(m) => (m, Activation::QuickGelu),
+            None => (name, Activation::Gelu),
+        };
+        // (width, layers, patch, image, embedding, heads): open_clip's model_configs/*.json
+        let (width, layers, patch, img, embed, heads) = match model {
+            "ViT-B-32" => (768, 12, 32, 224, 512, 12),
+            "ViT-B-16" => (768, 12, 16, 224, 512, 12),
+            "ViT-L-14" => (1024, 24, 14, 224, 768, 16),
+            "ViT-L-14-336" => (1024, 24, 14, 336, 768, 16),
+            "ViT-H-14" => (1280, 32, 14, 224, 1024, 16),
+            _ => return None,
+        };
+        Some(VitConfig {
+            embed_dim: width,
+            depth: layers,
+            num_heads: heads,
+            pre_norm: true,
+            eps: 1e-5,
+            act_layer: act,
+            ..VitConfig::tiny(img, patch, embed)
+        })
     }
 
     /// A small custom ViT with timm's defaults otherwise (D = 192, 12 blocks, 3 heads = ViT-Ti).
@@ -657,6 +690,24 @@ impl VitConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clip_names_give_open_clips_towers() {
+        // open_clip 3.3's model_configs: ViT-B-32 {embed_dim 512, width 768, layers 12, patch 32},
+        // ViT-L-14-336 {768, 1024, 24, 14, image 336}, ViT-H-14 {1024, 1280, 32, 14, head_width 80}
+        let b = VitConfig::arch("ViT-B-32-quickgelu").unwrap();
+        assert_eq!((b.num_classes, b.embed_dim, b.depth, b.patch_size.h, b.img_size.h), (512, 768, 12, 32, 224));
+        assert_eq!((b.act_layer, b.pre_norm, b.eps), (Activation::QuickGelu, true, 1e-5));
+        let l = VitConfig::arch("ViT-L-14-336").unwrap();
+        assert_eq!((l.num_classes, l.embed_dim, l.depth, l.patch_size.h, l.img_size.h), (768, 1024, 24, 14, 336));
+        assert_eq!(l.act_layer, Activation::Gelu);
+        let h = VitConfig::arch("ViT-H-14").unwrap();
+        assert_eq!((h.num_classes, h.embed_dim / h.num_heads, h.depth), (1024, 80, 32));
+        // Google's names stay Google's
+        assert_eq!(VitConfig::arch("ViT-B_16").unwrap().act_layer, Activation::Gelu);
+        assert!(!VitConfig::arch("ViT-B_16").unwrap().pre_norm);
+        assert!(VitConfig::arch("ViT-B-64").is_err());
+    }
 
     #[test]
     fn arch_names_give_timm_shapes() {
