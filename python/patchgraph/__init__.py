@@ -52,6 +52,7 @@ __all__ = [
     "graph",
     "attention",
     "convert",
+    "embed",
     "infer",
     "train",
     "bench",
@@ -108,8 +109,9 @@ def attention(checkpoint: PathLike, image: Optional[PathLike] = None, **kwargs: 
 
 
 def convert(checkpoint: PathLike, out: PathLike, **kwargs: Any) -> Dict[str, Any]:
-    """``patchgraph convert``: a Google ``.npz`` (or a timm checkpoint, resampled with
-    ``img_size=``) written as timm-named safetensors; ``arch=`` or ``config=``."""
+    """``patchgraph convert``: a ViT checkpoint (timm, Google ``.npz``, PyTorch ``.pth`` of
+    timm / DeiT / DINO / MAE / CLIP) written under ``to="timm"`` (default), ``"clip"`` or
+    ``"google"`` names (``.safetensors`` or ``.npz``); ``arch=`` or ``config=``."""
     return _run("convert", [], dict(checkpoint=checkpoint, out=out, **kwargs))
 
 
@@ -119,6 +121,15 @@ def infer(inputs: Union[PathLike, Iterable[PathLike]], checkpoint: PathLike, **k
     if isinstance(inputs, (str, bytes, _os.PathLike)):
         inputs = [inputs]
     return _run("infer", list(inputs), dict(checkpoint=checkpoint, **kwargs))
+
+
+def embed(inputs: Union[PathLike, Iterable[PathLike]], checkpoint: PathLike, out: PathLike, **kwargs: Any) -> Dict[str, Any]:
+    """``patchgraph embed``: one embedding per image (a folder's images, or files) written to
+    ``out`` (``.npy`` or ``.safetensors``); ``graph=``, ``compare=True`` (cosine per image to the
+    complete graph), ``norm="clip"``, ``crop_pct=1.0`` as the command."""
+    if isinstance(inputs, (str, bytes, _os.PathLike)):
+        inputs = [inputs]
+    return _run("embed", list(inputs), dict(checkpoint=checkpoint, out=out, **kwargs))
 
 
 def train(data: PathLike, **kwargs: Any) -> Dict[str, Any]:
