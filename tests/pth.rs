@@ -267,3 +267,19 @@ fn convert_between_clip_timm_and_google_names() {
     assert!(!out.exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn convert_writes_pth_that_reads_back() {
+    let dir = std::env::temp_dir().join(format!("pg-pth-write-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("tower.pth");
+    convert("clip_tiny.pth", "clip_tiny.timm_config.json", "clip", &out).unwrap();
+    let mut ours = read_pth(&std::fs::read(&out).unwrap(), "written").unwrap().map;
+    let mut theirs = read("clip_tiny_visual_only.pth").unwrap().map;
+    let names: Vec<String> = theirs.shapes().map(|(n, _)| n.to_string()).collect();
+    for name in &names {
+        assert_eq!(ours.take_any(name).unwrap(), theirs.take_any(name).unwrap(), "{name}");
+    }
+    assert!(ours.remaining().is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -97,3 +97,31 @@ def test_embed_a_clip_tower_on_the_bundled_photos(tmp_path):
     cos = r["compare"]["cosine"]
     assert len(cos) == 4 and all(-1.0 <= c <= 1.0 + 1e-6 for c in cos)
     assert min(cos) == pytest.approx(r["compare"]["min_cosine"])
+
+
+def test_convert_writes_what_torch_load_reads(tmp_path):
+    from timm.models.vision_transformer import VisionTransformer
+
+    # timm names as .pth: torch.load(weights_only=True) + a strict load_state_dict
+    model = perturbed(VisionTransformer(**CONFIG), 3)
+    src = tmp_path / "src.pth"
+    torch.save({"model": model.state_dict()}, src)
+    out = tmp_path / "timm.pth"
+    pg.convert(src, out, config=FIXTURES / "checkpoints" / "vit_tiny.config.json")
+    again = VisionTransformer(**CONFIG).eval()
+    again.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        close(again(x).numpy(), model(x).numpy(), 0.0, "timm .pth written by convert")
+    # CLIP names as .pth: the tensors open_clip's own tower saved, exactly
+    out = tmp_path / "tower.pt"
+    ckpt = FIXTURES / "checkpoints"
+    pg.convert(ckpt / "clip_tiny_jit.pt", out, config=ckpt / "clip_tiny.timm_config.json", to="clip")
+    ours = torch.load(out, weights_only=True)
+    theirs = torch.load(ckpt / "clip_tiny_visual_only.pth", weights_only=True)
+    assert set(ours) == set(theirs)
+    for k in theirs:
+        assert torch.equal(ours[k], theirs[k].float()), k
+    with pytest.raises(ValueError, match="not a CLIP model"):
+        pg.convert(src, tmp_path / "nope.pth", config=ckpt / "vit_tiny.config.json", to="clip")
+    assert not (tmp_path / "nope.pth").exists()

@@ -20,6 +20,7 @@ mod layout;
 mod npz;
 pub mod pickle;
 mod pth;
+mod pth_writer;
 mod vit_layout;
 
 pub use google_vit::{google_vit_to_timm, timm_vit_to_google};

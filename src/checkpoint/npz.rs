@@ -83,7 +83,7 @@ impl TensorMap {
     }
 
     /// A float and an integer tensor of the same name would be two entries of one name.
-    fn check_npz_names(&self) -> Result<()> {
+    pub(super) fn check_npz_names(&self) -> Result<()> {
         match self.ints.keys().find(|name| self.floats.contains_key(*name)) {
             Some(name) => Err(Error::invalid(
                 "tensor name",

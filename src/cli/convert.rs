@@ -10,8 +10,8 @@
 //!
 //! Where the models differ it refuses and says how, instead of writing something that loads but
 //! means nothing: a Google classifier ViT is not a CLIP tower (no `ln_pre`, a classifier head
-//! instead of `proj`, ...). The output is `.safetensors` or `.npz` by its extension; nothing is
-//! written when anything is refused.
+//! instead of `proj`, ...). The output is `.safetensors`, `.npz` or `.pth` (`torch.save`'s zip
+//! format) by its extension; nothing is written when anything is refused.
 
 use super::{Common, model_config};
 use crate::error::{Error, Result};
@@ -38,7 +38,8 @@ pub struct Args {
     /// Whose names to write: timm, clip (OpenAI CLIP / open_clip vision tower) or google.
     #[arg(long, default_value = "timm")]
     pub to: String,
-    /// The file to write: `.safetensors` or `.npz`.
+    /// The file to write: `.safetensors`, `.npz`, or `.pth` / `.pt` / `.bin` (what
+    /// `torch.save(state_dict)` writes; `torch.load(weights_only=True)` reads it).
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -59,8 +60,8 @@ pub struct Report {
 /// non-finite, or when the model is not what `--to` names).
 pub fn run(args: &Args, common: &Common) -> Result<Report> {
     let ext = args.out.extension().and_then(|e| e.to_str()).unwrap_or("");
-    if !matches!(ext, "safetensors" | "npz") {
-        return Err(Error::invalid("--out", format!("{}: write .safetensors or .npz", args.out.display())));
+    if !matches!(ext, "safetensors" | "npz" | "pth" | "pt" | "bin") {
+        return Err(Error::invalid("--out", format!("{}: write .safetensors, .npz or .pth", args.out.display())));
     }
     if !matches!(args.to.as_str(), "timm" | "clip" | "google") {
         return Err(Error::invalid("--to", format!("`{}`: expected timm, clip or google", args.to)));
@@ -85,6 +86,8 @@ pub fn run(args: &Args, common: &Common) -> Result<Report> {
     };
     if ext == "npz" {
         map.save_npz(&args.out)?;
+    } else if matches!(ext, "pth" | "pt" | "bin") {
+        map.save_pth(&args.out)?;
     } else {
         map.set_metadata("format", "pt");
         map.save_safetensors(&args.out)?;
