@@ -104,6 +104,20 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A pickled checkpoint's state dict holds an object made by a global that a weights file
+    /// does not need (`os.system`, `builtins.eval`, a model class): refused, and never called.
+    #[error(
+        "{path}: `{key}` is made by `{global}`, a global that a weights file does not need \
+         (torch.load(weights_only=True) refuses it too); nothing from the file was run"
+    )]
+    RefusedGlobal {
+        /// The file.
+        path: String,
+        /// The global's dotted name, e.g. `posix.system`.
+        global: String,
+        /// Where in the state dict (dotted key), or `(the file)` for the pickled object itself.
+        key: String,
+    },
     /// A checkpoint does not fit the model: every problem found, all at once (missing and
     /// unexpected tensors, shapes expected vs found, dtypes), each naming its tensor.
     #[error("checkpoint {path} does not fit the model ({} problems):\n  {}", problems.len(), problems.join("\n  "))]

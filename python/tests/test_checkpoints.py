@@ -77,6 +77,12 @@ def test_a_pickle_that_runs_code_is_refused_and_never_run(tmp_path):
     with pytest.raises(ValueError, match=r"system.*nothing from the file was run"):
         pg.Vit.load(path, CONFIG)
     assert not os.path.exists("/tmp/patchgraph_pytest_pwned")
+    # a whole pickled module (torch.save(model)) names its class
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.save(VisionTransformer(**CONFIG), tmp_path / "whole.pth")
+    with pytest.raises(ValueError, match=r"timm\.models\.vision_transformer\.VisionTransformer.*state_dict"):
+        pg.Vit.load(tmp_path / "whole.pth", CONFIG)
 
 
 def test_embed_a_clip_tower_on_the_bundled_photos(tmp_path):

@@ -351,13 +351,11 @@ fn extract(p: &Pickle, storages: &mut dyn Storages, what: &str, format: PthForma
         }
         Node::Object { class, .. } => notes.push(format!("TorchScript module `{class}`: its parameters and buffers")),
         Node::Refused(name) => {
-            return Err(Error::Format {
+            // A whole pickled nn.Module (torch.save(model)): its class is a refused global.
+            return Err(Error::RefusedGlobal {
                 path: what.to_string(),
-                reason: format!(
-                    "the file pickles a `{name}` object, not a state dict; only tensors, dicts and lists are \
-                     read (nothing from the file is run). Save the weights with \
-                     torch.save(model.state_dict(), path) or safetensors"
-                ),
+                global: name.clone(),
+                key: "(the file: a whole object, not a state dict; save model.state_dict())".to_string(),
             });
         }
         _ => {
@@ -433,13 +431,7 @@ fn walk(
         // its flags (`training`, hooks) are not weights and go unmentioned.
         Node::Object { state: Some(s), .. } => walk(p, *s, prefix, depth + 1, storages, what, map, skipped, true)?,
         Node::Refused(name) => {
-            return Err(Error::Format {
-                path: what.to_string(),
-                reason: format!(
-                    "`{path}` is made by `{name}`, a global that a weights file does not need \
-                     (torch.load(weights_only=True) refuses it too); nothing from the file was run"
-                ),
-            });
+            return Err(Error::RefusedGlobal { path: what.to_string(), global: name.clone(), key: path.to_string() });
         }
         _ if path.is_empty() || in_module => {}
         _ => skipped.push(format!("{path} ({})", kind(p, id))),
