@@ -13,8 +13,16 @@
 //! byte overwrites, edits of header fields (a safetensors JSON header's shapes, dtypes and
 //! offsets; an npy header's shape, descr and fortran_order; zip local and central header sizes;
 //! IDX dimensions; a PNG's IHDR width and height with the CRC fixed up; a JPEG's frame size) and
-//! huge sizes. Every case draws from its own `ChaCha8Rng`, seeded from a master `ChaCha8Rng`
-//! (seed 0), and its seed is printed with any failure so that `PATCHGRAPH_FUZZ_REPRO` reruns it.
+//! huge sizes. PyTorch checkpoints (`.pth`: zip, legacy and TorchScript) get the zip mutations,
+//! storages shrunk or grown, entries removed or moved, the legacy format's u64 element counts,
+//! and pickle-aware edits of the object pickle (`data.pkl`), written back into a valid zip
+//! (Stored) so that they reach the pickle machine: opcodes overwritten (GLOBAL `os system`, INST,
+//! OBJ, REDUCE among them), refused globals inserted, length fields made huge, the pickle cut
+//! short, MARKs duplicated, storage keys, classes and sizes and the tensors' offsets, sizes and
+//! strides changed; the same pickles also go to the pickle machine (`unpickle`) alone. Every case
+//! draws from its own `ChaCha8Rng`, seeded from a master `ChaCha8Rng` (seed 0), and its seed is
+//! printed with any failure so that `PATCHGRAPH_FUZZ_REPRO` reruns it. A few loaders (IDX's gzip
+//! bomb, `.pth` and pickle bombs) begin with fixed cases that random mutations do not build.
 //!
 //! For every case it asserts:
 //!
@@ -24,19 +32,27 @@
 //!   null, after printing the size and the case to stderr) any single request above 1 GiB.
 //!   A refused request aborts the process (`handle_alloc_error`), so the last line on stderr
 //!   names the culprit; after each case the largest request is checked to be below the bound
-//!   (and, for the gzip bomb, below 1 MiB);
+//!   (and, for the gzip bomb, below 1 MiB; for the pickle machine, the total requested while
+//!   reading is at most linear in the input);
+//! - **no hang, no abort in the bombs**: the fixed cases that a faulty loader turns into a
+//!   hang or an abort (a stack overflow, a refused allocation) run in a child process of this
+//!   test binary (the ignored test `fuzz_child`), killed after 3 s;
 //! - **typed errors**: every failure is a `patchgraph::Error` with a non-empty `Display`;
 //! - **only valid loads succeed**: shapes' products equal the data lengths, labels are below
 //!   the class count (and image-folder labels name the right class), graph sources are below
 //!   the node count, decoded images have a nonzero size within the limits and values in
-//!   `[0, 1]`. Where the validity of an input is simple to state (IDX, CIFAR-10, image folders,
-//!   edge lists), an independent oracle decides whether it must load, and the loader must agree.
+//!   `[0, 1]`; a checkpoint's pickle holds only opcodes the restricted machine reads, the state
+//!   dict it read holds no refused global (`os.system`, `eval`, ...) and yields no more tensors
+//!   than the pickle has dict entries, and a pickle tree's references stay within it. Where the
+//!   validity of an input is simple to state (IDX, CIFAR-10, image folders, edge lists), an
+//!   independent oracle decides whether it must load, and the loader must agree.
 //!
 //! At the end it prints, per loader, the cases, the successes, the errors by variant and the
 //! largest allocation, then fails listing every failure if there was any.
 
 use patchgraph::Error;
-use patchgraph::checkpoint::{TensorMap, read_npy};
+use patchgraph::checkpoint::pickle::{Node, Pickle, unpickle, unpickle_prefix};
+use patchgraph::checkpoint::{Pth, PthFormat, TensorMap, read_npy, read_pth};
 use patchgraph::data::{CIFAR10_RECORD_BYTES, Split, load_cifar10, load_dataset, load_image_folder_split, load_mnist};
 use patchgraph::data::{load_mnist_with_classes, read_idx_bytes};
 use patchgraph::graph::GraphSpec;
@@ -66,6 +82,9 @@ const ALLOC_BOUND: usize = 1 << 30;
 /// The largest single request since the last reset.
 static LARGEST: AtomicUsize = AtomicUsize::new(0);
 
+/// Every byte requested so far (never reset: cases read it before and after).
+static TOTAL: AtomicUsize = AtomicUsize::new(0);
+
 /// The current case's description, in a fixed buffer so that the allocator can print it
 /// without allocating.
 static CASE: Mutex<([u8; 400], usize)> = Mutex::new(([0; 400], 0));
@@ -76,6 +95,7 @@ impl Guard {
     /// Records `size`; true (after printing the size and the case) if it must be refused.
     fn refuse(size: usize) -> bool {
         LARGEST.fetch_max(size, Ordering::Relaxed);
+        TOTAL.fetch_add(size, Ordering::Relaxed);
         if size <= ALLOC_BOUND {
             return false;
         }
@@ -126,6 +146,8 @@ const CASES: &[(&str, usize)] = &[
     ("safetensors", 1500),
     ("npy", 1500),
     ("npz", 1000),
+    ("pth", 1000),
+    ("pickle", 1500),
     ("idx", 1500),
     ("mnist", 300),
     ("cifar10", 300),
@@ -238,13 +260,7 @@ impl Fuzz {
         mut case: impl FnMut(&mut ChaCha8Rng) -> (String, Box<dyn FnOnce() -> Verdict>),
     ) {
         let base = CASES.iter().find(|(n, _)| *n == loader).map_or(100, |(_, c)| *c);
-        let mut seeds: Vec<u64> = {
-            // Each loader its own stream from the master seed, so that loaders do not shift
-            // each other's cases.
-            let mut master = ChaCha8Rng::seed_from_u64(self.master);
-            master.set_stream(loader.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))));
-            (0..base * self.factor).map(|_| master.next_u64()).collect()
-        };
+        let mut seeds = loader_seeds(self.master, loader, base * self.factor);
         if let Some((l, s)) = &self.repro {
             if l != loader {
                 return;
@@ -311,6 +327,14 @@ impl Fuzz {
             self.factor
         );
     }
+}
+
+/// The first `n` case seeds of `loader`: each loader its own stream from the master seed, so that
+/// loaders do not shift each other's cases.
+fn loader_seeds(master: u64, loader: &str, n: usize) -> Vec<u64> {
+    let mut master = ChaCha8Rng::seed_from_u64(master);
+    master.set_stream(loader.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))));
+    (0..n).map(|_| master.next_u64()).collect()
 }
 
 fn human(bytes: usize) -> String {
@@ -954,6 +978,1128 @@ fn fuzz_adamw(f: &mut Fuzz) {
                 }
             }),
         )
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// PyTorch checkpoints (`.pth`) and the restricted pickle machine.
+
+/// How a pickle opcode's argument is laid out, for the opcodes the restricted machine reads.
+#[derive(Clone, Copy)]
+enum PickleArg {
+    /// A fixed number of bytes (none for most opcodes).
+    Fixed(usize),
+    /// A little-endian length of that many bytes, then that many bytes.
+    Counted(usize),
+    /// LONG4: a signed 4-byte length (negative is invalid), then that many bytes.
+    Long4,
+    /// GLOBAL: two newline-terminated lines.
+    Lines,
+}
+
+/// The layout of opcode `op`'s argument, `None` for an opcode the machine does not read
+/// (protocol 0's text opcodes, INST, OBJ, EXT*, out-of-band buffers, unknown bytes).
+fn pickle_arg(op: u8) -> Option<PickleArg> {
+    use PickleArg::{Counted, Fixed, Lines, Long4};
+    Some(match op {
+        b'.' | b'(' | b'0' | b'1' | b'2' | b'N' | b')' | b't' | b']' | b'l' | b'a' | b'e' => Fixed(0),
+        b'}' | b'd' | b's' | b'u' | b'R' | b'b' | b'Q' | 0x81 | 0x85..=0x89 | 0x8f..=0x94 => Fixed(0),
+        0x80 | b'K' | b'h' | b'q' => Fixed(1),
+        b'M' => Fixed(2),
+        b'J' | b'j' | b'r' => Fixed(4),
+        b'G' | 0x95 => Fixed(8),
+        0x8a | 0x8c | b'U' | b'C' => Counted(1),
+        b'X' | b'T' | b'B' => Counted(4),
+        0x8d | 0x8e | 0x96 => Counted(8),
+        0x8b => Long4,
+        b'c' => Lines,
+        _ => return None,
+    })
+}
+
+/// A pickle's opcodes as byte ranges, in order, up to and including STOP, and whether STOP was
+/// reached with every opcode one that the machine reads (when not, the machine must refuse the
+/// bytes).
+fn pickle_ops(b: &[u8]) -> (Vec<(usize, usize)>, bool) {
+    let mut ops = Vec::new();
+    let mut at = 0;
+    while at < b.len() {
+        let rest = &b[at + 1..];
+        let le = |w: usize| (rest.len() >= w).then(|| rest[..w].iter().rev().fold(0u64, |a, &x| a << 8 | u64::from(x)));
+        let n = match pickle_arg(b[at]) {
+            None => None,
+            Some(PickleArg::Fixed(n)) => Some(n),
+            Some(PickleArg::Counted(w)) => le(w).and_then(|n| usize::try_from(n).ok()).and_then(|n| n.checked_add(w)),
+            Some(PickleArg::Long4) => le(4).filter(|&n| n <= i32::MAX as u64).map(|n| n as usize + 4),
+            Some(PickleArg::Lines) => rest.iter().enumerate().filter(|&(_, &c)| c == b'\n').nth(1).map(|(i, _)| i + 1),
+        };
+        let Some(n) = n.filter(|&n| n <= rest.len()) else { return (ops, false) };
+        ops.push((at, at + 1 + n));
+        if b[at] == b'.' {
+            return (ops, true);
+        }
+        at += 1 + n;
+    }
+    (ops, false)
+}
+
+/// The persistent ids `('storage', class, key, location, numel[, view])` before each BINPERSID:
+/// the BINPERSID's op index and the op indices of the tuple's items (memo puts skipped).
+fn pickle_persids(b: &[u8], ops: &[(usize, usize)]) -> Vec<(usize, Vec<usize>)> {
+    let memo_put = |i: usize| matches!(b[ops[i].0], b'q' | b'r' | 0x94);
+    let mut out = Vec::new();
+    for q in (0..ops.len()).filter(|&q| b[ops[q].0] == b'Q') {
+        let Some(t) = (0..q).rev().find(|&i| !memo_put(i)) else { continue };
+        if b[ops[t].0] != b't' {
+            continue;
+        }
+        let (mut items, mut depth) = (Vec::new(), 0);
+        for i in (0..t).rev() {
+            match b[ops[i].0] {
+                b'(' if depth == 0 => {
+                    items.reverse();
+                    out.push((q, items));
+                    break;
+                }
+                b'(' => depth -= 1,
+                b't' | b'l' | b'd' | b'u' | b'e' | b'1' | 0x90 | 0x91 => depth += 1,
+                _ if depth == 0 && !memo_put(i) => items.push(i),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// The integer ops after BINPERSID op `q`: the tensor's offset, sizes and strides (up to its
+/// `requires_grad` bool).
+fn tensor_ints(b: &[u8], ops: &[(usize, usize)], q: usize) -> Vec<usize> {
+    (q + 1..ops.len().min(q + 24))
+        .take_while(|&i| !matches!(b[ops[i].0], 0x88 | 0x89))
+        .filter(|&i| matches!(b[ops[i].0], b'K' | b'M' | b'J' | 0x8a))
+        .collect()
+}
+
+/// The value of a BININT1 / BININT2 / BININT op.
+fn pickle_int_value(b: &[u8], (s, e): (usize, usize)) -> Option<i128> {
+    let arg = &b[s + 1..e];
+    match b[s] {
+        b'K' => Some(i128::from(arg[0])),
+        b'M' => Some(i128::from(u16::from_le_bytes([arg[0], arg[1]]))),
+        b'J' => Some(i128::from(i32::from_le_bytes(arg.try_into().ok()?))),
+        _ => None,
+    }
+}
+
+/// The shortest opcode for `v`: BININT1, BININT2, BININT, LONG1 (9 bytes beyond 64 bits).
+fn pickle_int(v: i128) -> Vec<u8> {
+    let mut out = Vec::new();
+    if let Ok(x) = u8::try_from(v) {
+        out.extend([b'K', x]);
+    } else if let Ok(x) = u16::try_from(v) {
+        out.push(b'M');
+        out.extend(x.to_le_bytes());
+    } else if let Ok(x) = i32::try_from(v) {
+        out.push(b'J');
+        out.extend(x.to_le_bytes());
+    } else {
+        let n = if i64::try_from(v).is_ok() { 8 } else { 9 };
+        out.extend([0x8a, n as u8]);
+        out.extend(&v.to_le_bytes()[..n]);
+    }
+    out
+}
+
+/// BINUNICODE of `s`.
+fn pickle_str(s: &[u8]) -> Vec<u8> {
+    let mut out = vec![b'X'];
+    out.extend((s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s);
+    out
+}
+
+/// GLOBAL `module.name`.
+fn pickle_global(module: &str, name: &str) -> Vec<u8> {
+    format!("c{module}\n{name}\n").into_bytes()
+}
+
+/// Globals that a weights file never needs: the machine must refuse them wherever they appear.
+const REFUSED_GLOBALS: &[(&str, &str)] = &[
+    ("os", "system"),
+    ("posix", "system"),
+    ("nt", "system"),
+    ("builtins", "eval"),
+    ("__builtin__", "eval"),
+    ("builtins", "exec"),
+    ("builtins", "getattr"),
+    ("subprocess", "Popen"),
+    ("torch", "load"),
+    ("argparse", "Namespace"),
+];
+
+/// Globals the machine interprets (or refuses by name: complex and quantised storages).
+const KNOWN_GLOBALS: &[(&str, &str)] = &[
+    ("collections", "OrderedDict"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._tensor", "_rebuild_from_type_v2"),
+    ("torch", "FloatStorage"),
+    ("torch", "HalfStorage"),
+    ("torch", "BFloat16Storage"),
+    ("torch", "DoubleStorage"),
+    ("torch", "LongStorage"),
+    ("torch", "BoolStorage"),
+    ("torch", "ByteStorage"),
+    ("torch", "ComplexFloatStorage"),
+    ("torch", "QInt8Storage"),
+    ("torch", "Size"),
+    ("torch", "device"),
+    ("torch", "float32"),
+    ("_codecs", "encode"),
+    ("builtins", "set"),
+    ("builtins", "bytearray"),
+    ("torch.jit._pickle", "build_intlist"),
+    ("__torch__.m", "M"),
+];
+
+/// Fragments that name or call a refused global: GLOBAL alone, REDUCE, INST, OBJ, STACK_GLOBAL,
+/// NEWOBJ, BUILD.
+const EVIL_FRAGMENTS: &[&[u8]] = &[
+    b"cos\nsystem\n",
+    b"cposix\nsystem\n",
+    b"c__builtin__\neval\n",
+    b"cos\nsystem\nX\x02\x00\x00\x00ls\x85R",
+    b"(X\x02\x00\x00\x00lsios\nsystem\n",
+    b"(cos\nsystem\nX\x02\x00\x00\x00lso",
+    b"X\x08\x00\x00\x00builtinsX\x04\x00\x00\x00eval\x93X\x03\x00\x00\x001+1\x85R",
+    b"cbuiltins\neval\n)\x81",
+    b"cos\nsystem\n}b",
+];
+
+/// Values made by a refused global, to be set in a dict: called, inside a list, a dict, a tuple,
+/// or the bare global.
+const EVIL_VALUES: &[&[u8]] = &[
+    b"cposix\nsystem\nX\x02\x00\x00\x00ls\x85R",
+    b"](cposix\nsystem\nX\x02\x00\x00\x00ls\x85Re",
+    b"}X\x01\x00\x00\x00kcbuiltins\neval\nX\x03\x00\x00\x001+1\x85Rs",
+    b"cos\nsystem\n\x85",
+    b"cnt\nsystem\n",
+];
+
+/// Opcodes written over others: the machine's own, the dangerous ones (GLOBAL, INST, OBJ,
+/// REDUCE, BUILD, STACK_GLOBAL, NEWOBJ), protocol 0's, EXT1, out-of-band buffers, unknown.
+const OPCODES: &[u8] = &[
+    b'c', b'i', b'o', b'R', b'b', 0x93, 0x81, 0x92, b'Q', b'(', b'.', b'0', b'1', b'2', b'a', b'e', b's', b'u', b't',
+    b'l', b'd', 0x85, 0x86, 0x87, b'h', b'j', b'q', b'r', 0x94, b'N', b')', b']', b'}', 0x8f, 0x90, 0x91, 0x95, 0x80,
+    b'P', b'S', b'V', b'I', 0x82, 0x97, 0xff,
+];
+
+/// Values for storage sizes and tensor offsets, sizes and strides.
+const PICKLE_INTS: &[i128] = &[
+    0,
+    1,
+    2,
+    3,
+    47,
+    48,
+    255,
+    256,
+    65_535,
+    i32::MAX as i128,
+    1 << 30,
+    (1 << 30) + 1,
+    1 << 32,
+    1 << 40,
+    1 << 61,
+    1 << 62,
+    i64::MAX as i128,
+    -1,
+    i64::MIN as i128,
+    u64::MAX as i128,
+];
+
+/// One to three structure-aware mutations of a pickle; `keys` are the storage keys the archive
+/// holds.
+fn mutate_pickle(rng: &mut ChaCha8Rng, seed: &[u8], keys: &[String]) -> (Vec<u8>, String) {
+    let mut b = seed.to_vec();
+    let n = *pick(rng, &[1, 1, 1, 2, 3]);
+    let desc: Vec<String> = (0..n).map(|_| mutate_pickle_once(rng, &mut b, keys)).collect();
+    (b, desc.join("; "))
+}
+
+fn mutate_pickle_once(rng: &mut ChaCha8Rng, b: &mut Vec<u8>, keys: &[String]) -> String {
+    let (ops, _) = pickle_ops(b);
+    if ops.is_empty() {
+        return mutate(rng, b, &[]);
+    }
+    let mut starts: Vec<usize> = ops.iter().map(|o| o.0).collect();
+    starts.push(ops[ops.len() - 1].1);
+    let persids = pickle_persids(b, &ops);
+    let set = |b: &mut Vec<u8>, i: usize, with: &[u8]| {
+        b.splice(ops[i].0..ops[i].1, with.iter().copied());
+    };
+    let name = |b: &[u8], i: usize| String::from_utf8_lossy(&b[ops[i].0..ops[i].1.min(ops[i].0 + 40)]).into_owned();
+    let persid = |rng: &mut ChaCha8Rng| pick(rng, &persids).clone();
+    match rng.random_range(0..15) {
+        0 => mutate_some(rng, b, &starts),
+        1 => {
+            let i = rng.random_range(0..ops.len());
+            let (was, v) = (b[ops[i].0], *pick(rng, OPCODES));
+            b[ops[i].0] = v;
+            format!("opcode {i} at {}: {was:#04x} -> {v:#04x}", ops[i].0)
+        }
+        2 => {
+            let at = *pick(rng, &starts);
+            let frag = *pick(rng, EVIL_FRAGMENTS);
+            b.splice(at..at, frag.iter().copied());
+            format!("insert {:?} at {at}", String::from_utf8_lossy(frag))
+        }
+        3 => {
+            let globals: Vec<usize> = (0..ops.len()).filter(|&i| b[ops[i].0] == b'c').collect();
+            let Some(&i) = (!globals.is_empty()).then(|| pick(rng, &globals)) else {
+                return mutate_some(rng, b, &starts);
+            };
+            let (m, n) = if rng.random_bool(0.6) { *pick(rng, REFUSED_GLOBALS) } else { *pick(rng, KNOWN_GLOBALS) };
+            let was = name(b, i);
+            set(b, i, &pickle_global(m, n));
+            format!("GLOBAL {was:?} -> {m}.{n}")
+        }
+        4 => {
+            let fields: Vec<usize> = (0..ops.len())
+                .filter(|&i| matches!(b[ops[i].0], b'X' | b'T' | b'B' | b'J' | b'M' | b'K' | 0x8c | b'U' | b'C' | 0x8a))
+                .collect();
+            if fields.is_empty() || rng.random_bool(0.3) {
+                let huge: &[&[u8]] = &[
+                    b"\x8d\xff\xff\xff\xff\xff\xff\xff\xff",
+                    b"\x8d\x00\x00\x00\x00\x00\x01\x00\x00",
+                    b"\x8e\x00\x00\x00\x00\x00\x00\x00\x40",
+                    b"\x96\x00\x00\x00\x80\x00\x00\x00\x00",
+                    b"\x8b\xff\xff\xff\x7f",
+                    b"\x8b\xff\xff\xff\xff",
+                    b"\x8a\xff",
+                    b"X\xff\xff\xff\xff",
+                    b"\x95\xff\xff\xff\xff\xff\xff\xff\xff",
+                ];
+                let (at, v) = (*pick(rng, &starts), *pick(rng, huge));
+                b.splice(at..at, v.iter().copied());
+                format!("insert {v:02x?} at {at}")
+            } else {
+                let s = ops[*pick(rng, &fields)].0;
+                match b[s] {
+                    b'X' | b'T' | b'B' | b'J' => {
+                        let cur = u32::from_le_bytes(b[s + 1..s + 5].try_into().unwrap());
+                        let v = *pick(rng, &[u32::MAX, 0x7fff_ffff, 0x8000_0000, 1 << 30, 0, cur.wrapping_add(1)]);
+                        b[s + 1..s + 5].copy_from_slice(&v.to_le_bytes());
+                        format!("{:?} at {s}: length/value {cur} -> {v}", b[s] as char)
+                    }
+                    b'M' => {
+                        b[s + 1..s + 3].copy_from_slice(&[0xff, 0xff]);
+                        format!("BININT2 at {s} -> 65535")
+                    }
+                    _ => {
+                        let cur = b[s + 1];
+                        let v = *pick(rng, &[0xffu8, 0x80, 9, 16, 0, cur.wrapping_add(1)]);
+                        b[s + 1] = v;
+                        format!("{:#04x} at {s}: length {cur} -> {v}", b[s])
+                    }
+                }
+            }
+        }
+        5 => {
+            let cut = if rng.random_bool(0.7) {
+                *pick(rng, &starts) + rng.random_range(0..2)
+            } else {
+                rng.random_range(0..b.len())
+            };
+            let cut = cut.min(b.len());
+            b.truncate(cut);
+            format!("cut to {cut} bytes")
+        }
+        6 => {
+            let marks: Vec<usize> = ops.iter().filter(|o| b[o.0] == b'(').map(|o| o.0).collect();
+            if !marks.is_empty() && rng.random_bool(0.3) {
+                let at = *pick(rng, &marks);
+                b.remove(at);
+                format!("remove the MARK at {at}")
+            } else {
+                let at =
+                    if !marks.is_empty() && rng.random_bool(0.5) { *pick(rng, &marks) } else { *pick(rng, &starts) };
+                let n = rng.random_range(1..=3);
+                b.splice(at..at, std::iter::repeat_n(b'(', n));
+                format!("{n} MARKs at {at}")
+            }
+        }
+        7 if !persids.is_empty() => {
+            let (q, items) = persid(rng);
+            let Some(&numel) = items.get(4) else { return format!("persistent id at op {q} without a size") };
+            if rng.random_bool(0.1) {
+                let alts: [&[u8]; 4] = [b"N", b"X\x01\x00\x00\x005", b"\x88", b")"];
+                let v = *pick(rng, &alts);
+                set(b, numel, v);
+                return format!("storage size at op {numel} -> {v:02x?}");
+            }
+            let cur = pickle_int_value(b, ops[numel]).unwrap_or(0);
+            let v = *pick(rng, &[PICKLE_INTS, &[cur - 1, cur + 1, 2 * cur][..]].concat());
+            set(b, numel, &pickle_int(v));
+            format!("storage size at op {numel}: {cur} -> {v}")
+        }
+        8 if !persids.is_empty() => {
+            let (q, _) = persid(rng);
+            let ints = tensor_ints(b, &ops, q);
+            let Some(&i) = (!ints.is_empty()).then(|| pick(rng, &ints)) else {
+                return format!("no tensor ints after op {q}");
+            };
+            let cur = pickle_int_value(b, ops[i]).unwrap_or(0);
+            let v = *pick(rng, &[PICKLE_INTS, &[cur - 1, cur + 1][..]].concat());
+            set(b, i, &pickle_int(v));
+            format!("tensor int at op {i} (after the storage at op {q}): {cur} -> {v}")
+        }
+        9 if !persids.is_empty() => {
+            let (q, items) = persid(rng);
+            let Some(&key) = items.get(2) else { return format!("persistent id at op {q} without a key") };
+            let mut choices: Vec<String> = keys.to_vec();
+            choices.extend(["999", "", "../data.pkl", "constants/0", "data/0", "0/../1", "0\u{0}"].map(String::from));
+            let v = pick(rng, &choices).clone();
+            set(b, key, &pickle_str(v.as_bytes()));
+            format!("storage key at op {key} -> {v:?}")
+        }
+        10 if !persids.is_empty() => {
+            let (q, items) = persid(rng);
+            let Some(&class) = items.get(1) else { return format!("persistent id at op {q} without a class") };
+            let (m, n) =
+                if rng.random_bool(0.8) { *pick(rng, &KNOWN_GLOBALS[4..13]) } else { *pick(rng, REFUSED_GLOBALS) };
+            set(b, class, &pickle_global(m, n));
+            format!("storage class at op {class} -> {m}.{n}")
+        }
+        11 if !persids.is_empty() => {
+            // A view reaching the end of a storage declared bigger than its bytes.
+            let (q, items) = persid(rng);
+            let (Some(&numel), Some(&offset)) = (items.get(4), tensor_ints(b, &ops, q).first()) else {
+                return format!("persistent id at op {q} without a size or offset");
+            };
+            let v = *pick(rng, &[48i128, 1000, 1 << 20, 1 << 30, 1 << 61, 1 << 62, i64::MAX as i128]);
+            let at = if rng.random_bool(0.5) { v - 1 } else { v / 2 };
+            set(b, offset, &pickle_int(at)); // the later op first: the earlier one's position holds
+            set(b, numel, &pickle_int(v));
+            format!("storage size at op {numel} -> {v}, offset at op {offset} -> {at}")
+        }
+        12 if !persids.is_empty() => {
+            // A broadcast view: one stride 0, its size grown (torch's `expand`), a little: the
+            // other dimensions multiply it (the big expansion is bomb 2, in a child process).
+            let (q, _) = persid(rng);
+            let ints = tensor_ints(b, &ops, q);
+            if ints.len() < 3 || ints.len() % 2 == 0 {
+                return format!("no sizes and strides after op {q}");
+            }
+            let dims = (ints.len() - 1) / 2;
+            let d = rng.random_range(0..dims);
+            let v = *pick(rng, &[0i128, 2, 16]);
+            set(b, ints[1 + dims + d], &pickle_int(0));
+            set(b, ints[1 + d], &pickle_int(v));
+            format!("dim {d} of the tensor after op {q}: stride 0, size {v}")
+        }
+        13 => {
+            let i = rng.random_range(0..ops.len());
+            let j = (i + rng.random_range(1..=40)).min(ops.len());
+            let (s, e) = (ops[i].0, ops[j - 1].1);
+            if rng.random_bool(0.3) {
+                b.drain(s..e);
+                format!("delete ops {i}..{j} (bytes {s}..{e})")
+            } else {
+                let copy = b[s..e].to_vec();
+                let at = *pick(rng, &starts);
+                b.splice(at..at, copy);
+                format!("copy ops {i}..{j} (bytes {s}..{e}) to {at}")
+            }
+        }
+        _ => {
+            // A refused global's value set in the last dict that SETITEMS fills.
+            let Some(u) = (0..ops.len()).rev().find(|&i| b[ops[i].0] == b'u') else {
+                return mutate_some(rng, b, &starts);
+            };
+            let value = *pick(rng, EVIL_VALUES);
+            let mut ins = pickle_str(b"payload");
+            ins.extend_from_slice(value);
+            let at = ops[u].0;
+            b.splice(at..at, ins);
+            format!("`payload`: {:?} set before the SETITEMS at {at}", String::from_utf8_lossy(value))
+        }
+    }
+}
+
+/// One or two mutations of a zip archive's own structure: a size, count or offset field of a
+/// local header, the central directory or the end record set to an edge value, a truncation at
+/// (or near) one of those structures, or a byte-level mutation favouring them.
+fn mutate_zip(rng: &mut ChaCha8Rng, b: &mut Vec<u8>) -> String {
+    let mut desc = Vec::new();
+    for _ in 0..rng.random_range(1..=2) {
+        let fields = zip_fields(b);
+        let bounds: Vec<usize> = fields.iter().map(|f| f.0).collect();
+        match rng.random_range(0..3) {
+            0 if !bounds.is_empty() => {
+                let cut = (*pick(rng, &bounds)).saturating_sub(rng.random_range(0..32)).min(b.len());
+                b.truncate(cut);
+                desc.push(format!("truncate to {cut} (near a zip structure)"));
+            }
+            1 if !fields.is_empty() => {
+                let (o, w) = *pick(rng, &fields);
+                let v = *pick(rng, HUGE);
+                b[o..o + w].copy_from_slice(&v.to_le_bytes()[..w]);
+                desc.push(format!("zip field at {o} ({w} bytes) -> {v:#x}"));
+            }
+            _ => desc.push(mutate(rng, b, &bounds)),
+        }
+    }
+    desc.join("; ")
+}
+
+/// The storage keys (`<prefix>data/<key>`) of a `.pth` archive's entries, and its `data.pkl`'s
+/// index.
+fn pth_keys(entries: &[(String, Vec<u8>, bool)]) -> (Vec<String>, usize) {
+    let pkl = entries.iter().position(|e| e.0.ends_with("/data.pkl")).expect("a .pth seed without data.pkl");
+    let data = format!("{}data/", entries[pkl].0.trim_end_matches("data.pkl"));
+    (entries.iter().filter_map(|e| e.0.strip_prefix(&data).map(str::to_string)).collect(), pkl)
+}
+
+/// One structure-aware mutation of a `.pth` zip archive: (a) its zip structure, (b) its
+/// `data.pkl` (rebuilt into a valid archive, Stored, so that the mutation reaches the pickle
+/// machine), (c) a storage's size, or its entries (removed, moved, byteorder, TorchScript).
+fn mutate_pth_zip(rng: &mut ChaCha8Rng, file: &[u8], entries: &[(String, Vec<u8>, bool)]) -> (Vec<u8>, String) {
+    let (keys, pkl) = pth_keys(entries);
+    let prefix = entries[pkl].0.trim_end_matches("data.pkl").to_string();
+    let mut es = entries.to_vec();
+    let desc = match rng.random_range(0..8) {
+        0 | 1 => {
+            let mut b = file.to_vec();
+            let d = mutate_zip(rng, &mut b);
+            return (b, d);
+        }
+        2..=4 => {
+            let (p, d) = mutate_pickle(rng, &es[pkl].1, &keys);
+            es[pkl].1 = p;
+            format!("data.pkl: {d}")
+        }
+        5 if !keys.is_empty() => {
+            let key = pick(rng, &keys).clone();
+            let i = es.iter().position(|e| e.0 == format!("{prefix}data/{key}")).unwrap();
+            let n = es[i].1.len();
+            let new = match rng.random_range(0..6) {
+                0 => 0,
+                1 => n.saturating_sub(1),
+                2 => n / 2,
+                3 => n + 1,
+                4 => n + rng.random_range(1..=64),
+                _ => 2 * n,
+            };
+            es[i].1.resize(new, 0x41);
+            format!("storage `{key}`: {n} -> {new} bytes")
+        }
+        _ => match rng.random_range(0..6) {
+            0 => {
+                let i = if rng.random_bool(0.5) { pkl } else { rng.random_range(0..es.len()) };
+                let (name, ..) = es.remove(i);
+                format!("remove entry {name}")
+            }
+            1 => {
+                let v = *pick(rng, &["big", "little", "", "middle", "BIG", "little\n"]);
+                es.retain(|e| e.0 != format!("{prefix}byteorder"));
+                es.push((format!("{prefix}byteorder"), v.as_bytes().to_vec(), false));
+                format!("byteorder -> {v:?}")
+            }
+            2 => {
+                let copy = es[pkl].1.clone();
+                es.push(("other/data.pkl".into(), copy, false));
+                "a second data.pkl (other/data.pkl)".into()
+            }
+            3 => {
+                let to = *pick(rng, &["a/b/data.pkl", "data.pkl", "other/data.pkl"]);
+                es[pkl].0 = to.to_string();
+                format!("data.pkl moved to {to}")
+            }
+            4 => {
+                es.retain(|e| e.0 != format!("{prefix}constants.pkl"));
+                es.push((format!("{prefix}constants.pkl"), b"\x80\x02).".to_vec(), false));
+                "constants.pkl added (a TorchScript archive)".into()
+            }
+            _ => {
+                es.iter_mut().for_each(|e| e.2 = true);
+                "every entry deflated".into()
+            }
+        },
+    };
+    (write_npz(&es), desc)
+}
+
+/// Where a legacy checkpoint's five pickles lie, and each storage's u64 element count (its
+/// offset) and byte length.
+struct LegacyLayout {
+    pickles: Vec<(usize, usize)>,
+    counts: Vec<(usize, usize)>,
+}
+
+fn legacy_layout(b: &[u8]) -> LegacyLayout {
+    let mut pos = 15; // the magic number's pickle
+    let mut pickles = vec![(0, pos)];
+    for _ in 0..4 {
+        let (ops, complete) = pickle_ops(&b[pos..]);
+        assert!(complete, "a legacy seed whose pickles do not parse");
+        pickles.push((pos, pos + ops[ops.len() - 1].1));
+        pos += ops[ops.len() - 1].1;
+    }
+    let object = unpickle(&b[pickles[3].0..pickles[3].1], "seed").unwrap();
+    let keys = unpickle(&b[pickles[4].0..pickles[4].1], "seed").unwrap();
+    let sizes: BTreeMap<&str, usize> = object
+        .nodes
+        .iter()
+        .filter_map(|n| match n {
+            Node::Storage { key, dtype, .. } => Some((key.as_str(), dtype.size())),
+            _ => None,
+        })
+        .collect();
+    let mut counts = Vec::new();
+    for &k in keys.seq(keys.root).unwrap() {
+        let n = u64::from_le_bytes(b[pos..pos + 8].try_into().unwrap()) as usize * sizes[keys.str(k).unwrap()];
+        counts.push((pos, n));
+        pos += 8 + n;
+    }
+    assert_eq!(pos, b.len(), "a legacy seed with bytes after its storages");
+    LegacyLayout { pickles, counts }
+}
+
+/// A legacy checkpoint's storage keys, from its last pickle.
+fn legacy_keys(b: &[u8], layout: &LegacyLayout) -> Vec<String> {
+    let (s, e) = layout.pickles[4];
+    let keys = unpickle(&b[s..e], "seed").unwrap();
+    keys.seq(keys.root).unwrap().iter().map(|&k| keys.str(k).unwrap().to_string()).collect()
+}
+
+/// One structure-aware mutation of a legacy checkpoint: a storage's u64 element count, its
+/// object, key or header pickles (pickle-aware, or bytes anywhere in the pickle region), the
+/// little-endian flag, or a truncation among the storages.
+fn mutate_legacy(rng: &mut ChaCha8Rng, b: &[u8], layout: &LegacyLayout, keys: &[String]) -> (Vec<u8>, String) {
+    let pickles_end = layout.pickles[4].1;
+    match rng.random_range(0..6) {
+        0 | 1 => {
+            let k = rng.random_range(0..layout.counts.len());
+            let (at, bytes) = layout.counts[k];
+            let n = u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+            let v = *pick(
+                rng,
+                &[0, n.saturating_sub(1), n + 1, 2 * n, 1 << 30, (1 << 30) + 1, 1 << 61, 1 << 62, 1 << 63, u64::MAX],
+            );
+            let mut out = b.to_vec();
+            out[at..at + 8].copy_from_slice(&v.to_le_bytes());
+            (out, format!("storage {k} ({bytes} bytes): element count {n} -> {v}"))
+        }
+        2 | 3 => {
+            // The object pickle mostly, else the storage keys, system info or protocol pickle.
+            let p = if rng.random_bool(0.7) { 3 } else { *pick(rng, &[1usize, 2, 4]) };
+            let (s, e) = layout.pickles[p];
+            let (m, d) = mutate_pickle(rng, &b[s..e], keys);
+            let mut out = b[..s].to_vec();
+            out.extend_from_slice(&m);
+            out.extend_from_slice(&b[e..]);
+            (out, format!("{} pickle: {d}", ["magic", "protocol", "system info", "object", "storage keys"][p]))
+        }
+        4 => {
+            let mut head = b[..pickles_end].to_vec();
+            let bounds: Vec<usize> = layout.pickles.iter().map(|p| p.1).collect();
+            let d = mutate_some(rng, &mut head, &bounds);
+            head.extend_from_slice(&b[pickles_end..]);
+            (head, format!("the pickles' bytes: {d}"))
+        }
+        _ => {
+            if rng.random_bool(0.3) {
+                // sys_info's little_endian: True -> False
+                let (s, e) = layout.pickles[2];
+                let mut out = b.to_vec();
+                if let Some(i) = out[s..e].iter().position(|&x| x == 0x88) {
+                    out[s + i] = 0x89;
+                }
+                return (out, "little_endian -> False".into());
+            }
+            let (at, _) = *pick(rng, &layout.counts);
+            let cut = (at + rng.random_range(0..12)).min(b.len());
+            (b[..cut].to_vec(), format!("truncate to {cut}, near a storage's count at {at}"))
+        }
+    }
+}
+
+/// The object pickle of a `.pth` file as the loader finds it, and the format it implies.
+fn pth_object_pickle(bytes: &[u8]) -> Option<(Vec<u8>, PthFormat)> {
+    if bytes.starts_with(b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.") {
+        let mut pos = 15;
+        for _ in 0..2 {
+            pos += unpickle_prefix(&bytes[pos..], "oracle").ok()?.1;
+        }
+        let used = unpickle_prefix(&bytes[pos..], "oracle").ok()?.1;
+        return Some((bytes[pos..pos + used].to_vec(), PthFormat::Legacy));
+    }
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).ok()?;
+    let names: Vec<String> = zip.file_names().map(str::to_string).collect();
+    let pkl = names.iter().find(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1)?;
+    let prefix = pkl.trim_end_matches("data.pkl");
+    let script =
+        names.iter().any(|n| *n == format!("{prefix}constants.pkl") || n.starts_with(&format!("{prefix}code/")));
+    let mut out = Vec::new();
+    zip.by_name(pkl).ok()?.read_to_end(&mut out).ok()?;
+    Some((out, if script { PthFormat::TorchScript } else { PthFormat::Zip }))
+}
+
+/// The first node under `id` that `hit` picks, through what the loader walks (dict keys and
+/// values, objects' states; lists and tuples are not read), each node visited once.
+fn find_under<'a>(p: &'a Pickle, id: usize, hit: impl Fn(&'a Node) -> bool) -> Option<&'a Node> {
+    let mut seen = vec![false; p.nodes.len()];
+    let mut todo = vec![id];
+    while let Some(i) = todo.pop() {
+        if std::mem::replace(&mut seen[i], true) {
+            continue;
+        }
+        match p.node(i) {
+            node if hit(node) => return Some(node),
+            Node::Dict(items) => todo.extend(items.iter().flat_map(|&(k, v)| [k, v])),
+            Node::Object { state: Some(s), .. } => todo.push(*s),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// What a successfully read checkpoint must be: its pickle one the machine reads (no refused
+/// opcode before STOP), its format the one its entries imply, no refused global in the state
+/// dict it chose, no more tensors than the pickle has dict entries (shared dicts are not
+/// multiplied), and its tensors valid ([`check_map`]).
+fn check_pth(bytes: &[u8], r: Result<Pth, Error>) -> Verdict {
+    let pth = match r {
+        Ok(pth) => pth,
+        Err(e) => return Verdict::Err(e),
+    };
+    let Some((pkl, format)) = pth_object_pickle(bytes) else {
+        return Verdict::Bad("loaded, but the harness finds no object pickle in it".into());
+    };
+    if !pickle_ops(&pkl).1 {
+        return Verdict::Bad("loaded a pickle holding an opcode the machine does not read (or no STOP)".into());
+    }
+    if pth.format != format {
+        return Verdict::Bad(format!("format {:?}, the entries say {format:?}", pth.format));
+    }
+    let Ok(tree) = unpickle(&pkl, "oracle") else {
+        return Verdict::Bad("loaded a pickle that the machine alone refuses".into());
+    };
+    let under = pth.notes.iter().find_map(|n| n.strip_prefix("state dict under `")?.strip_suffix('`'));
+    let mut chosen = tree.root;
+    if let (Some(key), Node::Dict(items)) = (under, tree.node(tree.root)) {
+        let named = |k: usize| match tree.node(k) {
+            Node::Str(s) => s == key,
+            Node::Int(i) => i.to_string() == key,
+            _ => false,
+        };
+        // the first entry of that name that holds a tensor, as the loader chooses
+        let tensor = |v: usize| find_under(&tree, v, |n| matches!(n, Node::Tensor { .. })).is_some();
+        match items.iter().find(|&&(k, v)| named(k) && tensor(v)) {
+            Some(&(_, v)) => chosen = v,
+            None => return Verdict::Bad(format!("a note names the state dict `{key}`, the pickle has none")),
+        }
+    }
+    if let Some(Node::Refused(name)) = find_under(&tree, chosen, |n| matches!(n, Node::Refused(_))) {
+        return Verdict::Bad(format!("loaded a state dict that holds `{name}`, a refused global"));
+    }
+    let entries: usize = tree.nodes.iter().map(|n| if let Node::Dict(items) = n { items.len() } else { 0 }).sum();
+    let tensors = pth.map.remaining().len();
+    if tensors > entries {
+        return Verdict::Bad(format!(
+            "{tensors} tensors from {entries} dict entries: shared dicts flattened once per path"
+        ));
+    }
+    check_map(pth.map)
+}
+
+/// What a successfully read pickle must be: opcodes the machine reads up to STOP, every node's
+/// children within the tree, tensors of a storage with as many strides as sizes, at most one
+/// node per input byte.
+fn check_pickle(bytes: &[u8], r: Result<Pickle, Error>) -> Verdict {
+    let p = match r {
+        Ok(p) => p,
+        Err(e) => return Verdict::Err(e),
+    };
+    if !pickle_ops(bytes).1 {
+        return Verdict::Bad("read a pickle holding an opcode the machine does not read (or no STOP)".into());
+    }
+    let n = p.nodes.len();
+    if p.root >= n || n > bytes.len() {
+        return Verdict::Bad(format!("root {} of {n} nodes from {} bytes", p.root, bytes.len()));
+    }
+    for (i, node) in p.nodes.iter().enumerate() {
+        let children: Vec<usize> = match node {
+            Node::Tuple(xs) | Node::List(xs) | Node::Set(xs) => xs.clone(),
+            Node::Dict(items) => items.iter().flat_map(|&(k, v)| [k, v]).collect(),
+            Node::Tensor { storage, .. } => vec![*storage],
+            Node::Object { state: Some(s), .. } => vec![*s],
+            _ => Vec::new(),
+        };
+        if let Some(c) = children.iter().find(|&&c| c >= n) {
+            return Verdict::Bad(format!("node {i} refers to node {c} of {n}"));
+        }
+        if let Node::Tensor { storage, shape, stride, .. } = node {
+            if !matches!(p.node(*storage), Node::Storage { .. }) || shape.len() != stride.len() {
+                return Verdict::Bad(format!("node {i}: {node:?}"));
+            }
+        }
+    }
+    Verdict::Ok
+}
+
+/// A zip archive's entries: (name, bytes, deflated).
+type ZipEntries = Vec<(String, Vec<u8>, bool)>;
+
+/// The `.pth` seeds: (file name, bytes, zip entries (none for the legacy one)); the big ones
+/// last.
+fn pth_seeds() -> Vec<(&'static str, Vec<u8>, ZipEntries)> {
+    [
+        "views.pth",
+        "evil.pth",
+        "evil_builtins.pth",
+        "vit_tiny_fp16.pth",
+        "vit_tiny.pth",
+        "vit_tiny_legacy.pth",
+        "clip_tiny_jit.pt",
+        "dino_full.pth",
+    ]
+    .into_iter()
+    .map(|name| {
+        let bytes = read(&format!("tests/fixtures/checkpoints/{name}"));
+        let entries = if bytes.starts_with(b"PK") { npz_entries(&bytes) } else { Vec::new() };
+        (name, bytes, entries)
+    })
+    .collect()
+}
+
+/// `d_depth` (with `wrap`, under `{"model": ...}`), where `d_i = {"a": d_(i-1), "b": d_(i-1)}`
+/// (one dict, shared) and `d_0 = {"w": leaf}`: 2^depth paths to one leaf in a pickle of 30 bytes
+/// a level. With `cycle`, `d = {"a": d, "b": d}` instead (a dict that holds itself twice).
+fn shared_dicts_pickle(depth: u32, leaf: &[u8], wrap: bool, cycle: bool) -> Vec<u8> {
+    let mut p = b"\x80\x02".to_vec();
+    if wrap {
+        p.extend_from_slice(b"}q\x00");
+        p.extend(pickle_str(b"model"));
+    }
+    let put = |p: &mut Vec<u8>, k: u32| {
+        p.push(b'r');
+        p.extend((k + 8).to_le_bytes());
+    };
+    let get = |p: &mut Vec<u8>, k: u32| {
+        p.push(b'j');
+        p.extend((k + 8).to_le_bytes());
+    };
+    if cycle {
+        p.push(b'}');
+        put(&mut p, 1);
+        p.push(b'(');
+        for k in [&b"a"[..], b"b"] {
+            p.extend(pickle_str(k));
+            get(&mut p, 1);
+        }
+        p.push(b'u');
+    } else {
+        p.push(b'}');
+        p.extend(pickle_str(b"w"));
+        p.extend_from_slice(leaf);
+        p.push(b's');
+        put(&mut p, 0);
+        for i in 1..=depth {
+            p.extend_from_slice(b"0}(");
+            for k in [&b"a"[..], b"b"] {
+                p.extend(pickle_str(k));
+                get(&mut p, i - 1);
+            }
+            p.push(b'u');
+            put(&mut p, i);
+        }
+    }
+    if wrap {
+        p.push(b's');
+    }
+    p.push(b'.');
+    p
+}
+
+/// `_rebuild_tensor_v2` of a float storage `key` of `numel` elements: offset 0, `shape`,
+/// `stride`.
+fn tensor_pickle(key: &str, numel: i128, shape: &[i128], stride: &[i128]) -> Vec<u8> {
+    let mut p = pickle_global("torch._utils", "_rebuild_tensor_v2");
+    p.extend_from_slice(b"((");
+    p.extend(pickle_str(b"storage"));
+    p.extend(pickle_global("torch", "FloatStorage"));
+    p.extend(pickle_str(key.as_bytes()));
+    p.extend(pickle_str(b"cpu"));
+    p.extend(pickle_int(numel));
+    p.extend_from_slice(b"tQK\x00(");
+    shape.iter().for_each(|&s| p.extend(pickle_int(s)));
+    p.extend_from_slice(b"t(");
+    stride.iter().for_each(|&s| p.extend(pickle_int(s)));
+    p.extend_from_slice(b"t\x89)tR");
+    p
+}
+
+/// `views.pth` with its `data.pkl` replaced (its storage `3` holds one float).
+fn views_with_pickle(pkl: Vec<u8>) -> Vec<u8> {
+    let mut es = npz_entries(&read("tests/fixtures/checkpoints/views.pth"));
+    let (_, i) = pth_keys(&es);
+    es[i].1 = pkl;
+    write_npz(&es)
+}
+
+/// The fixed `.pth` cases, run as the loader's first cases: inputs that random mutations rarely
+/// or never build. Those that a faulty loader turns into a hang or an abort run in a child
+/// process ([`in_child`]).
+const PTH_BOMBS: &[&str] = &[
+    "shared dicts 12 deep: 4096 paths to one tensor",
+    "a dict holding itself twice, under `model` (a child process)",
+    "a 4-byte storage viewed as [2^30] with stride 0 (a child process)",
+    "views.pth: storage `0` read for `t` (48 floats), then `slice` declares it 1000 with offset 500",
+    "vit_tiny_legacy.pth: a storage's size 2^62 (times 4 bytes wraps to 0), its tensor at offset 10^6",
+];
+
+/// `pkl` with persistent id `n`'s storage size set to `numel` and its tensor's offset to
+/// `offset`.
+fn resize_storage(pkl: &[u8], n: usize, numel: i128, offset: i128) -> Vec<u8> {
+    let (ops, _) = pickle_ops(pkl);
+    let (q, items) = pickle_persids(pkl, &ops)[n].clone();
+    let (size, off) = (ops[items[4]], ops[tensor_ints(pkl, &ops, q)[0]]);
+    let mut out = pkl[..size.0].to_vec();
+    out.extend(pickle_int(numel));
+    out.extend_from_slice(&pkl[size.1..off.0]);
+    out.extend(pickle_int(offset));
+    out.extend_from_slice(&pkl[off.1..]);
+    out
+}
+
+fn pth_bomb(k: usize, dir: &Path) -> (String, Box<dyn FnOnce() -> Verdict>) {
+    let desc = format!("bomb {k}: {}", PTH_BOMBS[k]);
+    match k {
+        1 | 2 => {
+            let dir = dir.to_path_buf();
+            (desc, Box::new(move || in_child(&dir, &format!("pth{k}"), 3)))
+        }
+        _ => {
+            let bytes = match k {
+                0 => views_with_pickle(shared_dicts_pickle(12, &tensor_pickle("3", 1, &[], &[]), false, false)),
+                3 => {
+                    let es = npz_entries(&read("tests/fixtures/checkpoints/views.pth"));
+                    views_with_pickle(resize_storage(&es[pth_keys(&es).1].1, 1, 1000, 500))
+                }
+                _ => {
+                    let b = read("tests/fixtures/checkpoints/vit_tiny_legacy.pth");
+                    let (s, e) = legacy_layout(&b).pickles[3];
+                    let mut out = b[..s].to_vec();
+                    out.extend(resize_storage(&b[s..e], 0, 1 << 62, 1_000_000));
+                    out.extend_from_slice(&b[e..]);
+                    out
+                }
+            };
+            (desc, Box::new(move || check_pth(&bytes, read_pth(&bytes, "bomb.pth"))))
+        }
+    }
+}
+
+/// The fixed pickle cases (as [`PTH_BOMBS`]).
+const PICKLE_BOMBS: &[&str] = &[
+    "a 10000-item list copied 4000 times by _rebuild_parameter (38 KB)",
+    "_rebuild_from_type_v2 nested 50000 deep (a child process)",
+];
+
+/// A list of `items` Nones, then `copies` REDUCEs of `_rebuild_parameter` on it.
+fn clone_pickle(items: usize, copies: usize) -> Vec<u8> {
+    let mut p = b"\x80\x02ctorch._utils\n_rebuild_parameter\nq\x00]q\x01(N".to_vec();
+    p.extend(std::iter::repeat_n(b'2', items - 1));
+    p.push(b'e');
+    for _ in 0..copies {
+        p.extend_from_slice(b"h\x00h\x01\x85R0");
+    }
+    p.push(b'.');
+    p
+}
+
+/// `_rebuild_from_type_v2(f, None, (f, None, (... (OrderedDict, None, ()))))`, `depth` deep.
+fn nested_pickle(depth: u32) -> Vec<u8> {
+    let mut p =
+        b"\x80\x02ctorch._tensor\n_rebuild_from_type_v2\nq\x00ccollections\nOrderedDict\nq\x01h\x01N)\x87".to_vec();
+    for i in 0..=depth {
+        // memo the tuple made last, pop it, and (but after the last one) make (f, None, it)
+        p.push(b'r');
+        p.extend((i + 2).to_le_bytes());
+        p.extend_from_slice(if i < depth { b"0h\x00Nj" } else { b"0h\x00j" });
+        p.extend((i + 2).to_le_bytes());
+        p.push(if i < depth { 0x87 } else { b'R' });
+    }
+    p.push(b'.');
+    p
+}
+
+fn pickle_bomb(k: usize, dir: &Path) -> (String, Box<dyn FnOnce() -> Verdict>) {
+    let desc = format!("bomb {k}: {}", PICKLE_BOMBS[k]);
+    match k {
+        0 => {
+            let bytes = clone_pickle(10_000, 4000);
+            (desc, Box::new(move || pickle_case(&bytes)))
+        }
+        _ => {
+            let dir = dir.to_path_buf();
+            (desc, Box::new(move || in_child(&dir, &format!("pickle{k}"), 3)))
+        }
+    }
+}
+
+/// One pickle case: [`check_pickle`], and the bytes allocated while reading at most linear in
+/// the input (1 MiB + 512 per byte).
+fn pickle_case(bytes: &[u8]) -> Verdict {
+    let before = TOTAL.load(Ordering::Relaxed);
+    let r = unpickle(bytes, "fuzz.pkl");
+    let used = TOTAL.load(Ordering::Relaxed) - before;
+    let bound = (1 << 20) + 512 * bytes.len();
+    match check_pickle(bytes, r) {
+        Verdict::Err(_) | Verdict::Ok if used > bound => {
+            Verdict::Bad(format!("{} allocated reading {} bytes (bound {})", human(used), bytes.len(), human(bound)))
+        }
+        v => v,
+    }
+}
+
+/// The bombs of a loader to run, popped from the end: all of them, as its first cases, in a
+/// normal run; for `PATCHGRAPH_FUZZ_REPRO`, the one whose case seed it names, if any.
+fn bombs(f: &Fuzz, loader: &str, n: usize) -> Vec<usize> {
+    match &f.repro {
+        None => (0..n).rev().collect(),
+        Some((l, s)) if l == loader => {
+            loader_seeds(f.master, loader, n).iter().position(|x| x == s).into_iter().collect()
+        }
+        Some(_) => Vec::new(),
+    }
+}
+
+/// Runs bomb `name` in a child process (this test binary's ignored test `fuzz_child`), for the
+/// inputs that a faulty loader turns into an abort (a stack overflow, a refused allocation) or
+/// a hang, which would end the whole run: the child's verdict, how it died, or a hang after
+/// `secs` seconds (the child is then killed).
+fn in_child(dir: &Path, name: &str, secs: u64) -> Verdict {
+    let (out, err) = (dir.join(format!("{name}.out")), dir.join(format!("{name}.err")));
+    let spawned = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["fuzz_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .env("PATCHGRAPH_FUZZ_CHILD", name)
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => return Verdict::Bad(format!("the child process did not start: {e}")),
+    };
+    let deadline = Instant::now() + std::time::Duration::from_secs(secs);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(5)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let stdout = std::fs::read_to_string(&out).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+    // what the child said before dying: a refused allocation, a stack overflow, a panic
+    let said = |l: &&str| {
+        !(l.trim().is_empty() || l.starts_with(' ') || l.starts_with("stack backtrace") || l.starts_with("note:"))
+    };
+    let tail: Vec<&str> = stderr.lines().filter(said).collect();
+    let tail = tail[tail.len().saturating_sub(3)..].join(" | ");
+    match (status, stdout.lines().find_map(|l| l.strip_prefix("fuzz child: "))) {
+        (None, _) => Verdict::Bad(format!("no result after {secs} s: a hang (the child was killed)")),
+        (Some(_), Some("ok")) => Verdict::Ok,
+        (Some(_), Some(why)) => Verdict::Bad(format!("{why} [{tail}]")),
+        (Some(status), None) => Verdict::Bad(format!("the child process died ({status}): {tail}")),
+    }
+}
+
+/// A child process's bomb (see [`in_child`]), run on a thread with the default 2 MiB stack:
+/// "ok", or what was wrong.
+fn child_bomb(name: &str) -> String {
+    let verdict = match name {
+        "pth1" => {
+            let bytes = views_with_pickle(shared_dicts_pickle(1, b"", true, true));
+            match read_pth(&bytes, "bomb.pth") {
+                Ok(p) => Verdict::Bad(format!(
+                    "loaded {} tensors from a dict that holds only itself",
+                    p.map.remaining().len()
+                )),
+                Err(e) => Verdict::Err(e),
+            }
+        }
+        "pth2" => {
+            let pkl = shared_dicts_pickle(0, &tensor_pickle("3", 1, &[1 << 30], &[0]), false, false);
+            let bytes = views_with_pickle(pkl);
+            check_pth(&bytes, read_pth(&bytes, "bomb.pth"))
+        }
+        "pickle1" => {
+            let bytes = nested_pickle(50_000);
+            check_pickle(&bytes, unpickle(&bytes, "bomb.pkl"))
+        }
+        other => Verdict::Bad(format!("no child bomb `{other}`")),
+    };
+    match verdict {
+        Verdict::Ok | Verdict::Err(_) => "ok".into(),
+        Verdict::Bad(why) => why,
+    }
+}
+
+fn fuzz_pth(f: &mut Fuzz) {
+    let dir = f.dir("pth");
+    let seeds = pth_seeds();
+    let legacy_file = &seeds.iter().find(|s| s.2.is_empty()).unwrap().1;
+    let legacy = legacy_layout(legacy_file);
+    let legacy_keys = legacy_keys(legacy_file, &legacy);
+    let mut bombs = bombs(f, "pth", PTH_BOMBS.len());
+    f.run("pth", |rng| {
+        if let Some(k) = bombs.pop() {
+            return pth_bomb(k, &dir);
+        }
+        // The big TorchScript and DINO files rarely: 318 and 227 KB.
+        let upto = if rng.random_bool(0.1) { seeds.len() } else { seeds.len() - 2 };
+        let (name, file, entries) = &seeds[rng.random_range(0..upto)];
+        let (bytes, desc) = if entries.is_empty() {
+            mutate_legacy(rng, file, &legacy, &legacy_keys)
+        } else {
+            mutate_pth_zip(rng, file, entries)
+        };
+        let desc = format!("{name}: {desc}");
+        (desc, Box::new(move || check_pth(&bytes, read_pth(&bytes, "fuzz.pth"))))
+    });
+}
+
+fn fuzz_pickle(f: &mut Fuzz) {
+    let dir = f.dir("pickle");
+    // Every seed's data.pkl (the legacy file's object pickle) with its storage keys.
+    let seeds: Vec<(&str, Vec<u8>, Vec<String>)> = pth_seeds()
+        .into_iter()
+        .map(|(name, file, entries)| {
+            if entries.is_empty() {
+                let layout = legacy_layout(&file);
+                let (s, e) = layout.pickles[3];
+                (name, file[s..e].to_vec(), legacy_keys(&file, &layout))
+            } else {
+                let (keys, i) = pth_keys(&entries);
+                (name, entries[i].1.clone(), keys)
+            }
+        })
+        .collect();
+    let mut bombs = bombs(f, "pickle", PICKLE_BOMBS.len());
+    f.run("pickle", |rng| {
+        if let Some(k) = bombs.pop() {
+            return pickle_bomb(k, &dir);
+        }
+        let (name, pkl, keys) = pick(rng, &seeds);
+        let (bytes, desc) = mutate_pickle(rng, pkl, keys);
+        (format!("{name} data.pkl: {desc}"), Box::new(move || pickle_case(&bytes)))
     });
 }
 
@@ -1882,6 +3028,8 @@ fn fuzz_every_loader() {
     fuzz_npy(&mut f);
     fuzz_npz(&mut f);
     fuzz_adamw(&mut f);
+    fuzz_pth(&mut f);
+    fuzz_pickle(&mut f);
     fuzz_idx(&mut f);
     fuzz_mnist(&mut f);
     fuzz_cifar(&mut f);
@@ -1896,4 +3044,16 @@ fn fuzz_every_loader() {
     println!("run time {:.1} s", start.elapsed().as_secs_f64());
     let _ = std::fs::remove_dir_all(&f.tmp);
     assert!(f.failures.is_empty(), "{} fuzz failures:\n{}", f.failures.len(), f.failures.join("\n"));
+}
+
+/// The bombs that may abort or hang, run by [`in_child`] in a child process; anywhere else
+/// (`cargo test -- --ignored`) it does nothing.
+#[test]
+#[ignore = "run by fuzz_every_loader in a child process"]
+fn fuzz_child() {
+    let Ok(name) = std::env::var("PATCHGRAPH_FUZZ_CHILD") else { return };
+    set_case(&format!("child bomb {name}"));
+    let run = std::thread::Builder::new().name(format!("fuzz child {name}")).stack_size(2 << 20);
+    let verdict = run.spawn(move || child_bomb(&name)).unwrap().join();
+    println!("fuzz child: {}", verdict.unwrap_or_else(|_| "PANIC (the child's stderr has it)".into()));
 }
