@@ -204,6 +204,7 @@ fn variant(e: &Error) -> &'static str {
         Error::Checkpoint { .. } => "Checkpoint",
         Error::Draw { .. } => "Draw",
         Error::Codec { .. } => "Codec",
+        Error::RefusedGlobal { .. } => "RefusedGlobal",
         _ => "other",
     }
 }
@@ -2013,7 +2014,7 @@ fn in_child(dir: &Path, name: &str, secs: u64) -> Verdict {
     };
     let tail: Vec<&str> = stderr.lines().filter(said).collect();
     let tail = tail[tail.len().saturating_sub(3)..].join(" | ");
-    match (status, stdout.lines().find_map(|l| l.strip_prefix("fuzz child: "))) {
+    match (status, stdout.lines().find_map(|l| l.split_once("fuzz child: ").map(|(_, said)| said.trim()))) {
         (None, _) => Verdict::Bad(format!("no result after {secs} s: a hang (the child was killed)")),
         (Some(_), Some("ok")) => Verdict::Ok,
         (Some(_), Some(why)) => Verdict::Bad(format!("{why} [{tail}]")),

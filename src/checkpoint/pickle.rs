@@ -299,20 +299,25 @@ struct Machine<'a> {
     marks: Vec<usize>,
     memo: BTreeMap<u32, Id>,
     what: &'a str,
+    /// Bytes the tree may still grow by: values a pickle can copy (a memoised string encoded
+    /// again and again) would otherwise grow quadratically in the input.
+    budget: usize,
 }
+
+/// The tree may hold this many bytes per input byte (plus 1 MiB): a real checkpoint's pickle
+/// is a small fraction of this.
+const GROWTH: usize = 64;
+
+/// `_rebuild_from_type_v2` may nest this deep (torch nests it once).
+const MAX_NESTING: usize = 16;
+
+/// A tensor may have this many dimensions.
+const MAX_DIMS: usize = 64;
 
 /// Reads one pickle (`bytes` must end at or after its `STOP`). `what` names the source in
 /// errors. Returns the tree; nothing the pickle names is ever executed.
 pub fn unpickle(bytes: &[u8], what: &str) -> Result<Pickle> {
-    let mut m = Machine {
-        data: bytes,
-        pos: 0,
-        nodes: Vec::new(),
-        stack: Vec::new(),
-        marks: Vec::new(),
-        memo: BTreeMap::new(),
-        what,
-    };
+    let mut m = Machine::new(bytes, what);
     let root = m.run()?;
     Ok(Pickle { nodes: m.nodes, root })
 }
@@ -320,20 +325,62 @@ pub fn unpickle(bytes: &[u8], what: &str) -> Result<Pickle> {
 /// Reads one pickle starting at `bytes[0]` and returns the tree and the number of bytes it
 /// took (for files holding several pickles one after another, like torch's legacy format).
 pub fn unpickle_prefix(bytes: &[u8], what: &str) -> Result<(Pickle, usize)> {
-    let mut m = Machine {
-        data: bytes,
-        pos: 0,
-        nodes: Vec::new(),
-        stack: Vec::new(),
-        marks: Vec::new(),
-        memo: BTreeMap::new(),
-        what,
-    };
+    let mut m = Machine::new(bytes, what);
     let root = m.run()?;
     Ok((Pickle { nodes: m.nodes, root }, m.pos))
 }
 
-impl Machine<'_> {
+impl<'a> Machine<'a> {
+    fn new(data: &'a [u8], what: &'a str) -> Machine<'a> {
+        let budget = data.len().saturating_mul(GROWTH).saturating_add(1 << 20);
+        Machine {
+            data,
+            pos: 0,
+            nodes: Vec::new(),
+            stack: Vec::new(),
+            marks: Vec::new(),
+            memo: BTreeMap::new(),
+            what,
+            budget,
+        }
+    }
+
+    /// Spends `bytes` of the growth budget.
+    fn spend(&mut self, bytes: usize) -> Result<()> {
+        match self.budget.checked_sub(bytes) {
+            Some(left) => {
+                self.budget = left;
+                Ok(())
+            }
+            None => {
+                Err(self
+                    .err(format!("the pickle expands beyond {GROWTH} times its size (values copied over and over)")))
+            }
+        }
+    }
+
+    /// The bytes a node holds, for the budget.
+    fn weight(node: &Node) -> usize {
+        16 + match node {
+            Node::Str(s) => s.len(),
+            Node::Bytes(b) => b.len(),
+            Node::Tuple(v) | Node::List(v) | Node::Set(v) => 8 * v.len(),
+            Node::Dict(d) => 16 * d.len(),
+            Node::Tensor { shape, .. } => 16 * shape.len(),
+            Node::Storage { key, .. } => key.len(),
+            Node::Object { class, .. } | Node::Refused(class) => class.len(),
+            Node::Global(_) => 64,
+            _ => 0,
+        }
+    }
+
+    /// Adds `node` to the tree (not to the stack).
+    fn add(&mut self, node: Node) -> Result<Id> {
+        self.spend(Self::weight(&node))?;
+        self.nodes.push(node);
+        Ok(self.nodes.len() - 1)
+    }
+
     fn err(&self, reason: impl std::fmt::Display) -> Error {
         Error::Format { path: self.what.to_string(), reason: format!("pickle at byte {}: {reason}", self.pos) }
     }
@@ -371,9 +418,10 @@ impl Machine<'_> {
         Ok(s)
     }
 
-    fn push(&mut self, node: Node) {
-        self.nodes.push(node);
-        self.stack.push(self.nodes.len() - 1);
+    fn push(&mut self, node: Node) -> Result<()> {
+        let id = self.add(node)?;
+        self.stack.push(id);
+        Ok(())
     }
 
     fn pop(&mut self) -> Result<Id> {
@@ -392,6 +440,13 @@ impl Machine<'_> {
         Ok(self.stack[self.stack.len() - 1])
     }
 
+    fn seq(&self, id: Id) -> Option<&[Id]> {
+        match &self.nodes[id] {
+            Node::Tuple(items) | Node::List(items) | Node::Set(items) => Some(items),
+            _ => None,
+        }
+    }
+
     fn pop_mark(&mut self) -> Result<Vec<Id>> {
         let mark = self.marks.pop().ok_or_else(|| self.err("no MARK to pop to"))?;
         Ok(self.stack.split_off(mark))
@@ -400,13 +455,13 @@ impl Machine<'_> {
     fn string(&mut self, n: usize) -> Result<()> {
         let bytes = self.take(n)?.to_vec();
         let s = String::from_utf8(bytes).map_err(|_| self.err("a string that is not UTF-8"))?;
-        self.push(Node::Str(s));
+        self.push(Node::Str(s))?;
         Ok(())
     }
 
     fn bytes(&mut self, n: usize) -> Result<()> {
         let b = self.take(n)?.to_vec();
-        self.push(Node::Bytes(b));
+        self.push(Node::Bytes(b))?;
         Ok(())
     }
 
@@ -420,13 +475,13 @@ impl Machine<'_> {
                 return Err(self.err(format!("an integer of {n} bytes (beyond 64 bits)")));
             }
             let v = i64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8]));
-            self.push(Node::Int(v));
+            self.push(Node::Int(v))?;
             return Ok(());
         }
         let b = self.take(n)?;
         let mut buf = if b.last().is_some_and(|&x| x & 0x80 != 0) { [0xffu8; 8] } else { [0u8; 8] };
         buf[..n].copy_from_slice(b);
-        self.push(Node::Int(i64::from_le_bytes(buf)));
+        self.push(Node::Int(i64::from_le_bytes(buf)))?;
         Ok(())
     }
 
@@ -471,20 +526,20 @@ impl Machine<'_> {
                     let id = self.top()?; // DUP
                     self.stack.push(id);
                 }
-                b'N' => self.push(Node::None),
-                0x88 => self.push(Node::Bool(true)),
-                0x89 => self.push(Node::Bool(false)),
+                b'N' => self.push(Node::None)?,
+                0x88 => self.push(Node::Bool(true))?,
+                0x89 => self.push(Node::Bool(false))?,
                 b'J' => {
                     let v = i32::from_le_bytes(self.le()?);
-                    self.push(Node::Int(v as i64));
+                    self.push(Node::Int(v as i64))?;
                 }
                 b'K' => {
                     let v = self.u8()?;
-                    self.push(Node::Int(v as i64));
+                    self.push(Node::Int(v as i64))?;
                 }
                 b'M' => {
                     let v = u16::from_le_bytes(self.le()?);
-                    self.push(Node::Int(v as i64));
+                    self.push(Node::Int(v as i64))?;
                 }
                 0x8a => {
                     let n = self.u8()? as usize; // LONG1
@@ -497,7 +552,7 @@ impl Machine<'_> {
                 }
                 b'G' => {
                     let v = f64::from_be_bytes(self.le()?); // BINFLOAT is big-endian
-                    self.push(Node::Float(v));
+                    self.push(Node::Float(v))?;
                 }
                 b'X' => {
                     let n = u32::from_le_bytes(self.le()?) as usize; // BINUNICODE
@@ -515,12 +570,12 @@ impl Machine<'_> {
                     // SHORT_BINSTRING: Python 2 str, read as latin-1 text
                     let n = self.u8()? as usize;
                     let s = self.take(n)?.iter().map(|&b| b as char).collect();
-                    self.push(Node::Str(s));
+                    self.push(Node::Str(s))?;
                 }
                 b'T' => {
                     let n = u32::from_le_bytes(self.le()?) as usize; // BINSTRING
                     let s = self.take(n)?.iter().map(|&b| b as char).collect();
-                    self.push(Node::Str(s));
+                    self.push(Node::Str(s))?;
                 }
                 b'C' => {
                     let n = self.u8()? as usize; // SHORT_BINBYTES
@@ -534,22 +589,22 @@ impl Machine<'_> {
                     let n = self.len_u64()?; // BINBYTES8, BYTEARRAY8
                     self.bytes(n)?;
                 }
-                b')' => self.push(Node::Tuple(Vec::new())),
+                b')' => self.push(Node::Tuple(Vec::new()))?,
                 b't' => {
                     let items = self.pop_mark()?; // TUPLE
-                    self.push(Node::Tuple(items));
+                    self.push(Node::Tuple(items))?;
                 }
                 0x85..=0x87 => {
                     // TUPLE1..3
                     let n = (op - 0x84) as usize;
                     let mut items = (0..n).map(|_| self.pop()).collect::<Result<Vec<_>>>()?;
                     items.reverse();
-                    self.push(Node::Tuple(items));
+                    self.push(Node::Tuple(items))?;
                 }
-                b']' => self.push(Node::List(Vec::new())),
+                b']' => self.push(Node::List(Vec::new()))?,
                 b'l' => {
                     let items = self.pop_mark()?; // LIST
-                    self.push(Node::List(items));
+                    self.push(Node::List(items))?;
                 }
                 b'a' => {
                     let item = self.pop()?; // APPEND
@@ -561,11 +616,11 @@ impl Machine<'_> {
                     let list = self.top()?;
                     self.extend(list, items)?;
                 }
-                b'}' => self.push(Node::Dict(Vec::new())),
+                b'}' => self.push(Node::Dict(Vec::new()))?,
                 b'd' => {
                     let items = self.pop_mark()?; // DICT
                     let pairs = self.pairs(items)?;
-                    self.push(Node::Dict(pairs));
+                    self.push(Node::Dict(pairs))?;
                 }
                 b's' => {
                     let v = self.pop()?; // SETITEM
@@ -579,9 +634,10 @@ impl Machine<'_> {
                     let dict = self.top()?;
                     self.set_items(dict, pairs)?;
                 }
-                0x8f => self.push(Node::Set(Vec::new())), // EMPTY_SET
+                0x8f => self.push(Node::Set(Vec::new()))?, // EMPTY_SET
                 0x90 => {
                     let items = self.pop_mark()?; // ADDITEMS
+                    self.spend(8 * items.len())?;
                     let set = self.top()?;
                     match &mut self.nodes[set] {
                         Node::Set(s) => s.extend(items),
@@ -590,13 +646,12 @@ impl Machine<'_> {
                 }
                 0x91 => {
                     let items = self.pop_mark()?; // FROZENSET
-                    self.push(Node::Set(items));
+                    self.push(Node::Set(items))?;
                 }
                 b'c' => {
                     let module = self.line()?; // GLOBAL
                     let name = self.line()?;
-                    self.nodes.push(global(&module, &name));
-                    self.stack.push(self.nodes.len() - 1);
+                    self.push(global(&module, &name))?;
                 }
                 0x93 => {
                     let name = self.pop()?; // STACK_GLOBAL
@@ -605,26 +660,26 @@ impl Machine<'_> {
                         return Err(self.err("STACK_GLOBAL without two strings"));
                     };
                     let node = global(module, name);
-                    self.push(node);
+                    self.push(node)?;
                 }
                 b'R' => {
                     let args = self.pop()?; // REDUCE
                     let func = self.pop()?;
-                    let node = self.apply(func, args)?;
-                    self.push(node);
+                    let id = self.apply(func, args, 0)?;
+                    self.stack.push(id);
                 }
                 0x81 => {
                     let args = self.pop()?; // NEWOBJ
                     let cls = self.pop()?;
-                    let node = self.apply(cls, args)?;
-                    self.push(node);
+                    let id = self.apply(cls, args, 0)?;
+                    self.stack.push(id);
                 }
                 0x92 => {
                     let _kwargs = self.pop()?; // NEWOBJ_EX
                     let args = self.pop()?;
                     let cls = self.pop()?;
-                    let node = self.apply(cls, args)?;
-                    self.push(node);
+                    let id = self.apply(cls, args, 0)?;
+                    self.stack.push(id);
                 }
                 b'b' => {
                     let state = self.pop()?; // BUILD
@@ -634,7 +689,7 @@ impl Machine<'_> {
                 b'Q' => {
                     let pid = self.pop()?; // BINPERSID
                     let node = self.persistent(pid)?;
-                    self.push(node);
+                    self.push(node)?;
                 }
                 b'h' => {
                     let k = self.u8()? as u32; // BINGET
@@ -673,6 +728,7 @@ impl Machine<'_> {
     }
 
     fn extend(&mut self, list: Id, items: Vec<Id>) -> Result<()> {
+        self.spend(8 * items.len())?;
         match &mut self.nodes[list] {
             Node::List(l) => {
                 l.extend(items);
@@ -691,6 +747,7 @@ impl Machine<'_> {
     }
 
     fn set_items(&mut self, dict: Id, pairs: Vec<(Id, Id)>) -> Result<()> {
+        self.spend(16 * pairs.len())?;
         match &mut self.nodes[dict] {
             Node::Dict(d) => {
                 d.extend(pairs);
@@ -706,13 +763,13 @@ impl Machine<'_> {
         let Node::Tuple(items) = &self.nodes[pid] else {
             return Err(self.err("a persistent id that is not a tuple"));
         };
-        let items = items.clone();
+        let items: Vec<Id> = items.iter().take(6).copied().collect();
         let tag = items.first().and_then(|&i| match &self.nodes[i] {
             Node::Str(s) => Some(s.clone()),
             Node::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
             _ => None,
         });
-        if tag.as_deref() != Some("storage") || items.len() < 5 {
+        if tag.as_deref() != Some("storage") || !(5..=6).contains(&items.len()) {
             return Err(self.err("a persistent id other than ('storage', class, key, location, numel)"));
         }
         let dtype = match &self.nodes[items[1]] {
@@ -738,33 +795,33 @@ impl Machine<'_> {
         Ok(Node::Storage { key, dtype, numel })
     }
 
-    /// `func(*args)` (REDUCE) or `cls.__new__(cls, *args)` (NEWOBJ), for the known globals.
-    fn apply(&mut self, func: Id, args: Id) -> Result<Node> {
+    /// `func(*args)` (REDUCE) or `cls.__new__(cls, *args)` (NEWOBJ), for the known globals:
+    /// the result's id (an argument's own id where the result is that argument: nothing is
+    /// copied). `depth` counts nested `_rebuild_from_type_v2`.
+    fn apply(&mut self, func: Id, args: Id, depth: usize) -> Result<Id> {
         let g = match &self.nodes[func] {
             Node::Global(g) => g.clone(),
-            Node::Refused(name) => return Ok(Node::Refused(name.clone())),
+            Node::Refused(_) => return Ok(func),
             _ => return Err(self.err("REDUCE or NEWOBJ on something that is not a global")),
         };
+        // No known global takes more than 7 arguments: only those are looked at.
         let args: Vec<Id> = match &self.nodes[args] {
-            Node::Tuple(a) => a.clone(),
-            Node::Refused(name) => return Ok(Node::Refused(name.clone())),
+            Node::Tuple(a) => a.iter().take(8).copied().collect(),
+            Node::Refused(_) => return Ok(args),
             _ => return Err(self.err("REDUCE or NEWOBJ whose arguments are not a tuple")),
         };
         // A refused value among the arguments makes the result refused too.
-        if let Some(name) = args.iter().find_map(|&a| match &self.nodes[a] {
-            Node::Refused(n) => Some(n.clone()),
-            _ => None,
-        }) {
-            return Ok(Node::Refused(name));
+        if let Some(&refused) = args.iter().find(|&&a| matches!(self.nodes[a], Node::Refused(_))) {
+            return Ok(refused);
         }
         let arg = |i: usize| args.get(i).copied();
-        Ok(match g {
+        let node = match g {
             Global::Dict => match arg(0) {
                 None => Node::Dict(Vec::new()),
                 Some(a) => match &self.nodes[a] {
-                    Node::Dict(d) => Node::Dict(d.clone()),
+                    Node::Dict(_) => return Ok(a),
                     Node::List(items) | Node::Tuple(items) => {
-                        let mut pairs = Vec::new();
+                        let mut pairs = Vec::with_capacity(items.len());
                         for &p in items {
                             match &self.nodes[p] {
                                 Node::Tuple(kv) | Node::List(kv) if kv.len() == 2 => pairs.push((kv[0], kv[1])),
@@ -777,52 +834,48 @@ impl Machine<'_> {
                 },
             },
             Global::RebuildTensor => self.tensor(&args)?,
-            Global::Parameter => match arg(0) {
-                Some(data) => self.nodes[data].clone(),
-                None => return Err(self.err("a Parameter without its data")),
-            },
+            Global::Parameter => return arg(0).ok_or_else(|| self.err("a Parameter without its data")),
             Global::RebuildFromType => {
                 // (func, type, args, state): func(*args)
                 let (Some(f), Some(a)) = (arg(0), arg(2)) else {
                     return Err(self.err("_rebuild_from_type_v2 with fewer than 3 arguments"));
                 };
-                self.apply(f, a)?
+                if depth >= MAX_NESTING {
+                    return Err(self.err(format!("_rebuild_from_type_v2 nested deeper than {MAX_NESTING}")));
+                }
+                return self.apply(f, a, depth + 1);
             }
             Global::Storage(_) => return Err(self.err("a storage class called directly (not through a persistent id)")),
             Global::Size | Global::Set => match arg(0) {
                 None => Node::Tuple(Vec::new()),
                 Some(a) => match &self.nodes[a] {
-                    Node::Tuple(items) | Node::List(items) | Node::Set(items) => {
-                        if g == Global::Set {
-                            Node::Set(items.clone())
-                        } else {
-                            Node::Tuple(items.clone())
-                        }
-                    }
+                    // the sequence itself: readers take tuples, lists and sets alike
+                    Node::Tuple(_) | Node::List(_) | Node::Set(_) => return Ok(a),
                     _ => return Err(self.err("torch.Size or set of something that is not a sequence")),
                 },
             },
-            Global::Device => match arg(0).map(|a| self.nodes[a].clone()) {
-                Some(Node::Str(s)) => Node::Str(s),
+            Global::Device => match arg(0) {
+                Some(a) if matches!(self.nodes[a], Node::Str(_)) => return Ok(a),
                 _ => return Err(self.err("torch.device without a name")),
             },
-            Global::Encode => match arg(0).map(|a| self.nodes[a].clone()) {
+            Global::Encode => match arg(0).map(|a| &self.nodes[a]) {
                 // _codecs.encode(text, "latin1"): protocol 2's bytes, one char per byte
                 Some(Node::Str(s)) => Node::Bytes(s.chars().map(|c| c as u32 as u8).collect()),
                 _ => return Err(self.err("_codecs.encode without a string")),
             },
-            Global::Bytearray => match arg(0).map(|a| self.nodes[a].clone()) {
-                Some(Node::Bytes(b)) => Node::Bytes(b),
+            Global::Bytearray => match arg(0) {
+                Some(a) if matches!(self.nodes[a], Node::Bytes(_)) => return Ok(a),
                 None => Node::Bytes(Vec::new()),
                 _ => return Err(self.err("bytearray of something that is not bytes")),
             },
             Global::Identity(_) => match arg(0) {
-                Some(a) => self.nodes[a].clone(),
+                Some(a) => return Ok(a),
                 None => Node::None,
             },
             Global::Constant(name) => return Err(self.err(format!("`{name}` is a constant, not something to call"))),
             Global::Class(class) => Node::Object { class, state: None },
-        })
+        };
+        self.add(node)
     }
 
     /// `_rebuild_tensor_v2(storage, offset, size, stride, ...)`.
@@ -851,6 +904,11 @@ impl Machine<'_> {
                 })
                 .collect()
         };
+        for (id, what) in [(args[2], "size"), (args[3], "stride")] {
+            if self.seq(id).is_some_and(|d| d.len() > MAX_DIMS) {
+                return Err(self.err(format!("a tensor {what} of more than {MAX_DIMS} dimensions")));
+            }
+        }
         let (shape, stride) = (dims(args[2], "size")?, dims(args[3], "stride")?);
         if shape.len() != stride.len() {
             return Err(self.err(format!("a tensor of {} dimensions with {} strides", shape.len(), stride.len())));

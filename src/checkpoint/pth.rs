@@ -35,7 +35,7 @@ use super::pickle::{Id, Node, Pickle, StorageDtype, unpickle, unpickle_prefix};
 use super::{TensorMap, f16_to_f32};
 use crate::error::{Error, Result};
 use crate::limits::MAX_TENSOR_ELEMENTS;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Cursor, Read};
 use zip::ZipArchive;
 
@@ -149,13 +149,24 @@ struct ZipStorages<'a> {
     prefix: String,
     big_endian: bool,
     what: String,
-    cache: BTreeMap<String, Vec<u8>>,
+    cache: BTreeMap<String, (StorageDtype, Vec<u8>)>,
 }
 
 impl Storages for ZipStorages<'_> {
     fn bytes(&mut self, key: &str, dtype: StorageDtype, numel: usize) -> Result<&[u8]> {
-        if !self.cache.contains_key(key) {
-            let want = storage_bytes(numel, dtype, &self.what, key)?;
+        let want = storage_bytes(numel, dtype, &self.what, key)?;
+        if let Some((cached, raw)) = self.cache.get(key) {
+            // Every reference to a storage must agree on what it is.
+            if *cached != dtype || raw.len() < want {
+                return Err(Error::Format {
+                    path: self.what.clone(),
+                    reason: format!(
+                        "storage `{key}` is referenced as {dtype:?} of {numel} elements, and elsewhere as {cached:?} of {} bytes",
+                        raw.len()
+                    ),
+                });
+            }
+        } else {
             // TorchScript's constants live under `constants/`; everything else under `data/`.
             let name =
                 if key.contains('/') { format!("{}{key}", self.prefix) } else { format!("{}data/{key}", self.prefix) };
@@ -172,9 +183,9 @@ impl Storages for ZipStorages<'_> {
             if self.big_endian {
                 raw.chunks_exact_mut(dtype.size()).for_each(<[u8]>::reverse);
             }
-            self.cache.insert(key.to_string(), raw);
+            self.cache.insert(key.to_string(), (dtype, raw));
         }
-        Ok(&self.cache[key])
+        Ok(&self.cache[key].1)
     }
 }
 
@@ -264,7 +275,7 @@ impl Storages for Legacy {
             path: self.what.clone(),
             reason: format!("storage `{key}` is not in the file"),
         })?;
-        if raw.len() < numel * dtype.size() {
+        if raw.len() < storage_bytes(numel, dtype, &self.what, key)? {
             return Err(Error::Format {
                 path: self.what.clone(),
                 reason: format!("storage `{key}` holds {} bytes, {numel} elements need more", raw.len()),
@@ -316,15 +327,35 @@ fn dict_items(p: &Pickle, id: Id, what: &str, path: &str) -> Result<Vec<(String,
         .collect()
 }
 
-/// Whether a dict holds a tensor (directly or in nested dicts / modules).
-fn holds_tensor(p: &Pickle, id: Id, depth: usize) -> bool {
+/// Whether a dict holds a tensor (directly or in nested dicts / modules); each node is looked
+/// at once (`seen`), so shared or cyclic dicts cost no more than their size.
+fn holds_tensor(p: &Pickle, id: Id, depth: usize, seen: &mut BTreeSet<Id>) -> bool {
     depth < MAX_DEPTH
+        && seen.insert(id)
         && match p.node(id) {
             Node::Tensor { .. } => true,
-            Node::Dict(items) => items.iter().any(|&(_, v)| holds_tensor(p, v, depth + 1)),
-            Node::Object { state: Some(s), .. } => holds_tensor(p, *s, depth + 1),
+            Node::Dict(items) => items.iter().any(|&(_, v)| holds_tensor(p, v, depth + 1, seen)),
+            Node::Object { state: Some(s), .. } => holds_tensor(p, *s, depth + 1, seen),
             _ => false,
         }
+}
+
+/// The first refused global inside a list, tuple or set (searched once per node).
+fn refused_in(p: &Pickle, id: Id, depth: usize, seen: &mut BTreeSet<Id>) -> Option<String> {
+    if depth >= MAX_DEPTH || !seen.insert(id) {
+        return None;
+    }
+    match p.node(id) {
+        Node::Refused(name) => Some(name.clone()),
+        Node::Tuple(items) | Node::List(items) | Node::Set(items) => {
+            items.iter().find_map(|&i| refused_in(p, i, depth + 1, seen))
+        }
+        Node::Dict(items) => items
+            .iter()
+            .find_map(|&(k, v)| refused_in(p, k, depth + 1, seen).or_else(|| refused_in(p, v, depth + 1, seen))),
+        Node::Object { state: Some(s), .. } => refused_in(p, *s, depth + 1, seen),
+        _ => None,
+    }
 }
 
 fn extract(p: &Pickle, storages: &mut dyn Storages, what: &str, format: PthFormat) -> Result<Pth> {
@@ -336,9 +367,9 @@ fn extract(p: &Pickle, storages: &mut dyn Storages, what: &str, format: PthForma
             let items = dict_items(p, root, what, "the checkpoint")?;
             let top_tensors = items.iter().any(|&(_, v)| matches!(p.node(v), Node::Tensor { .. }));
             if !top_tensors
-                && let Some((key, id)) = STATE_DICT_KEYS
-                    .iter()
-                    .find_map(|k| items.iter().find(|(name, v)| name == k && holds_tensor(p, *v, 0)))
+                && let Some((key, id)) = STATE_DICT_KEYS.iter().find_map(|k| {
+                    items.iter().find(|(name, v)| name == k && holds_tensor(p, *v, 0, &mut BTreeSet::new()))
+                })
             {
                 chosen = *id;
                 notes.push(format!("state dict under `{key}`"));
@@ -367,7 +398,8 @@ fn extract(p: &Pickle, storages: &mut dyn Storages, what: &str, format: PthForma
     }
     let mut map = TensorMap::default();
     let mut skipped = Vec::new();
-    walk(p, chosen, "", 0, storages, what, &mut map, &mut skipped, false)?;
+    let mut visited = BTreeSet::new();
+    walk(p, chosen, "", 0, storages, what, &mut map, &mut skipped, false, &mut visited)?;
     if !skipped.is_empty() {
         let n = skipped.len();
         skipped.truncate(8);
@@ -395,11 +427,20 @@ fn walk(
     map: &mut TensorMap,
     skipped: &mut Vec<String>,
     in_module: bool,
+    visited: &mut BTreeSet<Id>,
 ) -> Result<()> {
     if depth > MAX_DEPTH {
         return Err(Error::Format { path: what.to_string(), reason: format!("dicts nested deeper than {MAX_DEPTH}") });
     }
     let path = prefix.trim_end_matches('.');
+    // A state dict is a tree: a dict or module reached twice (shared or cyclic) would be
+    // flattened once per path, doubling per level.
+    if matches!(p.node(id), Node::Dict(_) | Node::Object { .. }) && !visited.insert(id) {
+        return Err(Error::Format {
+            path: what.to_string(),
+            reason: format!("`{path}` is a dict reached twice (shared or cyclic): not a state dict"),
+        });
+    }
     match p.node(id) {
         Node::Tensor { storage, offset, shape, stride } => {
             let name = path.to_string();
@@ -424,17 +465,25 @@ fn walk(
         }
         Node::Dict(_) => {
             for (key, v) in dict_items(p, id, what, path)? {
-                walk(p, v, &format!("{prefix}{key}."), depth + 1, storages, what, map, skipped, in_module)?;
+                walk(p, v, &format!("{prefix}{key}."), depth + 1, storages, what, map, skipped, in_module, visited)?;
             }
         }
         // A TorchScript module's attributes: its parameters, buffers and submodules are read,
         // its flags (`training`, hooks) are not weights and go unmentioned.
-        Node::Object { state: Some(s), .. } => walk(p, *s, prefix, depth + 1, storages, what, map, skipped, true)?,
+        Node::Object { state: Some(s), .. } => {
+            walk(p, *s, prefix, depth + 1, storages, what, map, skipped, true, visited)?
+        }
         Node::Refused(name) => {
             return Err(Error::RefusedGlobal { path: what.to_string(), global: name.clone(), key: path.to_string() });
         }
-        _ if path.is_empty() || in_module => {}
-        _ => skipped.push(format!("{path} ({})", kind(p, id))),
+        _ => {
+            if let Some(global) = refused_in(p, id, depth, &mut BTreeSet::new()) {
+                return Err(Error::RefusedGlobal { path: what.to_string(), global, key: path.to_string() });
+            }
+            if !path.is_empty() && !in_module {
+                skipped.push(format!("{path} ({})", kind(p, id)));
+            }
+        }
     }
     Ok(())
 }
@@ -471,14 +520,21 @@ fn gather(
             ));
         }
     }
+    // Views that read elements more than once (stride 0: `expand`) could ask for far more
+    // values than the file holds; a state dict's tensors never do that much.
+    if count > numel.saturating_mul(16).saturating_add(16) {
+        return Err(format!("shape {shape:?} reads {count} values from a storage of {numel}"));
+    }
     let size = dtype.size();
+    if raw.len() < numel.saturating_mul(size) {
+        return Err(format!("storage of {} bytes, {numel} elements of {size} bytes expected", raw.len()));
+    }
     let at = |i: usize| &raw[i * size..(i + 1) * size];
+    // Element positions in row-major order (an odometer over the index, last axis fastest).
     let mut index = vec![0usize; shape.len()];
     let mut flat = offset;
-    let mut positions = Vec::with_capacity(count);
-    for _ in 0..count {
-        positions.push(flat);
-        // odometer over the index, last axis fastest
+    let mut next = move || {
+        let here = flat;
         for d in (0..shape.len()).rev() {
             index[d] += 1;
             flat += stride[d];
@@ -488,34 +544,24 @@ fn gather(
             flat -= stride[d] * shape[d];
             index[d] = 0;
         }
-    }
+        here
+    };
+    let floats = |f: &dyn Fn(&[u8]) -> f32, next: &mut dyn FnMut() -> usize| {
+        Values::Float((0..count).map(|_| f(at(next()))).collect())
+    };
+    let ints = |f: &dyn Fn(&[u8]) -> i64, next: &mut dyn FnMut() -> usize| {
+        Values::Int((0..count).map(|_| f(at(next()))).collect())
+    };
     Ok(match dtype {
-        StorageDtype::F32 => {
-            Values::Float(positions.iter().map(|&i| f32::from_le_bytes(at(i).try_into().unwrap_or([0; 4]))).collect())
-        }
-        StorageDtype::F64 => Values::Float(
-            positions.iter().map(|&i| f64::from_le_bytes(at(i).try_into().unwrap_or([0; 8])) as f32).collect(),
-        ),
-        StorageDtype::F16 => {
-            Values::Float(positions.iter().map(|&i| f16_to_f32(u16::from_le_bytes([at(i)[0], at(i)[1]]))).collect())
-        }
-        StorageDtype::BF16 => Values::Float(
-            positions
-                .iter()
-                .map(|&i| f32::from_bits((u16::from_le_bytes([at(i)[0], at(i)[1]]) as u32) << 16))
-                .collect(),
-        ),
-        StorageDtype::I64 => {
-            Values::Int(positions.iter().map(|&i| i64::from_le_bytes(at(i).try_into().unwrap_or([0; 8]))).collect())
-        }
-        StorageDtype::I32 => Values::Int(
-            positions.iter().map(|&i| i32::from_le_bytes(at(i).try_into().unwrap_or([0; 4])) as i64).collect(),
-        ),
-        StorageDtype::I16 => {
-            Values::Int(positions.iter().map(|&i| i16::from_le_bytes([at(i)[0], at(i)[1]]) as i64).collect())
-        }
-        StorageDtype::I8 => Values::Int(positions.iter().map(|&i| at(i)[0] as i8 as i64).collect()),
-        StorageDtype::U8 | StorageDtype::Bool => Values::Int(positions.iter().map(|&i| at(i)[0] as i64).collect()),
+        StorageDtype::F32 => floats(&|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]), &mut next),
+        StorageDtype::F64 => floats(&|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32, &mut next),
+        StorageDtype::F16 => floats(&|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])), &mut next),
+        StorageDtype::BF16 => floats(&|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16), &mut next),
+        StorageDtype::I64 => ints(&|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])), &mut next),
+        StorageDtype::I32 => ints(&|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64, &mut next),
+        StorageDtype::I16 => ints(&|b| i16::from_le_bytes([b[0], b[1]]) as i64, &mut next),
+        StorageDtype::I8 => ints(&|b| b[0] as i8 as i64, &mut next),
+        StorageDtype::U8 | StorageDtype::Bool => ints(&|b| b[0] as i64, &mut next),
     })
 }
 
