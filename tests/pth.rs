@@ -221,9 +221,11 @@ fn deit_distilled_gradients_match_finite_differences() {
 
 fn convert(checkpoint: &str, config: &str, to: &str, out: &std::path::Path) -> patchgraph::Result<()> {
     let args = patchgraph::cli::convert::Args {
-        checkpoint: path(checkpoint).into(),
-        config: Some(path(config).into()),
-        arch: None,
+        model: patchgraph::cli::ModelArgs {
+            checkpoint: path(checkpoint).into(),
+            config: Some(path(config).into()),
+            arch: None,
+        },
         img_size: None,
         to: to.into(),
         out: out.to_path_buf(),

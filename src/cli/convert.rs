@@ -13,25 +13,17 @@
 //! instead of `proj`, ...). The output is `.safetensors`, `.npz` or `.pth` (`torch.save`'s zip
 //! format) by its extension; nothing is written when anything is refused.
 
-use super::{Common, model_config};
+use super::{Common, ModelArgs};
 use crate::error::{Error, Result};
-use crate::infer::load_vit_with;
 use std::fmt;
 use std::path::PathBuf;
 
 /// The flags of `patchgraph convert`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
-    /// Checkpoint to read: timm `.safetensors`, Google `.npz`, PyTorch `.pth`/`.pt` (timm, DeiT,
-    /// DINO, MAE, CLIP/open_clip, TorchScript).
-    #[arg(long)]
-    pub checkpoint: PathBuf,
-    /// Model config as JSON (timm's argument names).
-    #[arg(long, conflicts_with = "arch", required_unless_present = "arch")]
-    pub config: Option<PathBuf>,
-    /// Architecture name (vit_base_patch16_224, ViT-B_16, ...).
-    #[arg(long)]
-    pub arch: Option<String>,
+    /// The checkpoint and its config.
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Resample the position embedding to this input side.
     #[arg(long)]
     pub img_size: Option<usize>,
@@ -66,18 +58,16 @@ pub fn run(args: &Args, common: &Common) -> Result<Report> {
     if !matches!(args.to.as_str(), "timm" | "clip" | "google") {
         return Err(Error::invalid("--to", format!("`{}`: expected timm, clip or google", args.to)));
     }
-    let mut config = model_config(args.config.as_deref(), args.arch.as_deref())?
-        .ok_or_else(|| Error::invalid("convert", "give --config FILE or --arch NAME"))?;
-    if let Some(size) = args.img_size {
-        config.img_size = crate::nn::Size2::square(size);
-    }
+    let config = args.model.config(args.img_size)?;
     let heads = config.num_heads;
-    let (vit, adapted) = load_vit_with(&args.checkpoint, config, common.allow_nonfinite)?;
+    let (vit, adapted) = args.model.load(config, common)?;
     let mut map = match args.to.as_str() {
         "clip" => vit.clip_state_dict()?,
-        "google" => {
-            crate::checkpoint::timm_vit_to_google(&vit.state_dict()?, heads, &args.checkpoint.display().to_string())?
-        }
+        "google" => crate::checkpoint::timm_vit_to_google(
+            &vit.state_dict()?,
+            heads,
+            &args.model.checkpoint.display().to_string(),
+        )?,
         _ => {
             let mut m = vit.state_dict()?;
             m.set_metadata("patchgraph_vit_config", serde_json::to_string(vit.config()).unwrap_or_default());

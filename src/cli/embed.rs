@@ -16,11 +16,11 @@
 //! The file is written (atomically) only after every image went through; the extension of
 //! `--out` is checked before any work.
 
-use super::{Common, model_config, parse_graphs, parse_norm};
+use super::{Common, ModelArgs, parse_graphs, parse_norm};
 use crate::checkpoint::TensorMap;
 use crate::error::{Error, Result};
 use crate::image::Interpolation;
-use crate::infer::{Preprocess, load_inputs, load_vit_with};
+use crate::infer::{Preprocess, load_inputs};
 use crate::nn::{Vit, VitConfig, VitOptions};
 use crate::tensor::Matrix;
 use std::fmt;
@@ -33,16 +33,9 @@ pub const IMAGE_EXTENSIONS: [&str; 8] = ["png", "jpg", "jpeg", "bmp", "gif", "we
 /// The flags of `patchgraph embed`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
-    /// Checkpoint: timm-named `.safetensors`, Google ViT `.npz`, or PyTorch `.pth` / `.pt`
-    /// (timm, DDP, DINO, MAE, and OpenAI / open_clip CLIP vision towers, mapped to timm's names).
-    #[arg(long)]
-    pub checkpoint: PathBuf,
-    /// Model config as JSON, with timm's `VisionTransformer` argument names.
-    #[arg(long, conflicts_with = "arch", required_unless_present = "arch")]
-    pub config: Option<PathBuf>,
-    /// Architecture: vit_{tiny,small,base,large}_patch{16,32}_{224,384}, or ViT-B_16 and the like.
-    #[arg(long)]
-    pub arch: Option<String>,
+    /// The checkpoint and its config.
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Image files, or directories: a directory means every image file directly in it
     /// (png, jpg, jpeg, bmp, gif, webp, tif, tiff), sorted by name.
     #[arg(required = true)]
@@ -256,13 +249,12 @@ pub fn run_with(args: &Args, common: &Common, progress_bar: bool) -> Result<Repo
         });
     }
     let files = image_files(&args.inputs)?;
-    let mut config = model_config(args.config.as_deref(), args.arch.as_deref())?
-        .ok_or_else(|| Error::invalid("embed", "give --config FILE or --arch NAME"))?;
+    let mut config = args.model.config(None)?;
     if let Some(size) = args.img_size {
         config.img_size = crate::nn::Size2::square(size);
     }
 
-    let (vit, adapted) = load_vit_with(&args.checkpoint, config, common.allow_nonfinite)?;
+    let (vit, adapted) = args.model.load(config, common)?;
     let cfg = vit.config().clone();
     let preprocess = Preprocess {
         img_size: cfg.img_size,
@@ -302,7 +294,7 @@ pub fn run_with(args: &Args, common: &Common, progress_bar: bool) -> Result<Repo
                 serde_json::to_string(&names).map_err(|e| Error::invalid("files", e.to_string()))?,
             );
             map.set_metadata("graph", args.graph.clone());
-            map.set_metadata("checkpoint", args.checkpoint.display().to_string());
+            map.set_metadata("checkpoint", args.model.checkpoint.display().to_string());
             map.save_safetensors(&args.out)?;
         }
     }
@@ -318,7 +310,7 @@ pub fn run_with(args: &Args, common: &Common, progress_bar: bool) -> Result<Repo
         }
     });
     Ok(Report {
-        checkpoint: args.checkpoint.display().to_string(),
+        checkpoint: args.model.checkpoint.display().to_string(),
         config: cfg,
         adapted,
         graph: graphs.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(","),

@@ -3,12 +3,10 @@
 //! graph or any other; `--compare` reports top-1 agreement, KL divergence and speed-up against
 //! the complete graph. The report carries every input's logits, and its top-k.
 
-use super::{Common, model_config, parse_graphs, parse_norm};
+use super::{Common, ModelArgs, parse_graphs, parse_norm};
 use crate::error::{Error, Result};
 use crate::image::Interpolation;
-use crate::infer::{
-    Comparison, Preprocess, compare, load_inputs, load_labels, load_vit_with, predict_logits, softmax_rows, top_k,
-};
+use crate::infer::{Comparison, Preprocess, compare, load_inputs, load_labels, predict_logits, softmax_rows, top_k};
 use crate::nn::{VitConfig, VitOptions};
 use std::fmt;
 use std::path::PathBuf;
@@ -16,15 +14,9 @@ use std::path::PathBuf;
 /// The flags of `patchgraph infer`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
-    /// Checkpoint: a timm-named `.safetensors` state dict, or a Google ViT `.npz`.
-    #[arg(long)]
-    pub checkpoint: PathBuf,
-    /// Model config as JSON, with timm's `VisionTransformer` argument names.
-    #[arg(long, conflicts_with = "arch", required_unless_present = "arch")]
-    pub config: Option<PathBuf>,
-    /// Architecture: vit_{tiny,small,base,large}_patch{16,32}_{224,384}, or ViT-B_16 and the like.
-    #[arg(long)]
-    pub arch: Option<String>,
+    /// The checkpoint and its config.
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Images (any format `image` reads), or prepared tensors (`.npy`, `.safetensors`) [C,H,W],
     /// [B,C,H,W], or [H,W] / [B,H,W] for a one-channel model.
     #[arg(required = true)]
@@ -111,8 +103,7 @@ pub struct Report {
 /// Errors: neither `--config` nor `--arch`; `--crop-pct` outside (0, 1]; the checkpoint's,
 /// inputs' and graph specs' errors.
 pub fn run(args: &Args, common: &Common) -> Result<Report> {
-    let mut config = model_config(args.config.as_deref(), args.arch.as_deref())?
-        .ok_or_else(|| Error::invalid("infer", "give --config FILE or --arch NAME"))?;
+    let mut config = args.model.config(None)?;
     if let Some(size) = args.img_size {
         config.img_size = crate::nn::Size2::square(size);
     }
@@ -123,7 +114,7 @@ pub fn run(args: &Args, common: &Common) -> Result<Report> {
             format!("{}: must be in (0, 1] (timm's default 0.875)", args.crop_pct),
         ));
     }
-    let (vit, adapted) = load_vit_with(&args.checkpoint, config, common.allow_nonfinite)?;
+    let (vit, adapted) = args.model.load(config, common)?;
     let cfg = vit.config().clone();
     let preprocess = Preprocess {
         img_size: cfg.img_size,
@@ -160,7 +151,7 @@ pub fn run(args: &Args, common: &Common) -> Result<Report> {
         })
         .collect();
     Ok(Report {
-        checkpoint: args.checkpoint.display().to_string(),
+        checkpoint: args.model.checkpoint.display().to_string(),
         config: cfg,
         adapted,
         graph: graphs.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(","),

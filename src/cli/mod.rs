@@ -24,7 +24,7 @@
 //!     #[command(flatten)]
 //!     args: convert::Args,
 //! }
-//! let cmd = Cmd::try_parse_from(["convert", "--checkpoint", "x.npz", "--arch", "vit_huge_patch14_224", "--out", "y"]).unwrap();
+//! let cmd = Cmd::try_parse_from(["convert", "--checkpoint", "x.npz", "--arch", "vit_huge_patch14_224", "--out", "y.safetensors"]).unwrap();
 //! let err = convert::run(&cmd.args, &Common::default()).unwrap_err();
 //! assert!(err.to_string().contains("vit_huge_patch14_224"));
 //! ```
@@ -69,6 +69,42 @@ impl Common {
 
 /// A line of progress: the command line prints it; a library caller may keep or drop it.
 pub type Log<'a> = dyn FnMut(&str) + 'a;
+
+/// The model `infer`, `embed` and `convert` run: a checkpoint and its config, the same three
+/// flags in each (`#[command(flatten)]`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// Checkpoint: timm `.safetensors`, Google ViT `.npz`, or PyTorch `.pth` / `.pt` / `.bin` (timm,
+    /// DeiT, DINO, MAE, OpenAI CLIP / open_clip towers, TorchScript; read without running code).
+    #[arg(long)]
+    pub checkpoint: std::path::PathBuf,
+    /// Model config as JSON, with timm's `VisionTransformer` argument names.
+    #[arg(long, conflicts_with = "arch", required_unless_present = "arch")]
+    pub config: Option<std::path::PathBuf>,
+    /// Architecture: vit_{tiny,small,base,large}_patch{16,32}_{224,384}, Google's ViT-B_16 and the
+    /// like, or a CLIP tower ViT-{B-32,B-16,L-14,L-14-336,H-14}[-quickgelu].
+    #[arg(long)]
+    pub arch: Option<String>,
+}
+
+impl ModelArgs {
+    /// The config of `--config` or `--arch` (one is required), with the input side `img_size`
+    /// when given (the position embedding is then resampled on loading).
+    pub fn config(&self, img_size: Option<usize>) -> Result<VitConfig> {
+        let mut config = model_config(self.config.as_deref(), self.arch.as_deref())?
+            .ok_or_else(|| Error::invalid("model", "give --config FILE or --arch NAME"))?;
+        if let Some(size) = img_size {
+            config.img_size = crate::nn::Size2::square(size);
+        }
+        Ok(config)
+    }
+
+    /// Loads the ViT of [`ModelArgs::config`] from the checkpoint, with what loading chose and
+    /// adapted (one line each).
+    pub fn load(&self, config: VitConfig, common: &Common) -> Result<(crate::nn::Vit, Vec<String>)> {
+        crate::infer::load_vit_with(&self.checkpoint, config, common.allow_nonfinite)
+    }
+}
 
 /// The model config from `--config FILE` or `--arch NAME`, if given.
 pub fn model_config(config: Option<&Path>, arch: Option<&str>) -> Result<Option<VitConfig>> {
