@@ -595,7 +595,13 @@ proptest! {
             close("dWr", lr.weight.as_slice(), &fd(&params[2], |v| with(2, v)));
             close("dbr", lr.bias.as_ref().unwrap(), &fd(&params[3], |v| with(3, v)));
         }
-        close("datt", att, &fd(&params[4], |v| with(4, v)));
+        // As for GAT: att's gradient is a small difference of f32 terms where most destinations
+        // have one incoming edge (exactly zero there), so its absolute floor is 1e-5 of the
+        // layer's largest gradient (a case of one edge besides the self-loops measured 3e-6
+        // against a gradient of 4e-4).
+        let fd_wl = fd(&params[0], |v| with(0, v));
+        let floor = 1e-5 * fd_wl.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        close_abs("datt", att, &fd(&params[4], |v| with(4, v)), floor);
         close("dbias", bias.as_ref().unwrap(), &fd(&params[5], |v| with(5, v)));
     }
 }
