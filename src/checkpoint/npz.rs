@@ -63,7 +63,7 @@ impl TensorMap {
     /// uncompressed NPY 1.0 entry `NAME.npy` per tensor. The metadata has no place in an `.npz`
     /// and is not written.
     pub fn to_npz_bytes(&self) -> Result<Vec<u8>> {
-        self.check_npz_names()?;
+        self.check_unique_names()?;
         let cursor = self
             .write_npz(Cursor::new(Vec::new()))
             .map_err(|e| Error::Format { path: "npz being written".into(), reason: e.to_string() })?;
@@ -74,7 +74,7 @@ impl TensorMap {
     /// to a temporary file beside `path` and renamed over it at the end, so an error leaves no
     /// half-written file behind.
     pub fn save_npz(&self, path: impl AsRef<Path>) -> Result<()> {
-        self.check_npz_names()?;
+        self.check_unique_names()?;
         crate::atomic_file::write_atomically_with(path.as_ref(), |file| {
             let writer = self.write_npz(BufWriter::new(file))?;
             writer.into_inner().map_err(|e| e.into_error())?;
@@ -82,12 +82,13 @@ impl TensorMap {
         })
     }
 
-    /// A float and an integer tensor of the same name would be two entries of one name.
-    pub(super) fn check_npz_names(&self) -> Result<()> {
+    /// A float and an integer tensor of the same name would be two entries of one name (in an
+    /// `.npz` or a `.pth`).
+    pub(super) fn check_unique_names(&self) -> Result<()> {
         match self.ints.keys().find(|name| self.floats.contains_key(*name)) {
             Some(name) => Err(Error::invalid(
                 "tensor name",
-                format!("`{name}` is both a float and an integer tensor; an .npz holds one entry per name"),
+                format!("`{name}` is both a float and an integer tensor; an .npz or .pth holds one tensor per name"),
             )),
             None => Ok(()),
         }

@@ -83,7 +83,7 @@ impl TensorMap {
     /// Writes the map as a `.pth` file ([`TensorMap::to_pth_bytes`]), atomically: an error
     /// leaves no half-written file.
     pub fn save_pth(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
-        self.check_npz_names()?; // one tensor per name, as in an .npz
+        self.check_unique_names()?;
         crate::atomic_file::write_atomically_with(path.as_ref(), |file| {
             self.write_pth(std::io::BufWriter::new(file))?.into_inner().map_err(|e| e.into_error())?;
             Ok(())

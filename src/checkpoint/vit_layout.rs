@@ -123,7 +123,6 @@ fn clip_to_timm(map: TensorMap, prefix: &str) -> Result<TensorMap> {
         ("ls_1.gamma", "ls1.gamma"),
         ("ls_2.gamma", "ls2.gamma"),
     ];
-    let mut proj = None;
     let mut out = rename(map, |k| {
         let mut k = k.strip_prefix(prefix)?.to_string();
         for (from, to) in SWAPS {
@@ -132,16 +131,12 @@ fn clip_to_timm(map: TensorMap, prefix: &str) -> Result<TensorMap> {
         Some(k)
     })?;
     if let Some(p) = out.remove("proj") {
-        proj = Some(p);
-    }
-    if let Some(p) = proj {
         // x @ proj [D x E]  ==  head(x) with head.weight = proj^T [E x D]
         if p.shape.len() != 2 {
             return Err(crate::Error::shape("CLIP `proj`", "[width, embed_dim]", format!("{:?}", p.shape)));
         }
         let (d, e) = (p.shape[0], p.shape[1]);
-        let t: Vec<f32> = (0..e * d).map(|i| p.data[(i % d) * e + i / d]).collect();
-        out.insert("head.weight", vec![e, d], t)?;
+        out.insert("head.weight", vec![e, d], super::permute_axes(&p.data, &p.shape, &[1, 0])?)?;
         out.insert("head.bias", vec![e], vec![0.0; e])?;
     }
     if let Some(c) = out.remove("class_embedding") {

@@ -392,12 +392,7 @@ impl fmt::Display for Report {
             let text = serde_json::to_string_pretty(self).map_err(|_| fmt::Error)?;
             return writeln!(f, "{text}");
         }
-        let c = &self.config;
-        writeln!(
-            f,
-            "model: ViT D={} depth={} heads={} patch={} img={} outputs={}, graph: {}",
-            c.embed_dim, c.depth, c.num_heads, c.patch_size, c.img_size, self.embedding_width, self.graph
-        )?;
+        super::write_model(f, &self.config, ("outputs", self.embedding_width), &self.graph)?;
         for n in &self.adapted {
             writeln!(f, "adapted: {n}")?;
         }

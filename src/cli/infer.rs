@@ -168,12 +168,7 @@ impl fmt::Display for Report {
             let text = serde_json::to_string_pretty(self).map_err(|_| fmt::Error)?;
             return writeln!(f, "{text}");
         }
-        let c = &self.config;
-        writeln!(
-            f,
-            "model: ViT D={} depth={} heads={} patch={} img={} classes={}, graph: {}",
-            c.embed_dim, c.depth, c.num_heads, c.patch_size, c.img_size, c.num_classes, self.graph
-        )?;
+        super::write_model(f, &self.config, ("classes", self.config.num_classes), &self.graph)?;
         for n in &self.adapted {
             writeln!(f, "adapted: {n}")?;
         }

@@ -134,6 +134,21 @@ pub fn parse_graphs(spec: &str) -> Result<Vec<GraphSpec>> {
     spec.split(',').map(|s| s.trim().parse()).collect()
 }
 
+/// The `model: ...` line of a report: the ViT's shape, its output width (`what=` and the count)
+/// and the graph.
+fn write_model(
+    f: &mut std::fmt::Formatter<'_>,
+    c: &VitConfig,
+    outputs: (&str, usize),
+    graph: &str,
+) -> std::fmt::Result {
+    writeln!(
+        f,
+        "model: ViT D={} depth={} heads={} patch={} img={} {}={}, graph: {}",
+        c.embed_dim, c.depth, c.num_heads, c.patch_size, c.img_size, outputs.0, outputs.1, graph
+    )
+}
+
 /// "wrote PATH" lines of a report.
 fn wrote(f: &mut std::fmt::Formatter<'_>, paths: &[std::path::PathBuf]) -> std::fmt::Result {
     for p in paths {

@@ -101,8 +101,7 @@ impl Vit {
                 "head.weight" => {
                     // head(x) = x @ head.weight^T  ==  x @ proj
                     let (e, d) = (shape[0], shape[1]);
-                    let proj: Vec<f32> = (0..d * e).map(|i| t.data[(i % e) * d + i / e]).collect();
-                    ("proj".to_string(), vec![d, e], proj)
+                    ("proj".to_string(), vec![d, e], crate::checkpoint::permute_axes(&t.data, shape, &[1, 0])?)
                 }
                 other => (clip_name(other), shape.to_vec(), t.data.clone()),
             };
