@@ -6,9 +6,13 @@ Needs the package (`pip install ./python`), torch and torch_geometric. Three tab
 
 1. The boundary: one ViT-B attention (N = 197 tokens, 12 heads of 64) on the complete graph and
    on a sparse patch graph (nat:3 on 14 x 14 patches with the class token), timed inside Rust
-   (`patchgraph._core._time_attend`, the kernels alone) and from Python through
+   (`patchgraph._core._time_attend`: the kernels alone, and the kernels with the NaN/inf check
+   of q, k, v (and dout) that the Python calls ask for) and from Python through
    `patchgraph.attend` (NumPy) and `patchgraph.torch.graph_attention` (torch autograd, forward
-   and forward+backward). The boundary's cost is (Python - Rust) / Rust.
+   and forward+backward). The boundary's cost is (Python - Rust alone) / Rust alone. The callers
+   take turns in blocks of 10 back-to-back timed calls (after 3 untimed ones): each is timed
+   in steady state, as a training loop calls it, and not right after another caller's
+   still-spinning threads (torch's OpenMP workers spin for a while after each op).
 2. The torch op against PyTorch's `scaled_dot_product_attention` on the complete graph, N = 197,
    785 and 3137 (patch 16, 8 and 4 at 224 px), forward and forward+backward.
 3. The drop-in layers against PyG: `patchgraph.torch.GATConv` / `TransformerConv` against
@@ -27,6 +31,10 @@ import statistics
 import subprocess
 import sys
 import time
+
+
+# Table 1: untimed calls before each block, and timed calls per block.
+WARM, BLOCK = 3, 10
 
 
 def median_time(fn, min_time, warmup=3, at_least=5):
@@ -92,8 +100,8 @@ def main():
         gen = torch.Generator().manual_seed(0)
         print("## 1. The Python boundary, N = 197, 12 heads of 64 (ms, median)")
         print()
-        print("| graph | mode | Rust (kernels alone) | NumPy `attend` | boundary | torch op | boundary |")
-        print("|---|---|---|---|---|---|---|")
+        print("| graph | mode | Rust (kernels alone) | Rust + NaN check | NumPy `attend` | boundary | torch op | boundary |")
+        print("|---|---|---|---|---|---|---|---|")
         graphs = {
             "complete": pg.Graph.complete(197),
             "nat:3 + class token": pg.Graph.from_spec("nat:3", 14, 14, class_token=True),
@@ -103,8 +111,8 @@ def main():
             qt, kt, vt = (torch.randn(n, d, generator=gen) for _ in range(3))
             q, k, v = qt.numpy(), kt.numpy(), vt.numpy()
             dout = torch.randn(n, d, generator=gen)
-            # Interleaved: one Rust-timed call, one NumPy call, one torch call, repeated, so that
-            # the machine's drift (a shared VM) hits the three alike; medians of each.
+            # The three callers in turns of blocks (below), so that the machine's drift (a
+            # shared VM) hits the three alike; medians of each.
             for mode in ("forward", "forward+backward"):
                 bwd = mode != "forward"
                 qg, kg, vg = (t.clone().requires_grad_(bwd) for t in (qt, kt, vt))
@@ -125,19 +133,39 @@ def main():
                     f()
                     return time.perf_counter() - t0
 
-                for f in (np_call, op, np_call, op):
-                    f()
-                times = {"rust": [], "numpy": [], "torch_op": []}
+                # Blocks of BLOCK back-to-back calls of one caller (after WARM untimed ones), the
+                # three callers' blocks in turn, rotating: steady state for each, as in a training
+                # loop, no caller following another's still-spinning threads inside a block, and
+                # the machine's drift spread over all three.
+                def rust_block(checked=False):
+                    return _core._time_attend(g, q, k, v, heads, WARM + BLOCK, bwd, checked=checked, warmup=False)[WARM:]
+
+                def python_block(f):
+                    def block():
+                        for _ in range(WARM):
+                            f()
+                        return [timed(f) for _ in range(BLOCK)]
+                    return block
+
+                callers = {
+                    "rust": rust_block,
+                    "rust_checked": lambda: rust_block(checked=True),
+                    "numpy": python_block(np_call),
+                    "torch_op": python_block(op),
+                }
+                times = {who: [] for who in callers}
+                order = list(callers)
                 start = time.perf_counter()
-                while len(times["rust"]) < 20 or time.perf_counter() - start < 3 * mt:
-                    times["rust"].append(_core._time_attend(g, q, k, v, heads, 1, bwd)[0])
-                    times["numpy"].append(timed(np_call))
-                    times["torch_op"].append(timed(op))
-                rust, py, tor = (statistics.median(times[w]) for w in ("rust", "numpy", "torch_op"))
-                for who, t in (("rust", rust), ("numpy", py), ("torch_op", tor)):
+                while len(times["rust"]) < 5 * BLOCK or time.perf_counter() - start < 3 * mt:
+                    for who in order:
+                        times[who].extend(callers[who]())
+                    order = order[1:] + order[:1]
+                rust, chk, py, tor = (statistics.median(times[w]) for w in ("rust", "rust_checked", "numpy", "torch_op"))
+                for who, t in (("rust", rust), ("rust_checked", chk), ("numpy", py), ("torch_op", tor)):
                     record(1, name, mode, who, t, len(times[who]))
                 pct = lambda x: f"{100 * (x - rust) / rust:+.1f}%"  # noqa: E731
-                print(f"| {name} | {mode} | {rust * 1e3:.3f} | {py * 1e3:.3f} | {pct(py)} | {tor * 1e3:.3f} | {pct(tor)} |")
+                print(f"| {name} | {mode} | {rust * 1e3:.3f} | {chk * 1e3:.3f} ({pct(chk)}) | {py * 1e3:.3f} | {pct(py)} "
+                      f"| {tor * 1e3:.3f} | {pct(tor)} |")
         print()
 
     # ---- 2. the torch op against SDPA ---------------------------------------------------------

@@ -125,8 +125,8 @@ def attend_backward64(
     bias: Optional[F64] = None,
 ) -> Tuple[F64, F64, F64, Optional[F64], Optional[F64]]: ...
 
-def _time_attend(graph: Graph, q: F32, k: F32, v: F32, heads: int, runs: int, backward: bool = False) -> List[float]:
-    """Seconds per call of attend (then attend_backward), timed inside Rust (for the boundary benchmark)."""
+def _time_attend(graph: Graph, q: F32, k: F32, v: F32, heads: int, runs: int, backward: bool = False, checked: bool = False, warmup: bool = True) -> List[float]:
+    """Seconds per call of attend (then attend_backward), timed inside Rust, with or without the kernels' NaN/inf check (for the boundary benchmark)."""
 
 class Layer:
     """GATConv, GATv2Conv, TransformerConv or timm Attention with the peer's parameter names."""

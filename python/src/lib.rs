@@ -511,9 +511,10 @@ type Attended64<'py> = (Bound<'py, PyArray2<f64>>, Bound<'py, PyArray2<f64>>);
 type Dataset<'py> = (Bound<'py, PyArray4<f32>>, Bound<'py, PyArray1<i64>>, usize);
 
 /// The first NaN or infinity of any of `arrays` (`(name, values, columns)`) as
-/// [`Error::NonFinite`] naming the array and its `[row, column]`: one SIMD pass over each
-/// (measured: splitting it across rayon's threads costs more than it saves at ViT sizes, the
-/// workers' wake-up included). Call it with the GIL released, right before the kernel.
+/// [`Error::NonFinite`] naming the array and its `[row, column]`: one SIMD pass over each. For
+/// arrays the kernels do not check themselves (an edge bias); `q`, `k`, `v` and `dout` are
+/// checked inside the kernels' tasks ([`AttentionInputs::checked`]), which costs less than
+/// this pass (measured, `notes/benchmarks.md`). Call it with the GIL released.
 fn check_finite(arrays: &[(&str, &[f32], usize)]) -> patchgraph::Result<()> {
     for &(name, data, cols) in arrays {
         // The library's check, with the position said as [row, column].
@@ -558,12 +559,12 @@ fn py_attend<'py>(
     let path = path_of(path)?;
     let g = graph.graph.clone();
     let (qb, kb, vb) = (q.block()?, k.block()?, v.block()?);
-    let mut checked = vec![("q", q.slice(), q.cols), ("k", k.slice(), k.cols), ("v", v.slice(), v.cols)];
-    checked.extend(bias.as_ref().map(|b| ("bias", b.slice(), b.cols)));
+    // q, k and v are checked inside the kernels' tasks (`.checked()`), the bias here.
+    let checked: Vec<_> = bias.as_ref().map(|b| ("bias", b.slice(), b.cols)).into_iter().collect();
     let out = py
         .detach(|| {
             check_finite(&checked)?;
-            let mut inputs = AttentionInputs::new(qb, kb, vb, heads);
+            let mut inputs = AttentionInputs::new(qb, kb, vb, heads).checked();
             if let Some(b) = &bias_csr {
                 inputs = inputs.with_bias(b);
             }
@@ -619,23 +620,18 @@ fn py_attend_backward<'py>(
     let bias_csr = bias.as_ref().map(|b| graph.to_csr_rows("bias", b.slice(), heads)).transpose()?;
     let g = graph.graph.clone();
     let (qb, kb, vb, l) = (q.block()?, k.block()?, v.block()?, lse.slice());
-    let mut checked = vec![
-        ("q", q.slice(), q.cols),
-        ("k", k.slice(), k.cols),
-        ("v", v.slice(), v.cols),
-        ("dout", dout_in.slice(), dout_in.cols),
-    ];
+    // q, k, v and dout are checked inside the backward's tasks (`.checked()`), the bias here;
     // `lse` is not checked: -inf is its value for a node without incoming edges.
-    checked.extend(bias.as_ref().map(|b| ("bias", b.slice(), b.cols)));
+    let checked: Vec<_> = bias.as_ref().map(|b| ("bias", b.slice(), b.cols)).into_iter().collect();
     py.detach(|| check_finite(&checked)).py()?;
-    let dout = dout_in.to_matrix()?;
+    let dout = dout_in.block()?; // read in place, like q, k and v
     let grads = py
         .detach(|| {
-            let mut inputs = AttentionInputs::new(qb, kb, vb, heads);
+            let mut inputs = AttentionInputs::new(qb, kb, vb, heads).checked();
             if let Some(b) = &bias_csr {
                 inputs = inputs.with_bias(b);
             }
-            attend_backward(&g, &score, &inputs, l, &dout)
+            attend_backward(&g, &score, &inputs, l, dout)
         })
         .py()?;
     let dbias = if bias.is_some() {
@@ -648,11 +644,13 @@ fn py_attend_backward<'py>(
 }
 
 /// Seconds per call of [`attend`] (and, with `backward`, of [`attend`] then
-/// [`attend_backward`]) on these inputs, timed inside Rust: `runs` calls after one warm-up, the
-/// GIL released. What a Python caller pays beyond these is the boundary (argument checks,
-/// array views, result arrays); `scripts/bench_python.py` measures it.
+/// [`attend_backward`]) on these inputs, timed inside Rust: `runs` calls (after one untimed
+/// warm-up call unless `warmup` is false), the GIL released; `checked` runs the kernels with their NaN/inf check of the inputs (what
+/// [`py_attend`] asks for). What a Python caller pays beyond the unchecked kernels is the
+/// boundary (that check, argument checks, array views, result arrays);
+/// `scripts/bench_python.py` measures it.
 #[pyfunction(name = "_time_attend")]
-#[pyo3(signature = (graph, q, k, v, heads, runs, backward = false))]
+#[pyo3(signature = (graph, q, k, v, heads, runs, backward = false, checked = false, warmup = true))]
 #[allow(clippy::too_many_arguments)]
 fn py_time_attend<'py>(
     py: Python<'py>,
@@ -663,6 +661,8 @@ fn py_time_attend<'py>(
     heads: usize,
     runs: usize,
     backward: bool,
+    checked: bool,
+    warmup: bool,
 ) -> PyResult<Vec<f64>> {
     let (q, k, v) = (F32In::new("q", q)?, F32In::new("k", k)?, F32In::new("v", v)?);
     let score = score_of("dot", None, None, 0.2, q.cols / heads.max(1))?;
@@ -670,15 +670,19 @@ fn py_time_attend<'py>(
     let (qb, kb, vb) = (q.block()?, k.block()?, v.block()?);
     let dout = Matrix::from_fn(q.rows, v.cols, |i, j| ((i + j) % 7) as f32 - 3.0);
     py.detach(|| {
-        let inputs = AttentionInputs::new(qb, kb, vb, heads);
+        let inputs = AttentionInputs { check_finite: checked, ..AttentionInputs::new(qb, kb, vb, heads) };
         let once = || -> patchgraph::Result<()> {
-            let out = attend(&g, &score, &inputs, Path::Auto, false)?;
+            // Only the lse is kept for the backward, as a Python caller does (`_, lse, _ =
+            // attend(...)`): the output's memory is free again when the backward allocates.
+            let lse = attend(&g, &score, &inputs, Path::Auto, false)?.log_sum_exp;
             if backward {
-                attend_backward(&g, &score, &inputs, &out.log_sum_exp, &dout)?;
+                attend_backward(&g, &score, &inputs, &lse, &dout)?;
             }
             Ok(())
         };
-        once()?;
+        if warmup {
+            once()?;
+        }
         let mut times = Vec::with_capacity(runs);
         for _ in 0..runs {
             let start = std::time::Instant::now();

@@ -71,6 +71,34 @@ def test_specs_and_builders(rng):
         pg.Graph.from_spec("hexagon:3", 4, 4)
 
 
+@pytest.mark.parametrize("graph", ["complete", "nat:1 + class token", "path"])
+@pytest.mark.parametrize("array", ["q", "k", "v", "dout"])
+def test_every_non_finite_input_is_named(rng, graph, array):
+    """The kernels check q, k, v (and the backward's dout) inside their tasks: a NaN, +inf or
+    -inf anywhere is a ValueError naming its [row, column], dense and sparse, forward and
+    backward, with no result: also a -inf key entry (which would only mask edges) and a row
+    that the graph never reads (node 0 of the path has no incoming edge, the last node is
+    nobody's source)."""
+    h, d = 2, 3
+    g = {
+        "complete": lambda: pg.Graph.complete(17),
+        "nat:1 + class token": lambda: pg.Graph.from_spec("nat:1", 4, 4, class_token=True),
+        "path": lambda: pg.Graph.from_edge_index(np.array([list(range(15)), list(range(1, 16))], dtype=np.int64), 17),
+    }[graph]()
+    n = g.num_nodes
+    x = {name: rng.standard_normal((n, h * d), dtype=np.float32) for name in ("q", "k", "v", "dout")}
+    _, lse, _ = pg.attend(g, x["q"], x["k"], x["v"], heads=h)
+    for r, c, bad in [(0, 0, np.nan), (n - 1, h * d - 1, np.inf), (n // 2, 4, -np.inf), (5, 1, np.nan)]:
+        y = {name: a.copy() for name, a in x.items()}
+        y[array][r, c] = bad
+        pattern = rf"{array}\[{r}, {c}\] holds a non-finite value"
+        if array != "dout":
+            with pytest.raises(ValueError, match=pattern):
+                pg.attend(g, y["q"], y["k"], y["v"], heads=h)
+        with pytest.raises(ValueError, match=pattern):
+            pg.attend_backward(g, y["q"], y["k"], y["v"], h, lse, y["dout"])
+
+
 def test_bad_input_is_a_python_exception(rng):
     n, h, d = 6, 2, 4
     g = pg.Graph.complete(n)

@@ -32,6 +32,11 @@ pub struct AttentionInputs<'a> {
     pub heads: usize,
     /// Optional additive bias `[E x H]` (edge-major). `-inf` masks an edge; NaN and `+inf` are errors.
     pub bias: Option<&'a [f32]>,
+    /// Whether the kernels refuse a NaN or infinite `query`, `key` or `value` (and the backward's
+    /// `dout`) with [`crate::Error::NonFinite`], checked inside their tasks
+    /// ([`crate::kernels::finite_check`]); see [`AttentionInputs::checked`]. Off by default:
+    /// inputs computed from checked data (a model's layers) skip it.
+    pub check_finite: bool,
 }
 
 /// The sizes of one attention call, checked.
@@ -70,7 +75,23 @@ impl<'a> AttentionInputs<'a> {
         value: impl Into<ColumnBlock<'a>>,
         heads: usize,
     ) -> Self {
-        AttentionInputs { query: query.into(), key: key.into(), value: value.into(), heads, bias: None }
+        AttentionInputs {
+            query: query.into(),
+            key: key.into(),
+            value: value.into(),
+            heads,
+            bias: None,
+            check_finite: false,
+        }
+    }
+
+    /// The same inputs, checked: [`crate::attention::attend`] and
+    /// [`crate::attention::attend_backward`] return [`crate::Error::NonFinite`] naming the first
+    /// NaN or infinity of `q`, `k`, `v` (then `dout`) as `q[row, column]`, never a NaN result.
+    /// The check runs inside the kernels' parallel tasks, on the rows each task reads
+    /// ([`crate::kernels::finite_check`]), so it costs far less than a pass before the call.
+    pub fn checked(self) -> Self {
+        AttentionInputs { check_finite: true, ..self }
     }
 
     /// The same inputs with an edge bias `[E x H]`.

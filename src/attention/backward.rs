@@ -43,8 +43,9 @@ use super::{AttentionInputs, Score};
 use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::kernels::disjoint::DisjointMut;
+use crate::kernels::finite_check::FiniteCheck;
 use crate::kernels::simd;
-use crate::tensor::Matrix;
+use crate::tensor::{ColumnBlock, Matrix};
 use rayon::prelude::*;
 
 /// Gradients of one attention call (shapes as the inputs).
@@ -74,13 +75,14 @@ fn lrelu_grad(z: f32, slope: f32) -> f32 {
 /// The fast backward. `log_sum_exp` `[N x H]` is the forward's ([`super::AttentionOutput`]).
 /// Complete graphs with self-loops (ViT batches) and the dot score without a bias go to the
 /// dense backward (GEMMs per block and head); everything else to the two edge passes.
-pub fn attend_backward(
+pub fn attend_backward<'d>(
     graph: &Graph,
     score: &Score,
     inputs: &AttentionInputs<'_>,
     log_sum_exp: &[f32],
-    dout: &Matrix,
+    dout: impl Into<ColumnBlock<'d>>,
 ) -> Result<AttentionGrads> {
+    let dout = dout.into();
     match (graph.complete_self_loops(), score, inputs.bias) {
         (Some(true), Score::Dot { scale }, None) => {
             let dims = inputs.validate(graph, score)?;
@@ -103,13 +105,14 @@ pub fn attend_backward(
 /// of a fused `qkv` projection's output, so that its backward reads the gradient without
 /// another copy (the dense path writes straight into it). The edge-bias and GATv2
 /// attention-vector gradients are not returned: [`attend_backward`] has them.
-pub fn attend_backward_qkv(
+pub fn attend_backward_qkv<'d>(
     graph: &Graph,
     score: &Score,
     inputs: &AttentionInputs<'_>,
     log_sum_exp: &[f32],
-    dout: &Matrix,
+    dout: impl Into<ColumnBlock<'d>>,
 ) -> Result<Matrix> {
+    let dout = dout.into();
     let dims = inputs.validate(graph, score)?;
     let (n, h, dk, dv) = (dims.nodes, dims.heads, dims.key_dim, dims.value_dim);
     let width = 2 * h * dk + h * dv;
@@ -172,7 +175,7 @@ fn dense_backward(
     scale: f32,
     inputs: &AttentionInputs<'_>,
     log_sum_exp: &[f32],
-    dout: &Matrix,
+    dout: ColumnBlock<'_>,
     out: &DenseOut,
 ) -> Result<()> {
     use faer::linalg::matmul::matmul;
@@ -190,10 +193,14 @@ fn dense_backward(
     let blocks = graph.blocks();
     let (q, k, v) = (inputs.query.as_faer(), inputs.key.as_faer(), inputs.value.as_faer());
     let g = dout.as_faer();
+    let check = FiniteCheck::of(inputs).map(|c| c.and("dout", dout));
     let tasks = blocks.len().saturating_sub(1) * h_count;
     (0..tasks).into_par_iter().for_each(|t| {
         let (b, h) = (t / h_count, t % h_count);
         let (base, m) = (blocks[b], blocks[b + 1] - blocks[b]);
+        if let Some(check) = &check {
+            check.share(base..base + m, h, h_count); // the block's H tasks share its whole rows
+        }
         let qb = q.submatrix(base, h * dk, m, dk);
         let kb = k.submatrix(base, h * dk, m, dk);
         let vb = v.submatrix(base, h * dv, m, dv);
@@ -231,7 +238,7 @@ fn dense_backward(
         matmul(tile(&out.query, dk), Accum::Replace, dst.as_ref().transpose(), kb, scale, Par::Seq);
         matmul(tile(&out.key, dk), Accum::Replace, dst.as_ref(), qb, scale, Par::Seq);
     });
-    Ok(())
+    check.map_or(Ok(()), FiniteCheck::finish) // a non-finite input: the gradients are dropped
 }
 
 /// The two edge passes (any graph, any score, with or without a bias).
@@ -240,7 +247,7 @@ fn sparse_backward(
     score: &Score,
     inputs: &AttentionInputs<'_>,
     log_sum_exp: &[f32],
-    dout: &Matrix,
+    dout: ColumnBlock<'_>,
 ) -> Result<AttentionGrads> {
     let dims = inputs.validate(graph, score)?;
     let (n, h_count, dk, dv, e_count) = (dims.nodes, dims.heads, dims.key_dim, dims.value_dim, dims.edges);
@@ -264,12 +271,18 @@ fn sparse_backward(
     // Pass 1, per destination: p, ds (stored per edge), dq_i, and GATv2's da per task of
     // NODES_PER_TASK consecutive positions (fixed tasks: the same partial sums on any thread count).
     let tasks: Vec<(usize, usize)> = (0..n).step_by(NODES_PER_TASK).map(|a| (a, (a + NODES_PER_TASK).min(n))).collect();
+    // Asked for: each pass-1 task checks its destinations' rows of q, k, v and dout (the
+    // tasks cover every position once).
+    let check = FiniteCheck::of(inputs).map(|c| c.and("dout", dout));
     let da_parts: Vec<Vec<f64>> = {
         let (p_view, ds_view) = (DisjointMut::new(&mut p_all), DisjointMut::new(&mut ds_all));
         let dq_view = DisjointMut::new(dq.as_mut_slice());
         tasks
             .into_par_iter()
             .map(|(a, b)| {
+                if let Some(check) = &check {
+                    check.rows((a..b).map(node));
+                }
                 let mut da = vec![0.0f64; att_len];
                 let mut dp = Vec::new();
                 for i in (a..b).map(node) {
@@ -384,6 +397,9 @@ fn sparse_backward(
             }
         }
     });
+    if let Some(check) = check {
+        check.finish()?; // a non-finite input: the gradients are dropped
+    }
     let bias = if inputs.bias.is_some() { ds_all } else { Vec::new() };
     Ok(AttentionGrads { query: dq, key: dk_m, value: dv_m, bias, attention })
 }

@@ -21,7 +21,7 @@
 use super::{AttentionInputs, AttentionOutput, Score, attend_reference};
 use crate::error::Result;
 use crate::graph::Graph;
-use crate::kernels::{dense::attend_dense, sparse::attend_sparse};
+use crate::kernels::{dense::attend_dense, finite_check::locate, sparse::attend_sparse};
 
 /// Which implementation runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -124,6 +124,12 @@ pub fn attend(
         },
         Path::Sparse => attend_sparse(graph, score, inputs, weights),
         Path::Dense => attend_dense(graph, score, inputs, None, weights),
-        Path::Reference => attend_reference(graph, score, inputs, weights),
+        Path::Reference => {
+            if inputs.check_finite {
+                // The oracle has no tasks to fold the check into: one pass before it.
+                locate(&[("q", inputs.query), ("k", inputs.key), ("v", inputs.value)])?;
+            }
+            attend_reference(graph, score, inputs, weights)
+        }
     }
 }

@@ -33,6 +33,7 @@
 //! assert!((out.log_sum_exp[0] - 2f32.ln()).abs() < 1e-6);
 //! ```
 
+use super::finite_check::FiniteCheck;
 use super::simd;
 use super::simd::within;
 use crate::algebra::{AttentionInputs, AttentionOutput, Dims, Score};
@@ -68,6 +69,8 @@ struct Problem<'a> {
     block_edge: Vec<usize>,
     self_loops: bool,
     mask: Option<&'a [bool]>,
+    /// The inputs' NaN/inf check, when asked for: each task checks its own rows.
+    check: Option<FiniteCheck<'a>>,
 }
 
 /// Per-thread scratch: scores `[TQ x TK]`, output accumulator `[TQ x dv]`, running max and sum,
@@ -148,7 +151,7 @@ pub fn attend_dense(
     for b in 0..blocks.len() - 1 {
         block_edge[b + 1] = block_edge[b] + complete_edges(blocks[b + 1] - blocks[b], self_loops);
     }
-    let problem = Problem { score, inputs, dims, blocks, block_edge, self_loops, mask };
+    let problem = Problem { score, inputs, dims, blocks, block_edge, self_loops, mask, check: FiniteCheck::of(inputs) };
 
     // Tiles depend on the problem only, never on the thread count: the same bits on any pool.
     let mut tasks = Vec::new();
@@ -183,6 +186,9 @@ pub fn attend_dense(
             }
         })
     });
+    if let Some(check) = problem.check {
+        check.finish()?; // a non-finite input: the result is dropped
+    }
     Ok(AttentionOutput { out, weights: weights.then_some(w), log_sum_exp: lse })
 }
 
@@ -305,6 +311,11 @@ fn run_task(p: &Problem<'_>, t: Task, sc: &mut Scratch, out: SharedMut, lse: Sha
     let (base, h) = (p.blocks[t.block], t.head);
     let m_block = p.blocks[t.block + 1] - base;
     let rows = t.q1 - t.q0;
+    if let Some(check) = &p.check {
+        // The H tasks of this query tile share its rows of q, k and v (whole rows, every
+        // head): every value is checked once over all tasks, in long contiguous runs.
+        check.share(base + t.q0..base + t.q1, h, heads);
+    }
     let (m, l) = (&mut sc.m[..rows], &mut sc.l[..rows]);
     m.fill(f32::NEG_INFINITY);
     l.fill(0.0);

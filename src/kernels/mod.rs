@@ -7,6 +7,8 @@
 //!   to every patch), cut into fixed edge segments reduced in parallel and merged in order.
 //! - [`dense`]: complete graphs and batches of them, per (block, head, query tile), key/value
 //!   tiles streamed with an online softmax, score and output tiles by faer GEMM; O(N d) memory.
+//! - [`finite_check`]: the inputs' NaN/inf check, run by those kernels' tasks on the rows each
+//!   reads, when the caller asks for it ([`crate::attention::AttentionInputs::checked`]).
 //! - [`gemm`]: the linear layers' GEMM `y (+)= x w^T`, parallel over fixed column blocks.
 //! - [`simd`]: the vector primitives both use (pulp, runtime AVX-512 / AVX2+FMA / scalar
 //!   dispatch), each beside its scalar reference.
@@ -23,6 +25,7 @@
 pub mod dense;
 pub(crate) mod disjoint;
 pub mod favor;
+pub mod finite_check;
 pub mod gemm;
 pub mod hub;
 pub mod linformer;

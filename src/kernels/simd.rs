@@ -124,9 +124,10 @@ impl WithSimd for Max<'_> {
     }
 }
 
-/// Whether every value of `x` is finite (no NaN, no infinity): `sum_i x_i * 0` is `0` exactly
-/// when they all are (`NaN * 0` and `inf * 0` are NaN, and NaN sticks through the sum). At
-/// memory speed, for checking inputs at an API boundary.
+/// Whether every value of `x` is finite (no NaN, no infinity): `x - x` is `+0` (all bits
+/// clear) exactly for a finite `x` and NaN otherwise, so the bitwise OR of all the differences
+/// is `+0` exactly when they all are. At memory speed (no dependent FMA chain: a subtraction
+/// and an OR per vector), for checking inputs at an API boundary.
 pub fn all_finite(x: &[f32]) -> bool {
     dispatch(AllFinite(x))
 }
@@ -143,25 +144,39 @@ impl WithSimd for AllFinite<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) -> bool {
-        let (head, tail) = S::as_simd_f32s(self.0);
-        let zero = simd.splat_f32s(0.0);
-        let mut acc = [zero; 4];
-        let mut quads = head.chunks_exact(4);
-        for q in &mut quads {
-            for k in 0..4 {
-                acc[k] = simd.mul_add_f32s(q[k], zero, acc[k]);
-            }
-        }
-        for (k, &v) in quads.remainder().iter().enumerate() {
-            acc[k] = simd.mul_add_f32s(v, zero, acc[k]);
-        }
-        if !tail.is_empty() {
-            let v = simd.select_f32s(first_lanes(simd, tail.len()), simd.partial_load_f32s(tail), zero);
-            acc[0] = simd.mul_add_f32s(v, zero, acc[0]);
-        }
-        let acc = simd.add_f32s(simd.add_f32s(acc[0], acc[1]), simd.add_f32s(acc[2], acc[3]));
-        simd.reduce_sum_f32s(acc) == 0.0
+        let mut acc = [simd.splat_f32s(0.0); 2];
+        finite_fold(simd, self.0, &mut acc);
+        finite_fold_is_clear(simd, acc)
     }
+}
+
+/// ORs `x_i - x_i` into two lane-wise accumulators: their bits stay clear exactly while every
+/// `x_i` is finite (the body of [`all_finite`], for callers that fold many slices into the
+/// same accumulators inside their own dispatch, then ask [`finite_fold_is_clear`] once).
+#[inline(always)]
+pub(crate) fn finite_fold<S: Simd>(simd: S, x: &[f32], acc: &mut [S::f32s; 2]) {
+    let (head, tail) = S::as_simd_f32s(x);
+    let mut pairs = head.chunks_exact(2);
+    for p in &mut pairs {
+        acc[0] = simd.or_f32s(acc[0], simd.sub_f32s(p[0], p[0]));
+        acc[1] = simd.or_f32s(acc[1], simd.sub_f32s(p[1], p[1]));
+    }
+    if let [v] = pairs.remainder() {
+        acc[0] = simd.or_f32s(acc[0], simd.sub_f32s(*v, *v));
+    }
+    if !tail.is_empty() {
+        // Lanes past the tail count as 0 (finite).
+        let zero = simd.splat_f32s(0.0);
+        let v = simd.select_f32s(first_lanes(simd, tail.len()), simd.partial_load_f32s(tail), zero);
+        acc[1] = simd.or_f32s(acc[1], simd.sub_f32s(v, v));
+    }
+}
+
+/// Whether the accumulators of [`finite_fold`] say "every value was finite": each lane is `+0`
+/// or NaN, so their sum is `0` exactly when no lane is NaN.
+#[inline(always)]
+pub(crate) fn finite_fold_is_clear<S: Simd>(simd: S, acc: [S::f32s; 2]) -> bool {
+    simd.reduce_sum_f32s(simd.or_f32s(acc[0], acc[1])) == 0.0
 }
 
 // ---------------------------------------------------------------------------------------------

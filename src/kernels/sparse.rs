@@ -30,6 +30,7 @@
 //! ```
 
 use super::disjoint::DisjointMut;
+use super::finite_check::FiniteCheck;
 use super::hub::{HUB_DEGREE, HUB_SEGMENT, attend_hubs, hub_nodes};
 use super::simd::within;
 use crate::algebra::{AttentionInputs, AttentionOutput, Dims, Score, leaky_relu};
@@ -135,6 +136,7 @@ struct OrderedTask<'a, 'b> {
     nodes: &'a [u32],
     rows: Rows,
     scratch: &'a mut Scratch,
+    check: Option<&'a FiniteCheck<'b>>,
 }
 
 impl WithSimd for OrderedTask<'_, '_> {
@@ -142,7 +144,10 @@ impl WithSimd for OrderedTask<'_, '_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let OrderedTask { graph, score, inputs, dims, weights, hub_degree, nodes, rows, scratch } = self;
+        let OrderedTask { graph, score, inputs, dims, weights, hub_degree, nodes, rows, scratch, check } = self;
+        if let Some(check) = check {
+            check.rows_within(simd, nodes.iter().map(|&i| i as usize)); // hub rows included
+        }
         let heads = dims.heads;
         for &i in nodes {
             let i = i as usize;
@@ -203,6 +208,9 @@ pub(crate) fn attend_sparse_with(
     segment: usize,
 ) -> Result<AttentionOutput> {
     let dims = inputs.validate(graph, score)?;
+    // Asked for: each task checks its destinations' rows of q, k and v; the ranges and the
+    // visiting order cover every node once, hub rows included.
+    let check = FiniteCheck::of(inputs);
     let hubs = hub_nodes(graph, hub_degree);
     // The threshold the ranges and tasks skip by: none when there are no hub rows.
     let hub_degree = if hubs.is_empty() { usize::MAX } else { hub_degree.max(1) };
@@ -240,6 +248,7 @@ pub(crate) fn attend_sparse_with(
                     hub_degree,
                     share,
                     scratch,
+                    check: check.as_ref(),
                 });
             });
         }
@@ -266,6 +275,7 @@ pub(crate) fn attend_sparse_with(
                         nodes: &order[stretch],
                         rows,
                         scratch,
+                        check: check.as_ref(),
                     });
                 },
             );
@@ -282,6 +292,9 @@ pub(crate) fn attend_sparse_with(
         &mut lse,
         weights.then_some(w.as_mut_slice()),
     );
+    if let Some(check) = check {
+        check.finish()?; // a non-finite input: the result is dropped
+    }
     Ok(AttentionOutput { out, weights: weights.then_some(w), log_sum_exp: lse })
 }
 
@@ -295,6 +308,7 @@ struct ShareTask<'a, 'b> {
     hub_degree: usize,
     share: Share<'a>,
     scratch: &'a mut Scratch,
+    check: Option<&'a FiniteCheck<'b>>,
 }
 
 /// Per-thread scratch: the `[H x deg]` scores and the sources of one destination; both grow to
@@ -310,7 +324,10 @@ impl WithSimd for ShareTask<'_, '_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let ShareTask { graph, score, inputs, dims, weights, hub_degree, share, scratch } = self;
+        let ShareTask { graph, score, inputs, dims, weights, hub_degree, share, scratch, check } = self;
+        if let Some(check) = check {
+            check.rows_within(simd, share.nodes.clone()); // this task's rows of q, k, v, hub rows included
+        }
         let heads = dims.heads;
         let cols = heads * dims.value_dim;
         let first_edge = graph.edge_range(share.nodes.start).start;

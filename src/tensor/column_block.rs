@@ -72,6 +72,14 @@ impl<'a> ColumnBlock<'a> {
         self.width
     }
 
+    /// Errors ([`Error::Shape`], naming `what`) unless the block is `[rows x cols]`.
+    pub fn expect_shape(&self, what: &str, rows: usize, cols: usize) -> Result<()> {
+        if self.rows != rows || self.width != cols {
+            return Err(Error::shape(what, format!("[{rows} x {cols}]"), format!("[{} x {}]", self.rows, self.width)));
+        }
+        Ok(())
+    }
+
     /// Row `i` of the block (panics if `i >= rows`: an internal invariant, not user input).
     pub fn row(&self, i: usize) -> &'a [f32] {
         assert!(i < self.rows, "row {i} of {}", self.rows);
