@@ -20,7 +20,9 @@ Needs the package (`pip install ./python`), torch and torch_geometric. Three tab
    the same `edge_index` (nat:3 + class token, and the complete graph), N = 197, forward and
    forward+backward through the layer's parameters and input.
 
-Every cell is the median of calls after 3 warm-ups, as many as fit `--min-time` (at least 5).
+Every cell of tables 2 and 3 is the median of calls after 3 warm-ups, as many as fit
+`--min-time` (at least 5). Wherever there is a backward, the gradients are set to None before
+each call (what `optimizer.zero_grad()` does by default), for ours and the peer alike.
 """
 
 import argparse
@@ -94,18 +96,18 @@ def main():
 
     tables = {int(t) for t in args.tables.split(",")}
     # ---- 1. the boundary ---------------------------------------------------------------------
+    heads, dh = 12, 64
+    d = heads * dh
+    gen = torch.Generator().manual_seed(0)
+    graphs = {
+        "complete": pg.Graph.complete(197),
+        "nat:3 + class token": pg.Graph.from_spec("nat:3", 14, 14, class_token=True),
+    }
     if 1 in tables:
-        heads, dh = 12, 64
-        d = heads * dh
-        gen = torch.Generator().manual_seed(0)
         print("## 1. The Python boundary, N = 197, 12 heads of 64 (ms, median)")
         print()
         print("| graph | mode | Rust (kernels alone) | Rust + NaN check | NumPy `attend` | boundary | torch op | boundary |")
         print("|---|---|---|---|---|---|---|---|")
-        graphs = {
-            "complete": pg.Graph.complete(197),
-            "nat:3 + class token": pg.Graph.from_spec("nat:3", 14, 14, class_token=True),
-        }
         for name, g in graphs.items():
             n = g.num_nodes
             qt, kt, vt = (torch.randn(n, d, generator=gen) for _ in range(3))
@@ -124,6 +126,12 @@ def main():
 
                 def op():
                     with torch.set_grad_enabled(bwd):
+                        if bwd:
+                            # As `optimizer.zero_grad()` leaves them (set_to_none, PyTorch's
+                            # default): the gradients are assigned, not accumulated (an
+                            # accumulation is a torch add that wakes its OpenMP threads; probe 2
+                            # of scripts/probe_boundary.py measures that).
+                            qg.grad = kg.grad = vg.grad = None
                         out = graph_attention(qg, kg, vg, g, heads=heads)
                         if bwd:
                             out.backward(dout)
@@ -184,12 +192,17 @@ def main():
                 sdpa_in = [t.clone().view(n, heads, dh).transpose(0, 1).unsqueeze(0).requires_grad_(bwd) for t in x]
                 dout4 = dout.view(n, heads, dh).transpose(0, 1).unsqueeze(0)
 
+                # Gradients set to None before each call, as `optimizer.zero_grad()` leaves them.
                 def ours():
+                    for t in ours_in:
+                        t.grad = None
                     out = graph_attention(*ours_in, g, heads=heads)
                     if bwd:
                         out.backward(dout)
 
                 def sdpa():
+                    for t in sdpa_in:
+                        t.grad = None
                     out = F.scaled_dot_product_attention(*sdpa_in)
                     if bwd:
                         out.backward(dout4)
@@ -228,6 +241,8 @@ def main():
 
                     def run(layer):
                         def f():
+                            layer.zero_grad(set_to_none=True)  # as optimizer.zero_grad() does
+                            xin.grad = None
                             out = layer(xin, ei)
                             if bwd:
                                 out.backward(dout)

@@ -1,18 +1,25 @@
 """Two probes behind the reading of the Python boundary in notes/benchmarks.md (issue 13).
 
-    python scripts/probe_boundary.py                          # both probes
+    python scripts/probe_boundary.py [ROUNDS]                 # both probes (ROUNDS: 40)
     OMP_WAIT_POLICY=PASSIVE python scripts/probe_boundary.py  # the second with torch's threads asleep
 
-1. Where NumPy's extra time goes: `patchgraph.attend` against the kernels timed inside Rust
-   (`_core._time_attend`) on nat:3 + class token at N = 197 with 12 heads of width D / 12, for
-   D = 12 and D = 768. What grows with D is the NaN/inf scan of q, k, v (the fixed cost of the
-   call is what remains at D = 12).
+1. Where NumPy's extra time goes, at N = 197 with 12 heads of 64 on the complete graph and on
+   nat:3 + class token, forward and forward+backward: the kernels timed inside Rust
+   (`_core._time_attend`) without and with their NaN/inf check of q, k, v (and dout; what
+   `patchgraph.attend` and `attend_backward` ask for), and the same calls from Python. Blocks of 20 back-to-back timed calls of each (after 3 untimed), the three in
+   turn, rotating, ROUNDS rounds; medians of all calls, and the median over rounds of each
+   round's ratio to the unchecked kernels.
 2. torch's OpenMP threads against rayon's: 200 forward+backward calls of the torch op on the
-   complete graph (N = 197, 768 wide), next to the kernels alone and the NumPy path.
+   complete graph (N = 197, 768 wide), next to the kernels alone and the NumPy path: with the
+   leaves' gradients accumulated call after call (a torch add, run by its OpenMP threads,
+   which then spin on the cores rayon needs) and set to None before each call (what
+   `optimizer.zero_grad()` does by default: the gradients are assigned).
 Medians of microseconds / milliseconds; 2 threads for torch and rayon.
 """
+import itertools
 import os
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -21,6 +28,8 @@ import torch
 import patchgraph as pg
 from patchgraph import _core
 from patchgraph.torch import graph_attention
+
+BLOCK, WARM = 20, 3
 
 
 def median(f, n):
@@ -34,22 +43,65 @@ def median(f, n):
     return statistics.median(t)
 
 
+def python_block(f):
+    for _ in range(WARM):
+        f()
+    times = []
+    for _ in range(BLOCK):
+        t0 = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def main():
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 40
     torch.set_num_threads(2)
     pg.init_threads(2)
     print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
-    g = pg.Graph.from_spec("nat:3", 14, 14, class_token=True)
-    for d in (12, 768):
-        q, k, v = (np.random.default_rng(i).standard_normal((197, d), dtype=np.float32) for i in range(3))
-        rust = statistics.median(_core._time_attend(g, q, k, v, 12, 2000)) * 1e6
-        py = median(lambda: pg.attend(g, q, k, v, 12), 2000) * 1e6
-        print(f"1. D={d}: kernels {rust:.1f} us, NumPy attend {py:.1f} us, difference {py - rust:.1f} us")
+    graphs = {"complete": pg.Graph.complete(197), "nat:3 + class token": pg.Graph.from_spec("nat:3", 14, 14, class_token=True)}
+    for (name, g), bwd in itertools.product(graphs.items(), (False, True)):
+        q, k, v, dout = (np.random.default_rng(i).standard_normal((197, 768), dtype=np.float32) for i in range(4))
+
+        def numpy_call():
+            _, lse, _ = pg.attend(g, q, k, v, 12)
+            if bwd:
+                pg.attend_backward(g, q, k, v, 12, lse, dout)
+
+        callers = {
+            "kernels": lambda: _core._time_attend(g, q, k, v, 12, WARM + BLOCK, bwd, warmup=False)[WARM:],
+            "checked": lambda: _core._time_attend(g, q, k, v, 12, WARM + BLOCK, bwd, checked=True, warmup=False)[WARM:],
+            "numpy": lambda: python_block(numpy_call),
+        }
+        times = {c: [] for c in callers}
+        ratios = {"checked": [], "numpy": []}
+        order = list(callers)
+        for _ in range(rounds):
+            medians = {}
+            for c in order:
+                t = callers[c]()
+                times[c] += t
+                medians[c] = statistics.median(t)
+            for c in ratios:
+                ratios[c].append(medians[c] / medians["kernels"] - 1)
+            order = order[1:] + order[:1]
+        m = {c: statistics.median(t) * 1e6 for c, t in times.items()}
+        pct = {c: 100 * (m[c] / m["kernels"] - 1) for c in ratios}
+        per_round = {c: 100 * statistics.median(r) for c, r in ratios.items()}
+        mode = "forward+backward" if bwd else "forward"
+        print(f"1. {name}, {mode}: kernels {m['kernels']:.1f} us, with the check {m['checked']:.1f} us "
+              f"({pct['checked']:+.1f}%, per round {per_round['checked']:+.1f}%), NumPy {m['numpy']:.1f} us "
+              f"({pct['numpy']:+.1f}%, per round {per_round['numpy']:+.1f}%)")
     g = pg.Graph.complete(197)
     q, k, v, dout = (torch.randn(197, 768) for _ in range(4))
     rust = statistics.median(_core._time_attend(g, q.numpy(), k.numpy(), v.numpy(), 12, 200, True)) * 1e3
     qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
 
-    def op():
+    def op_accumulating():
+        graph_attention(qg, kg, vg, g, heads=12).backward(dout)
+
+    def op_set_to_none():
+        qg.grad = kg.grad = vg.grad = None  # what optimizer.zero_grad() does by default
         graph_attention(qg, kg, vg, g, heads=12).backward(dout)
 
     def numpy_path():
@@ -57,7 +109,8 @@ def main():
         pg.attend_backward(g, q.numpy(), k.numpy(), v.numpy(), 12, lse, dout.numpy())
 
     print(f"2. forward+backward: kernels {rust:.2f} ms, NumPy {median(numpy_path, 200) * 1e3:.2f} ms, "
-          f"torch op {median(op, 200) * 1e3:.2f} ms")
+          f"torch op with gradients accumulated {median(op_accumulating, 200) * 1e3:.2f} ms, "
+          f"with gradients set to None first {median(op_set_to_none, 200) * 1e3:.2f} ms")
 
 
 if __name__ == "__main__":
