@@ -6,13 +6,16 @@
 //! and graphs are timed for PyTorch / PyG by `scripts/bench_peers.py`.
 //!
 //! Groups: `dense` (the algebra on complete graphs, no projections: what SDPA computes),
-//! `sparse` (the algebra on k-NN graphs), `layer` (GATConv / GATv2Conv / TransformerConv
-//! 768 -> 12 x 64 including the input projections, as PyG runs them), `build` (graph building).
+//! `sparse` (the algebra on k-NN graphs), `checked` (the dot score on the complete graph and
+//! on k-NN 16, forward and forward+backward, with and without the NaN/inf check of the inputs
+//! inside the kernels, `AttentionInputs::checked`, which the Python package asks for),
+//! `layer` (GATConv / GATv2Conv / TransformerConv 768 -> 12 x 64 including the input
+//! projections, as PyG runs them), `build` (graph building).
 //!
 //! Run: `cargo bench --bench attention` (filter: `cargo bench --bench attention -- dense/dot`).
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use patchgraph::attention::{AttentionInputs, Path, Score, attend};
+use patchgraph::attention::{AttentionInputs, Path, Score, attend, attend_backward};
 use patchgraph::nn::{AttentionConfig, GraphAttention, Init, Linear};
 use patchgraph::{Graph, Matrix};
 use std::hint::black_box;
@@ -97,6 +100,31 @@ fn sparse(c: &mut Criterion) {
     group.finish();
 }
 
+fn checked(c: &mut Criterion) {
+    let mut group = c.benchmark_group("checked");
+    group.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
+    for g in [14, 28] {
+        for (name, graph) in [("complete", Graph::complete(g * g + 1, true)), ("knn16", knn_graph(g, 16))] {
+            let n = graph.num_nodes();
+            let (s, q, k, v) = inputs("dot", n);
+            let dout = random(&mut Init::new(7), n, HEADS * D);
+            let plain = AttentionInputs::new(&q, &k, &v, HEADS);
+            for (label, x) in [("plain", plain), ("checked", plain.checked())] {
+                group.bench_function(BenchmarkId::new(format!("{name}/forward/{label}"), n), |bench| {
+                    bench.iter(|| black_box(attend(&graph, &s, &x, Path::Auto, false).expect("forward")))
+                });
+                group.bench_function(BenchmarkId::new(format!("{name}/forward+backward/{label}"), n), |bench| {
+                    bench.iter(|| {
+                        let lse = attend(&graph, &s, &x, Path::Auto, false).expect("forward").log_sum_exp;
+                        black_box(attend_backward(&graph, &s, &x, &lse, &dout).expect("backward"))
+                    })
+                });
+            }
+        }
+    }
+    group.finish();
+}
+
 fn layer(c: &mut Criterion) {
     let mut group = c.benchmark_group("layer");
     group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
@@ -164,5 +192,5 @@ fn build(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, dense, sparse, layer, parts, build);
+criterion_group!(benches, dense, sparse, checked, layer, parts, build);
 criterion_main!(benches);

@@ -88,7 +88,7 @@ impl<'a> AttentionInputs<'a> {
     /// The same inputs, checked: [`crate::attention::attend`] and
     /// [`crate::attention::attend_backward`] return [`crate::Error::NonFinite`] naming the first
     /// NaN or infinity of `q`, `k`, `v` (then `dout`) as `q[row, column]`, never a NaN result.
-    /// The check runs inside the kernels' parallel tasks, on the rows each task reads
+    /// The check runs inside the kernels' parallel tasks, each on a share of the rows
     /// ([`crate::kernels::finite_check`]), so it costs far less than a pass before the call.
     pub fn checked(self) -> Self {
         AttentionInputs { check_finite: true, ..self }

@@ -69,7 +69,7 @@ struct Problem<'a> {
     block_edge: Vec<usize>,
     self_loops: bool,
     mask: Option<&'a [bool]>,
-    /// The inputs' NaN/inf check, when asked for: each task checks its own rows.
+    /// The inputs' NaN/inf check, when asked for: each task checks a share of its tile's rows.
     check: Option<FiniteCheck<'a>>,
 }
 
