@@ -14,6 +14,10 @@
    leaves' gradients accumulated call after call (a torch add, run by its OpenMP threads,
    which then spin on the cores rayon needs) and set to None before each call (what
    `optimizer.zero_grad()` does by default: the gradients are assigned).
+3. The fixed cost of a call, on a one-node graph (768 wide, 12 heads): `patchgraph.attend`
+   through the reference path (no rayon: the crossing alone), `patchgraph.attend` through the
+   kernels, and the torch op `graph_attention` (autograd off); 20 rounds of 200 calls of each
+   in turn.
 Medians of microseconds / milliseconds; 2 threads for torch and rayon.
 """
 import itertools
@@ -111,6 +115,25 @@ def main():
     print(f"2. forward+backward: kernels {rust:.2f} ms, NumPy {median(numpy_path, 200) * 1e3:.2f} ms, "
           f"torch op with gradients accumulated {median(op_accumulating, 200) * 1e3:.2f} ms, "
           f"with gradients set to None first {median(op_set_to_none, 200) * 1e3:.2f} ms")
+
+    g1 = pg.Graph.complete(1)
+    x1 = torch.randn(1, 768)
+    x1n = x1.numpy()
+    fixed = {
+        "attend, reference path": lambda: pg.attend(g1, x1n, x1n, x1n, 12, path="reference"),
+        "attend": lambda: pg.attend(g1, x1n, x1n, x1n, 12),
+        "graph_attention": lambda: graph_attention(x1, x1, x1, g1, heads=12),
+    }
+    per_call = {name: [] for name in fixed}
+    for _ in range(20):
+        for name, f in fixed.items():
+            for _ in range(20):
+                f()
+            t0 = time.perf_counter()
+            for _ in range(200):
+                f()
+            per_call[name].append((time.perf_counter() - t0) / 200 * 1e6)
+    print("3. one-node graph: " + ", ".join(f"{name} {statistics.median(t):.1f} us" for name, t in per_call.items()))
 
 
 if __name__ == "__main__":

@@ -167,3 +167,21 @@ pub fn ensure_finite(what: &str, data: &[f32]) -> Result<()> {
     let position = data.iter().position(|v| !v.is_finite()).unwrap_or(0);
     Err(Error::NonFinite { what: what.to_string(), position, value: data[position] })
 }
+
+/// [`ensure_finite`] over a column block: the first non-finite value row-major, its `position`
+/// flat within the block (`row * cols + column`). A block that is its whole buffer is one SIMD
+/// pass; any other block one per row.
+pub fn ensure_finite_block(what: &str, block: crate::tensor::ColumnBlock<'_>) -> Result<()> {
+    if let Some(all) = block.as_contiguous() {
+        return ensure_finite(what, all);
+    }
+    for i in 0..block.rows() {
+        ensure_finite(what, block.row(i)).map_err(|e| match e {
+            Error::NonFinite { what, position, value } => {
+                Error::NonFinite { what, position: i * block.cols() + position, value }
+            }
+            other => other,
+        })?;
+    }
+    Ok(())
+}

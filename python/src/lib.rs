@@ -29,6 +29,7 @@ use patchgraph::checkpoint::TensorMap;
 use patchgraph::cli::{self, Common};
 use patchgraph::graph::{GraphSpec, KnnOptions, LshOptions, Metric, Neighbourhood, WindowKind};
 use patchgraph::image::ChwImage;
+use patchgraph::kernels::finite_check::locate;
 use patchgraph::nn::{AttentionConfig, ForwardOptions, GraphAttention, Init, Vit, VitConfig, VitOptions};
 use patchgraph::{ColumnBlock, Error, Graph, Matrix};
 use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyTypeError, PyValueError};
@@ -510,25 +511,6 @@ type Attended64<'py> = (Bound<'py, PyArray2<f64>>, Bound<'py, PyArray2<f64>>);
 /// `(images [N, C, H, W], labels [N], classes)` of [`load_dataset`].
 type Dataset<'py> = (Bound<'py, PyArray4<f32>>, Bound<'py, PyArray1<i64>>, usize);
 
-/// The first NaN or infinity of any of `arrays` (`(name, values, columns)`) as
-/// [`Error::NonFinite`] naming the array and its `[row, column]`: one SIMD pass over each. For
-/// arrays the kernels do not check themselves (an edge bias); `q`, `k`, `v` and `dout` are
-/// checked inside the kernels' tasks ([`AttentionInputs::checked`]), which costs less than
-/// this pass (measured, `notes/benchmarks.md`). Call it with the GIL released.
-fn check_finite(arrays: &[(&str, &[f32], usize)]) -> patchgraph::Result<()> {
-    for &(name, data, cols) in arrays {
-        // The library's check, with the position said as [row, column].
-        patchgraph::error::ensure_finite(name, data).map_err(|e| match e {
-            Error::NonFinite { position, value, .. } => {
-                let c = cols.max(1);
-                Error::NonFinite { what: format!("{name}[{}, {}]", position / c, position % c), position, value }
-            }
-            other => other,
-        })?;
-    }
-    Ok(())
-}
-
 type Attended<'py> = (Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<f32>>, Option<Bound<'py, PyArray2<f32>>>);
 
 /// The algebra over `graph`: `out [N, H*dv]`, `lse [N, H]` and (with `return_weights`) the
@@ -559,11 +541,14 @@ fn py_attend<'py>(
     let path = path_of(path)?;
     let g = graph.graph.clone();
     let (qb, kb, vb) = (q.block()?, k.block()?, v.block()?);
-    // q, k and v are checked inside the kernels' tasks (`.checked()`), the bias here.
-    let checked: Vec<_> = bias.as_ref().map(|b| ("bias", b.slice(), b.cols)).into_iter().collect();
+    // q, k and v are checked inside the kernels' tasks (`.checked()`), the bias here, named
+    // `bias[edge, head]` by the same `locate`.
+    let bias_block = bias.as_ref().map(|b| b.block()).transpose()?;
     let out = py
         .detach(|| {
-            check_finite(&checked)?;
+            if let Some(b) = bias_block {
+                locate(&[("bias", b)])?;
+            }
             let mut inputs = AttentionInputs::new(qb, kb, vb, heads).checked();
             if let Some(b) = &bias_csr {
                 inputs = inputs.with_bias(b);
@@ -622,8 +607,9 @@ fn py_attend_backward<'py>(
     let (qb, kb, vb, l) = (q.block()?, k.block()?, v.block()?, lse.slice());
     // q, k, v and dout are checked inside the backward's tasks (`.checked()`), the bias here;
     // `lse` is not checked: -inf is its value for a node without incoming edges.
-    let checked: Vec<_> = bias.as_ref().map(|b| ("bias", b.slice(), b.cols)).into_iter().collect();
-    py.detach(|| check_finite(&checked)).py()?;
+    if let Some(b) = bias.as_ref().map(|b| b.block()).transpose()? {
+        py.detach(|| locate(&[("bias", b)])).py()?;
+    }
     let dout = dout_in.block()?; // read in place, like q, k and v
     let grads = py
         .detach(|| {

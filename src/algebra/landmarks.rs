@@ -10,8 +10,8 @@
 //! ```
 
 use super::AttentionInputs;
-use crate::error::{Error, Result, ensure_finite};
-use crate::tensor::{ColumnBlock, Matrix};
+use crate::error::{Error, Result, ensure_finite, ensure_finite_block};
+use crate::tensor::Matrix;
 
 /// Which landmark each token of a block belongs to, and what each landmark's mean divides by.
 ///
@@ -199,19 +199,6 @@ pub(crate) struct NystromDims {
     pub blocks: usize,
     /// Width of the residual convolution (0: none).
     pub kernel: usize,
-}
-
-/// Errors naming the first non-finite value of a column block (flat position within it).
-fn ensure_finite_block(what: &str, m: ColumnBlock<'_>) -> Result<()> {
-    for i in 0..m.rows() {
-        ensure_finite(what, m.row(i)).map_err(|e| match e {
-            Error::NonFinite { what, position, value } => {
-                Error::NonFinite { what, position: i * m.cols() + position, value }
-            }
-            other => other,
-        })?;
-    }
-    Ok(())
 }
 
 /// Checks every shape of a Nyström call (and that the inputs are finite); returns the sizes.

@@ -63,7 +63,7 @@
 
 use super::simd;
 use crate::algebra::AttentionInputs;
-use crate::error::{Error, Result, ensure_finite};
+use crate::error::{Error, Result, ensure_finite, ensure_finite_block};
 use crate::tensor::{ColumnBlock, Matrix};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
@@ -89,16 +89,6 @@ pub(crate) struct FavorDims {
     pub value_dim: usize,
     /// Random features `m`.
     pub features: usize,
-}
-
-/// Errors naming the first non-finite value of a column block (flat position in the block).
-fn ensure_finite_block(what: &str, x: ColumnBlock<'_>) -> Result<()> {
-    for i in 0..x.rows() {
-        if let Err(Error::NonFinite { position, value, .. }) = ensure_finite(what, x.row(i)) {
-            return Err(Error::NonFinite { what: what.to_string(), position: i * x.cols() + position, value });
-        }
-    }
-    Ok(())
 }
 
 /// Checks every precondition of a FAVOR+ call up front: heads, block offsets, shapes, the

@@ -41,7 +41,7 @@
 
 use super::simd::{finite_fold, finite_fold_is_clear};
 use crate::algebra::AttentionInputs;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ensure_finite_block};
 use crate::tensor::ColumnBlock;
 use pulp::{Simd, WithSimd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,15 +99,9 @@ impl<'a> FiniteCheck<'a> {
 /// [`Error::NonFinite`] naming it `name[row, column]` (`position` flat within the array).
 pub fn locate(arrays: &[(&str, ColumnBlock<'_>)]) -> Result<()> {
     for &(name, block) in arrays {
-        for r in 0..block.rows() {
-            let row = block.row(r);
-            if let Some(c) = row.iter().position(|v| !v.is_finite()) {
-                return Err(Error::NonFinite {
-                    what: format!("{name}[{r}, {c}]"),
-                    position: r * block.cols() + c,
-                    value: row[c],
-                });
-            }
+        if let Err(Error::NonFinite { position, value, .. }) = ensure_finite_block(name, block) {
+            let (r, c) = (position / block.cols(), position % block.cols());
+            return Err(Error::NonFinite { what: format!("{name}[{r}, {c}]"), position, value });
         }
     }
     Ok(())

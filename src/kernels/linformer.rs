@@ -38,8 +38,8 @@
 
 use super::simd::within;
 use crate::algebra::AttentionInputs;
-use crate::error::{Error, Result, ensure_finite};
-use crate::tensor::{ColumnBlock, Matrix};
+use crate::error::{Error, Result, ensure_finite, ensure_finite_block};
+use crate::tensor::Matrix;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use pulp::{Simd, WithSimd};
@@ -153,19 +153,6 @@ pub fn linformer_dims(inputs: &AttentionInputs<'_>, blocks: &[usize], e: &Matrix
         key_dim: inputs.query.cols() / heads,
         value_dim: inputs.value.cols() / heads,
     })
-}
-
-/// [`ensure_finite`] over a column block, with the flat position inside the block.
-fn ensure_finite_block(what: &str, m: ColumnBlock<'_>) -> Result<()> {
-    for i in 0..m.rows() {
-        ensure_finite(what, m.row(i)).map_err(|err| match err {
-            Error::NonFinite { what, position, value } => {
-                Error::NonFinite { what, position: i * m.cols() + position, value }
-            }
-            other => other,
-        })?;
-    }
-    Ok(())
 }
 
 /// What [`linformer_backward`] needs from the forward: `K'` `[B k x H d]` and `V'` `[B k x H dv]`

@@ -87,6 +87,12 @@ impl<'a> ColumnBlock<'a> {
         &self.data[at..at + self.width]
     }
 
+    /// The block as one row-major slice, when it is every column of its buffer (`None` for a
+    /// block of some columns only).
+    pub fn as_contiguous(&self) -> Option<&'a [f32]> {
+        (self.start == 0 && self.width == self.stride).then(|| &self.data[..self.rows * self.stride])
+    }
+
     /// Element `(i, j)` of the block.
     pub fn get(&self, i: usize, j: usize) -> f32 {
         debug_assert!(j < self.width);
@@ -126,8 +132,10 @@ mod tests {
             }
         }
         assert_eq!(b.to_matrix(), m.columns(2, 3));
+        assert!(b.as_contiguous().is_none(), "some columns only");
         let whole = ColumnBlock::from(&m);
         assert_eq!(whole.to_matrix(), m);
+        assert_eq!(whole.as_contiguous(), Some(m.as_slice()));
     }
 
     #[test]
